@@ -1,0 +1,21 @@
+# AREPAS: reconstruction-based anomaly segmentation with semantic patch scoring.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/preprocess.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

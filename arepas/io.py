@@ -1,0 +1,134 @@
+"""Reading and writing volumes, models and tables, with the checks every input gets.
+
+Writes are atomic (temporary file in the same folder, then ``os.replace``), so a killed job never
+leaves a file that a rerun would trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+
+class InputError(ValueError):
+    """Bad input data: the message names the subject, the sheet column and the file."""
+
+    def __init__(self, subject: str, column: str, path: str | os.PathLike, problem: str):
+        self.subject, self.column, self.path, self.problem = subject, column, str(path), problem
+        super().__init__(f"subject '{subject}', column '{column}', file '{path}': {problem}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Keep the real suffix last: nibabel and numpy choose the format from the file name.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or _suffix(path), dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _suffix(path: Path) -> str:
+    return "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+
+
+def check_header(img: nib.spatialimages.SpatialImage, subject: str, column: str, path) -> None:
+    """Reject images that are not usable 3D volumes, from the header alone (cheap)."""
+    shape = img.shape
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise InputError(subject, column, path, f"expected a 3D volume, got {len(img.shape)}D "
+                         f"with shape {tuple(img.shape)}")
+    if min(shape) < 1:
+        raise InputError(subject, column, path, f"empty volume, shape {tuple(shape)}")
+    zooms = img.header.get_zooms()[:3]
+    if any(not np.isfinite(z) or z <= 0 for z in zooms):
+        raise InputError(subject, column, path, f"voxel size must be positive, header says {zooms}")
+    affine = img.affine
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-6:
+        raise InputError(subject, column, path, f"affine is not invertible:\n{np.round(affine, 4)}")
+
+
+def open_nifti(path: str | os.PathLike, subject: str, column: str) -> nib.Nifti1Image:
+    """Open a NIfTI file and check its header, raising InputError with context on any problem."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(subject, column, path, "file does not exist")
+    if not (path.name.endswith(".nii") or path.name.endswith(".nii.gz")):
+        raise InputError(subject, column, path, "expected a NIfTI file ending in .nii or .nii.gz")
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises several types for corrupt files
+        raise InputError(subject, column, path, f"cannot be read as NIfTI ({exc})") from exc
+    check_header(img, subject, column, path)
+    return img
+
+
+def load_volume(path, subject: str, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel data (float32, 3D) and affine of a checked NIfTI file; NaN or inf voxels are an error."""
+    img = open_nifti(path, subject, column)
+    try:
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as exc:
+        raise InputError(subject, column, path, f"voxel data cannot be read ({exc})") from exc
+    if data.ndim == 4:
+        data = data[..., 0]
+    bad = ~np.isfinite(data)
+    if bad.any():
+        raise InputError(subject, column, path, f"{int(bad.sum())} voxels are NaN or infinite")
+    return data, img.affine.astype(np.float64)
+
+
+def load_mask(path, subject: str, column: str, image_shape, image_affine) -> np.ndarray:
+    """A binary mask that must lie on the image's grid (same shape and affine)."""
+    data, affine = load_volume(path, subject, column)
+    if data.shape != tuple(image_shape):
+        raise InputError(subject, column, path,
+                         f"shape {data.shape} differs from the image's {tuple(image_shape)}")
+    if not np.allclose(affine, image_affine, atol=1e-3):
+        raise InputError(subject, column, path,
+                         "affine differs from the image's: the mask must be on the image's grid")
+    values = np.unique(data)
+    if not np.all(np.isin(values, (0, 1))):
+        shown = ", ".join(f"{v:g}" for v in values[:6])
+        raise InputError(subject, column, path, f"mask is not binary (values {shown}...)")
+    return data > 0
+
+
+def save_volume(path, data: np.ndarray, affine: np.ndarray, dtype=np.float32) -> None:
+    """Write a NIfTI volume atomically."""
+    img = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+
+
+def save_arrays(path, **arrays: np.ndarray) -> None:
+    """Write a compressed .npz atomically."""
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
+
+
+def load_arrays(path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def save_table(path, table) -> None:
+    """Write a pandas DataFrame as TSV atomically."""
+    with atomic_path(path, suffix=".tsv") as tmp:
+        table.to_csv(tmp, sep="\t", index=False)

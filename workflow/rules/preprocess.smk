@@ -1,0 +1,35 @@
+rule prepare_template:
+    output:
+        template="results/{dataset}/template/template.nii.gz",
+        mask="results/{dataset}/template/mask.nii.gz",
+    params:
+        registration=lambda wc: DATASETS[wc.dataset]["registration"],
+        spacing=lambda wc: DATASETS[wc.dataset]["spacing"],
+    log:
+        "logs/{dataset}/prepare_template.log",
+    benchmark:
+        "benchmarks/{dataset}/prepare_template.tsv"
+    script:
+        "../scripts/prepare_template.py"
+
+
+rule preprocess:
+    input:
+        unpack(subject_files),
+        unpack(template_files),
+    output:
+        working="results/{dataset}/preprocessed/{subject}/working.nii.gz",
+        roi="results/{dataset}/preprocessed/{subject}/roi.nii.gz",
+        lesion="results/{dataset}/preprocessed/{subject}/lesion.nii.gz",
+        roi_native="results/{dataset}/preprocessed/{subject}/roi_native.nii.gz",
+        slices="results/{dataset}/preprocessed/{subject}/slices.npz",
+        mapping="results/{dataset}/preprocessed/{subject}/mapping.json",
+    params:
+        settings=preprocess_settings,
+        seed=config["seed"],
+    log:
+        "logs/{dataset}/preprocess/{subject}.log",
+    benchmark:
+        "benchmarks/{dataset}/preprocess/{subject}.tsv"
+    script:
+        "../scripts/preprocess.py"
