@@ -83,3 +83,13 @@ def final_outputs():
     for dataset in used_datasets():
         outputs += preprocessed(dataset, subjects_of(dataset))
     return outputs
+
+
+def map_model_files(wildcards):
+    models = f"results/{wildcards.dataset}/models"
+    files = {}
+    if {"arepas", "patch"} & set(config["methods"]):
+        files["scorer"] = f"{models}/scorer.pt"
+    if "ae" in config["methods"]:
+        files["autoencoder"] = f"{models}/autoencoder.pt"
+    return files

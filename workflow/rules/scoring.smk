@@ -1,0 +1,76 @@
+rule train_scorer:
+    input:
+        train=lambda wc: preprocessed(wc.dataset, subjects_of(wc.dataset, ["train"])),
+        translator="results/{dataset}/models/translator.pt",
+    output:
+        model="results/{dataset}/models/scorer.pt",
+        history=report(
+            "results/{dataset}/models/scorer_history.tsv",
+            caption="../report/scorer_history.rst",
+            category="3. Patch scorer",
+            subcategory="{dataset}",
+        ),
+    params:
+        settings=lambda wc: DATASETS[wc.dataset]["scorer"],
+        seed=config["seed"],
+    resources:
+        gpu=1,
+    threads: 2
+    cache: "omit-software"
+    log:
+        "logs/{dataset}/train_scorer.log",
+    benchmark:
+        "benchmarks/{dataset}/train_scorer.tsv"
+    script:
+        "../scripts/train_scorer.py"
+
+
+rule train_autoencoder:
+    input:
+        train=lambda wc: preprocessed(wc.dataset, subjects_of(wc.dataset, ["train"])),
+        val=lambda wc: preprocessed(wc.dataset, subjects_of(wc.dataset, ["val"])),
+    output:
+        model="results/{dataset}/models/autoencoder.pt",
+        history="results/{dataset}/models/autoencoder_history.tsv",
+    params:
+        settings=lambda wc: DATASETS[wc.dataset]["autoencoder"],
+        checkpoint_dir=lambda wc: f"results/{wc.dataset}/models/autoencoder_checkpoint",
+        seed=config["seed"],
+    resources:
+        gpu=1,
+    threads: 2
+    cache: "omit-software"
+    log:
+        "logs/{dataset}/train_autoencoder.log",
+    benchmark:
+        "benchmarks/{dataset}/train_autoencoder.tsv"
+    script:
+        "../scripts/train_autoencoder.py"
+
+
+rule anomaly_maps:
+    input:
+        unpack(map_model_files),
+        reconstruction="results/{dataset}/reconstruction/{subject}.npz",
+        mapping="results/{dataset}/preprocessed/{subject}/mapping.json",
+        roi_native="results/{dataset}/preprocessed/{subject}/roi_native.nii.gz",
+    output:
+        working=expand(
+            "results/{{dataset}}/maps/{method}/{{subject}}_working.nii.gz",
+            method=config["methods"],
+        ),
+        native=expand(
+            "results/{{dataset}}/maps/{method}/{{subject}}_native.nii.gz",
+            method=config["methods"],
+        ),
+    params:
+        methods=config["methods"],
+        maps=config["maps"],
+        seed=config["seed"],
+    log:
+        "logs/{dataset}/anomaly_maps/{subject}.log",
+    benchmark:
+        "benchmarks/{dataset}/anomaly_maps/{subject}.tsv"
+    threads: 1
+    script:
+        "../scripts/anomaly_maps.py"

@@ -1,0 +1,44 @@
+rule train_translator:
+    input:
+        train=lambda wc: preprocessed(wc.dataset, subjects_of(wc.dataset, ["train"])),
+        val=lambda wc: preprocessed(wc.dataset, subjects_of(wc.dataset, ["val"])),
+    output:
+        model="results/{dataset}/models/translator.pt",
+        history=report(
+            "results/{dataset}/models/translator_history.tsv",
+            caption="../report/translator_history.rst",
+            category="2. Translator",
+            subcategory="{dataset}",
+        ),
+    params:
+        settings=lambda wc: DATASETS[wc.dataset]["translator"],
+        preprocessing=preprocess_settings,
+        checkpoint_dir=lambda wc: f"results/{wc.dataset}/models/translator_checkpoint",
+        seed=config["seed"],
+    resources:
+        gpu=1,
+    threads: 2
+    cache: "omit-software"
+    log:
+        "logs/{dataset}/train_translator.log",
+    benchmark:
+        "benchmarks/{dataset}/train_translator.tsv"
+    script:
+        "../scripts/train_translator.py"
+
+
+rule reconstruct:
+    input:
+        slices="results/{dataset}/preprocessed/{subject}/slices.npz",
+        working="results/{dataset}/preprocessed/{subject}/working.nii.gz",
+        model="results/{dataset}/models/translator.pt",
+    output:
+        reconstruction="results/{dataset}/reconstruction/{subject}.npz",
+        volume="results/{dataset}/reconstruction/{subject}_working.nii.gz",
+    log:
+        "logs/{dataset}/reconstruct/{subject}.log",
+    benchmark:
+        "benchmarks/{dataset}/reconstruct/{subject}.tsv"
+    threads: 1
+    script:
+        "../scripts/reconstruct.py"

@@ -1,0 +1,53 @@
+import json
+import sys
+import time
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from arepas import io, pipeline  # noqa: E402
+from arepas.maps import anomaly_maps, patch_map_dense, patch_map_sampled  # noqa: E402
+from arepas.preprocessing import SliceGeometry, assemble_volume  # noqa: E402
+
+torch.set_num_threads(snakemake.threads)
+start = time.perf_counter()
+subject = snakemake.wildcards.subject
+methods, options = snakemake.params.methods, snakemake.params.maps
+rec = io.load_arrays(snakemake.input.reconstruction)
+mapping = json.loads(open(snakemake.input.mapping).read())
+native_shape, native_affine = mapping["native_shape"], np.asarray(mapping["native_affine"])
+roi_native, _ = io.load_volume(snakemake.input.roi_native, subject, "roi_native")
+
+patch = None
+if {"arepas", "patch"} & set(methods):
+    from arepas import scorer
+
+    model, _, _ = scorer.load_scorer(snakemake.input.scorer)
+    if options["scoring"] == "dense":
+        patch = patch_map_dense(model, rec["slices"], rec["recon"], rec["roi"], options["stride"])
+    else:
+        rng = np.random.default_rng(snakemake.params.seed)
+        patch = patch_map_sampled(model, rec["slices"], rec["recon"], rec["roi"], options["n_patches"], rng)
+extra = {}
+if "ae" in methods:
+    from arepas import autoencoder
+
+    ae, _, _ = autoencoder.load_autoencoder(snakemake.input.autoencoder)
+    extra["ae"] = autoencoder.reconstruct_autoencoder(ae, rec["slices"])
+
+maps = anomaly_maps(rec["slices"], rec["recon"], rec["roi"], patch, methods,
+                    median_size=options["median_size"], extra_recons=extra)
+geometry = SliceGeometry.from_array(rec["geometry"])
+w_affine = np.asarray(mapping["working_affine"])
+transform_dir = snakemake.input.mapping.rsplit("/", 1)[0]
+for method, working_path, native_path in zip(methods, snakemake.output.working, snakemake.output.native,
+                                              strict=True):
+    volume = assemble_volume(maps[method], rec["indices"], geometry, fill=0.0)
+    volume = np.maximum(volume, 0.0)
+    io.save_volume(working_path, volume, w_affine)
+    native = pipeline.to_native(volume, mapping, native_shape, native_affine, transform_dir)
+    native = np.where(roi_native > 0, np.maximum(native, 0.0), 0.0)
+    io.save_volume(native_path, native, native_affine)
+print(f"{subject}: maps {methods} in {time.perf_counter() - start:.1f} s")

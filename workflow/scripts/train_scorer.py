@@ -1,0 +1,26 @@
+import sys
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from arepas import edges, io, scorer, translator  # noqa: E402
+
+torch.set_num_threads(snakemake.threads)
+device = "cuda" if torch.cuda.is_available() else "cpu"
+settings = scorer.ScorerSettings.from_dict(snakemake.params.settings)
+stacks = [io.load_arrays(p) for p in snakemake.input.train]
+# Only every slice_step-th slice is mined, so only those are reconstructed.
+real = np.concatenate([s["slices"] for s in stacks])[:: settings.slice_step]
+roi = np.concatenate([s["roi"] for s in stacks])[:: settings.slice_step]
+generator, _, _ = translator.load_translator(snakemake.input.translator, device=device)
+recon = translator.translate(generator, edges.edge_maps(real), device=device)
+rng = np.random.default_rng(snakemake.params.seed)
+pairs = scorer.mine_hard_pairs(real, recon, scorer.ScorerSettings(**{**vars(settings), "slice_step": 1}),
+                               rng, roi=roi)
+print(f"mined {len(pairs['labels'])} hard pairs from {len(real)} healthy training slices")
+model, history = scorer.train_scorer(pairs["patches_a"], pairs["patches_b"], pairs["labels"], settings,
+                                     seed=snakemake.params.seed, progress=print)
+scorer.save_scorer(snakemake.output.model, model, settings, meta={"n_pairs": len(pairs["labels"])})
+io.save_table(snakemake.output.history, history)

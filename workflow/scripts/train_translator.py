@@ -1,0 +1,26 @@
+import sys
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from arepas import io, translator  # noqa: E402
+
+
+def stack(paths):
+    return np.concatenate([io.load_arrays(p)["slices"] for p in paths])
+
+
+torch.set_num_threads(snakemake.threads)
+device = "cuda" if torch.cuda.is_available() else "cpu"
+settings = translator.TranslatorSettings.from_dict(snakemake.params.settings)
+train, val = stack(snakemake.input.train), stack(snakemake.input.val)
+print(f"{len(train)} training and {len(val)} validation slices of {train.shape[1]}^2 on {device}")
+model, history = translator.train_translator(
+    train, val, settings, snakemake.params.checkpoint_dir, seed=snakemake.params.seed,
+    device=device, progress=print,
+)
+translator.save_translator(snakemake.output.model, model, settings,
+                           meta={"preprocessing": snakemake.params.preprocessing})
+io.save_table(snakemake.output.history, history)
