@@ -1,3 +1,4 @@
+import dataclasses
 import sys
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
@@ -17,7 +18,7 @@ roi = np.concatenate([s["roi"] for s in stacks])[:: settings.slice_step]
 generator, _, _ = translator.load_translator(snakemake.input.translator, device=device)
 recon = translator.translate(generator, edges.edge_maps(real), device=device)
 rng = np.random.default_rng(snakemake.params.seed)
-pairs = scorer.mine_hard_pairs(real, recon, scorer.ScorerSettings(**{**vars(settings), "slice_step": 1}),
+pairs = scorer.mine_hard_pairs(real, recon, dataclasses.replace(settings, slice_step=1),
                                rng, roi=roi)
 print(f"mined {len(pairs['labels'])} hard pairs from {len(real)} healthy training slices")
 model, history = scorer.train_scorer(pairs["patches_a"], pairs["patches_b"], pairs["labels"], settings,

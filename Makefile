@@ -1,0 +1,35 @@
+# Set-up and the everyday commands. Everything runs from the repository root.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test lint report bench clean
+
+# torch is pinned and installed first: its CPU wheel is what a laptop or CI needs, and a looser
+# requirement installed alone would pull a multi-GB CUDA build.
+$(BIN)/snakemake: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/snakemake
+
+demo: install
+	$(BIN)/snakemake --cores 2
+	$(BIN)/snakemake --cores 2 --report results/report.zip
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+lint: install
+	$(BIN)/ruff check arepas tests workflow/scripts
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/snakemake --lint
+
+report: install
+	$(BIN)/snakemake --cores 2 --report results/report.zip
+
+clean:
+	rm -rf results logs benchmarks .snakemake
