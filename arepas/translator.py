@@ -1,0 +1,685 @@
+"""Edge-to-image translator: pix2pixHD-style generator, conditional PatchGAN, training, inference.
+
+Published defaults (AREPAS reference implementation, Mitic & Langs, MLMI 2025, arXiv 2509.12905;
+summarised in shared/method/AREPAS.md): global generator with 64 base channels, 2 downsamplings,
+9 residual blocks with dropout 0.5; spectral-norm PatchGAN 64-128-256-512-1 on (edges, image);
+G loss = BCE adversarial + 100 x L1 + 1 x VGG19 feature L2 (up to relu3_3); D loss = BCE with real
+label 0.9 + 1 x gradient penalty on real/fake interpolates; Adam 2e-4, betas (0.5, 0.999), batch 8.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from arepas.edges import augmented_training_set, edge_maps
+
+PERCEPTUAL_CHOICES = ("feature_matching", "vgg19", "none")
+HISTORY_COLUMNS = ["epoch", "step", "g_adv", "g_l1", "g_perc", "d_loss", "gp", "val_l1", "seconds"]
+CHECKPOINT_NAME = "last.pt"
+_CHECKPOINT_FORMAT = "arepas-translator-checkpoint-1"
+_MODEL_FORMAT = "arepas-translator-1"
+# Settings that may change between an interrupted run and its resumption without changing results.
+_RESUME_FREE_SETTINGS = ("epochs", "num_threads")
+_STEP_LOG_EVERY = 50
+
+
+@dataclass(frozen=True)
+class TranslatorSettings:
+    """Translator architecture and training settings; defaults are the published values."""
+
+    base_channels: int = 64
+    n_downsampling: int = 2
+    n_blocks: int = 9
+    dropout: float = 0.5
+    disc_channels: int = 64
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    batch_size: int = 8
+    # The reference defaults do not fix an epoch count; the workflow config sets it per dataset.
+    epochs: int = 100
+    lambda_l1: float = 100.0
+    # The published loss is "vgg19"; it needs ImageNet weights on disk, which cannot be fetched at
+    # run time, so pix2pixHD's discriminator feature matching is the default stand-in.
+    perceptual: str = "feature_matching"
+    lambda_perceptual: float = 1.0
+    vgg19_weights: str | None = None
+    lambda_gp: float = 1.0
+    real_label: float = 0.9
+    augment_copies: int = 3
+    augment_swaps: int = 20
+    # bfloat16 autocast on CUDA only; ignored on CPU.
+    amp: bool = False
+    # None leaves torch's thread count alone.
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if len(self.betas) != 2:
+            raise ValueError(f"betas must have two values, got {self.betas}")
+        if self.perceptual not in PERCEPTUAL_CHOICES:
+            raise ValueError(
+                f"perceptual must be one of {PERCEPTUAL_CHOICES}, got {self.perceptual!r}"
+            )
+        for name in ("base_channels", "disc_channels", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("n_downsampling", "n_blocks", "epochs", "augment_copies", "augment_swaps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TranslatorSettings:
+        """Settings from a plain dict (e.g. a config section); unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown translator setting(s) {unknown}; known settings are {sorted(known)}"
+            )
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def size_multiple(self) -> int:
+        """Slice sides must be a multiple of this for the generator to return the same size."""
+        return 2**self.n_downsampling
+
+
+# --------------------------------------------------------------------------------------------
+# Networks
+
+
+def _init_weights(module: nn.Module) -> None:
+    # pix2pix / pix2pixHD initialise conv weights from N(0, 0.02) with zero bias.
+    if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+class ResidualBlock(nn.Module):
+    """pix2pixHD residual block: (pad, conv3, IN, ReLU, dropout, pad, conv3, IN) + identity."""
+
+    def __init__(self, channels: int, dropout: float) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, kernel_size=3),
+            nn.InstanceNorm2d(channels),
+            nn.ReLU(inplace=True),
+        ]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        layers += [
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, kernel_size=3),
+            nn.InstanceNorm2d(channels),
+        ]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class EdgeToImageGenerator(nn.Module):
+    """pix2pixHD global generator mapping a 1-channel edge map to a 1-channel image in [-1, 1]."""
+
+    def __init__(self, settings: TranslatorSettings) -> None:
+        super().__init__()
+        self.size_multiple = settings.size_multiple
+        base = settings.base_channels
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(1, base, kernel_size=7),
+            nn.InstanceNorm2d(base),
+            nn.ReLU(inplace=True),
+        ]
+        channels = base
+        for _ in range(settings.n_downsampling):
+            layers += [
+                nn.Conv2d(channels, 2 * channels, kernel_size=3, stride=2, padding=1),
+                nn.InstanceNorm2d(2 * channels),
+                nn.ReLU(inplace=True),
+            ]
+            channels *= 2
+        layers += [ResidualBlock(channels, settings.dropout) for _ in range(settings.n_blocks)]
+        for _ in range(settings.n_downsampling):
+            layers += [
+                nn.ConvTranspose2d(
+                    channels, channels // 2, kernel_size=3, stride=2, padding=1, output_padding=1
+                ),
+                nn.InstanceNorm2d(channels // 2),
+                nn.ReLU(inplace=True),
+            ]
+            channels //= 2
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(channels, 1, kernel_size=7), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, edges: torch.Tensor) -> torch.Tensor:
+        return self.net(edges)
+
+
+class PatchDiscriminator(nn.Module):
+    """Conditional PatchGAN on concat(edges, image): one real/fake logit per receptive-field patch.
+
+    4x4 convolutions with widths base-2base-4base-8base-1 and strides 2,2,2,1,1, spectral norm on
+    every convolution and LeakyReLU 0.2 (reference defaults); padding 1 as in pix2pix.
+    """
+
+    def __init__(self, settings: TranslatorSettings, in_channels: int = 2) -> None:
+        super().__init__()
+        base = settings.disc_channels
+        widths = [base, 2 * base, 4 * base, 8 * base]
+        strides = [2, 2, 2, 1]
+        blocks = []
+        channels = in_channels
+        for width, stride in zip(widths, strides, strict=True):
+            conv = nn.Conv2d(channels, width, kernel_size=4, stride=stride, padding=1)
+            _init_weights(conv)
+            blocks.append(nn.Sequential(spectral_norm(conv), nn.LeakyReLU(0.2, inplace=True)))
+            channels = width
+        self.blocks = nn.ModuleList(blocks)
+        head = nn.Conv2d(channels, 1, kernel_size=4, stride=1, padding=1)
+        _init_weights(head)
+        self.head = spectral_norm(head)
+
+    def forward_features(self, pair: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Intermediate activations (for feature matching) and the patch logits."""
+        features = []
+        x = pair
+        for block in self.blocks:
+            x = block(x)
+            features.append(x)
+        return features, self.head(x)
+
+    def forward(self, pair: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(pair)[1]
+
+
+def build_generator(settings: TranslatorSettings) -> nn.Module:
+    """pix2pixHD global generator (edges, 1 channel -> image, 1 channel, tanh)."""
+    generator = EdgeToImageGenerator(settings)
+    generator.apply(_init_weights)
+    return generator
+
+
+def build_discriminator(settings: TranslatorSettings) -> nn.Module:
+    """Spectral-norm conditional PatchGAN on concat(edges, image) (2 channels)."""
+    return PatchDiscriminator(settings)
+
+
+# Indices of torchvision's vgg19().features up to relu3_3; None marks a ReLU or max-pool.
+_VGG19_CONVS_TO_RELU3_3 = {
+    0: (3, 64),
+    2: (64, 64),
+    5: (64, 128),
+    7: (128, 128),
+    10: (128, 256),
+    12: (256, 256),
+    14: (256, 256),
+}
+_VGG19_POOLS = (4, 9)
+_VGG19_LAST_INDEX = 15  # relu3_3
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class VGG19Relu33(nn.Module):
+    """VGG19 layers up to relu3_3, laid out like torchvision's so its state dict loads directly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for index in range(_VGG19_LAST_INDEX + 1):
+            if index in _VGG19_CONVS_TO_RELU3_3:
+                c_in, c_out = _VGG19_CONVS_TO_RELU3_3[index]
+                layers.append(nn.Conv2d(c_in, c_out, kernel_size=3, padding=1))
+            elif index in _VGG19_POOLS:
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            else:
+                layers.append(nn.ReLU(inplace=False))
+        self.features = nn.Sequential(*layers)
+        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        # Slices are grey in [-1, 1]; ImageNet weights expect RGB in [0, 1], standardised.
+        rgb = ((image + 1.0) / 2.0).expand(-1, 3, -1, -1)
+        return self.features((rgb - self.mean) / self.std)
+
+
+def build_vgg19_features(weights_path: str | os.PathLike | None) -> nn.Module:
+    """Frozen VGG19 up to relu3_3 from a local torchvision vgg19 ImageNet state dict (.pth)."""
+    if weights_path is None or not Path(weights_path).is_file():
+        raise ValueError(
+            "perceptual='vgg19' needs vgg19_weights: a local .pth file holding torchvision's "
+            f"vgg19 ImageNet state dict (nothing is downloaded); got {weights_path!r}"
+        )
+    state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    wanted = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "features" and int(parts[1]) <= _VGG19_LAST_INDEX:
+            wanted[key] = value
+    network = VGG19Relu33()
+    expected = {k for k in network.state_dict() if k.startswith("features.")}
+    missing = sorted(expected - set(wanted))
+    if missing:
+        raise ValueError(
+            f"{weights_path} is not a torchvision vgg19 state dict (missing {missing})"
+        )
+    network.load_state_dict(wanted, strict=False)
+    network.eval()
+    for parameter in network.parameters():
+        parameter.requires_grad_(False)
+    return network
+
+
+# --------------------------------------------------------------------------------------------
+# Losses
+
+
+def gradient_penalty(
+    discriminator: nn.Module, edges: torch.Tensor, real: torch.Tensor, fake: torch.Tensor
+) -> torch.Tensor:
+    """Mean (||grad_x D(edges, x)|| - 1)^2 at random interpolates x between real and fake images."""
+    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
+    mixed = (alpha * real + (1.0 - alpha) * fake).detach().requires_grad_(True)
+    logits = discriminator(torch.cat([edges, mixed], dim=1))
+    (grad,) = torch.autograd.grad(logits.sum(), mixed, create_graph=True)
+    # The small constant keeps the norm differentiable where the gradient vanishes.
+    norm = torch.sqrt(grad.float().pow(2).flatten(1).sum(dim=1) + 1e-12)
+    return ((norm - 1.0) ** 2).mean()
+
+
+def feature_matching_loss(
+    fake_features: list[torch.Tensor], real_features: list[torch.Tensor]
+) -> torch.Tensor:
+    """pix2pixHD feature matching: L1 between discriminator activations, averaged over layers."""
+    losses = [
+        F.l1_loss(fake, real.detach())
+        for fake, real in zip(fake_features, real_features, strict=True)
+    ]
+    return torch.stack(losses).mean()
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+
+
+def _as_slices(array: np.ndarray, settings: TranslatorSettings, name: str) -> np.ndarray:
+    slices = np.asarray(array, dtype=np.float32)
+    if slices.ndim != 3 or slices.shape[1] != slices.shape[2]:
+        raise ValueError(f"{name} must have shape (n, S, S), got {slices.shape}")
+    if slices.shape[1] % settings.size_multiple:
+        raise ValueError(
+            f"{name}: slice size {slices.shape[1]} is not a multiple of {settings.size_multiple}"
+        )
+    return slices
+
+
+def _fingerprint(*arrays: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(str(array.shape).encode())
+        digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    # A crash mid-write must never leave a truncated file under the final name.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+
+
+@contextmanager
+def _torch_runtime(settings: TranslatorSettings, device: torch.device) -> Iterator[None]:
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    if settings.num_threads:
+        torch.set_num_threads(settings.num_threads)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    # On CUDA the reflection-pad backward has no deterministic kernel, so GPU runs are
+    # reproducible only up to floating-point summation order.
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
+def _check_resumable(
+    state: dict[str, Any], settings: TranslatorSettings, seed: int, fingerprint: str, path: Path
+) -> None:
+    if state.get("format") != _CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a translator checkpoint")
+    saved = {k: v for k, v in state["settings"].items() if k not in _RESUME_FREE_SETTINGS}
+    saved = TranslatorSettings.from_dict({**saved, "epochs": settings.epochs}).to_dict()
+    current = settings.to_dict()
+    differing = sorted(
+        k for k in current if k not in _RESUME_FREE_SETTINGS and current[k] != saved[k]
+    )
+    if differing:
+        details = ", ".join(
+            f"{k}: checkpoint {saved[k]!r} vs now {current[k]!r}" for k in differing
+        )
+        raise ValueError(
+            f"cannot resume from {path}: settings differ ({details}); "
+            "remove the checkpoint or use another checkpoint directory"
+        )
+    if state["seed"] != seed:
+        raise ValueError(f"cannot resume from {path}: it used seed {state['seed']}, not {seed}")
+    if state["data"] != fingerprint:
+        raise ValueError(f"cannot resume from {path}: it was trained on different slices")
+
+
+def train_translator(
+    train_slices: np.ndarray,
+    val_slices: np.ndarray,
+    settings: TranslatorSettings,
+    checkpoint_dir: Path,
+    seed: int,
+    device: str = "cpu",
+    progress: Callable[[str], None] = print,
+) -> tuple[nn.Module, pd.DataFrame]:
+    """Train the edge-to-image translator on healthy slices; resumes from checkpoint_dir/last.pt.
+
+    Returns the generator (eval mode) and one history row per epoch (HISTORY_COLUMNS). The
+    result for a seed does not depend on whether or where training was interrupted.
+    """
+    train = _as_slices(train_slices, settings, "train_slices")
+    val = _as_slices(val_slices, settings, "val_slices") if len(val_slices) else None
+    if len(train) == 0:
+        raise ValueError("train_slices is empty")
+    checkpoint_dir = Path(checkpoint_dir)
+    checkpoint_path = checkpoint_dir / CHECKPOINT_NAME
+    torch_device = torch.device(device)
+    use_amp = settings.amp and torch_device.type == "cuda"
+    if settings.amp and not use_amp:
+        progress("translator: amp requested but only used on CUDA; training in float32")
+    fingerprint = _fingerprint(train, val if val is not None else np.empty((0, 0, 0)))
+
+    with _torch_runtime(settings, torch_device):
+        torch.manual_seed(seed)
+        generator = build_generator(settings).to(torch_device)
+        discriminator = build_discriminator(settings).to(torch_device)
+        vgg = None
+        if settings.perceptual == "vgg19":
+            vgg = build_vgg19_features(settings.vgg19_weights).to(torch_device)
+        opt_g = torch.optim.Adam(generator.parameters(), lr=settings.lr, betas=settings.betas)
+        opt_d = torch.optim.Adam(discriminator.parameters(), lr=settings.lr, betas=settings.betas)
+
+        history: list[dict[str, float]] = []
+        done_epochs = 0
+        if checkpoint_path.exists():
+            state = torch.load(checkpoint_path, map_location=torch_device, weights_only=True)
+            _check_resumable(state, settings, seed, fingerprint, checkpoint_path)
+            generator.load_state_dict(state["generator"])
+            discriminator.load_state_dict(state["discriminator"])
+            opt_g.load_state_dict(state["opt_g"])
+            opt_d.load_state_dict(state["opt_d"])
+            history = list(state["history"])
+            done_epochs = int(state["epoch"])
+            progress(f"translator: resuming from {checkpoint_path} after epoch {done_epochs}")
+            if done_epochs > settings.epochs:
+                progress(
+                    f"translator: checkpoint already has {done_epochs} epochs "
+                    f"(> {settings.epochs} requested); returning it as is"
+                )
+
+        # The augmented set depends only on the seed, so a resumed run rebuilds the same one.
+        inputs, targets = augmented_training_set(
+            train,
+            np.random.default_rng(seed),
+            copies=settings.augment_copies,
+            n_swaps=settings.augment_swaps,
+        )
+        val_edges = edge_maps(val) if val is not None else None
+        inputs_t = torch.from_numpy(inputs).unsqueeze(1)
+        targets_t = torch.from_numpy(targets).unsqueeze(1)
+        steps_per_epoch = -(-len(inputs) // settings.batch_size)
+        step = done_epochs * steps_per_epoch
+
+        for epoch in range(done_epochs + 1, settings.epochs + 1):
+            started = time.perf_counter()
+            # Per-epoch reseeding makes dropout, interpolation weights and batch order a function
+            # of (seed, epoch) alone, so resuming reproduces an uninterrupted run.
+            torch.manual_seed(_epoch_seed(seed, epoch))
+            order = np.random.default_rng([seed, epoch]).permutation(len(inputs))
+            generator.train()
+            discriminator.train()
+            sums = dict.fromkeys(("g_adv", "g_l1", "g_perc", "d_loss", "gp"), 0.0)
+            for first in range(0, len(order), settings.batch_size):
+                index = torch.from_numpy(order[first : first + settings.batch_size])
+                edges = inputs_t[index].to(torch_device)
+                real = targets_t[index].to(torch_device)
+                losses = _train_step(
+                    generator, discriminator, vgg, opt_g, opt_d, edges, real, settings, use_amp
+                )
+                for key, value in losses.items():
+                    sums[key] += value
+                step += 1
+                if step % _STEP_LOG_EVERY == 0:
+                    progress(
+                        f"translator: epoch {epoch} step {step} g_l1 {losses['g_l1']:.4f} "
+                        f"d_loss {losses['d_loss']:.4f}"
+                    )
+            val_l1 = float("nan")
+            if val_edges is not None:
+                recon = translate(generator, val_edges, device=device)
+                val_l1 = float(np.mean(np.abs(recon - val)))
+            row = {"epoch": epoch, "step": step}
+            row.update({key: total / steps_per_epoch for key, total in sums.items()})
+            row.update({"val_l1": val_l1, "seconds": time.perf_counter() - started})
+            history.append(row)
+            _atomic_torch_save(
+                {
+                    "format": _CHECKPOINT_FORMAT,
+                    "generator": generator.state_dict(),
+                    "discriminator": discriminator.state_dict(),
+                    "opt_g": opt_g.state_dict(),
+                    "opt_d": opt_d.state_dict(),
+                    "epoch": epoch,
+                    "history": history,
+                    "settings": settings.to_dict(),
+                    "seed": seed,
+                    "data": fingerprint,
+                },
+                checkpoint_path,
+            )
+            progress(
+                f"translator: epoch {epoch}/{settings.epochs} g_l1 {row['g_l1']:.4f} "
+                f"g_adv {row['g_adv']:.3f} d_loss {row['d_loss']:.3f} gp {row['gp']:.3f} "
+                f"val_l1 {val_l1:.4f} ({row['seconds']:.1f} s)"
+            )
+
+    generator.eval()
+    return generator, pd.DataFrame(history, columns=HISTORY_COLUMNS)
+
+
+def _train_step(
+    generator: nn.Module,
+    discriminator: nn.Module,
+    vgg: nn.Module | None,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    edges: torch.Tensor,
+    real: torch.Tensor,
+    settings: TranslatorSettings,
+    use_amp: bool,
+) -> dict[str, float]:
+    autocast = torch.autocast(device_type=edges.device.type, dtype=torch.bfloat16, enabled=use_amp)
+    real_pair = torch.cat([edges, real], dim=1)
+
+    # Discriminator: label-smoothed BCE (real 0.9, fake 0) plus the interpolate gradient penalty.
+    with autocast:
+        fake = generator(edges)
+        real_logits = discriminator(real_pair)
+        fake_logits = discriminator(torch.cat([edges, fake.detach()], dim=1))
+        d_bce = 0.5 * (
+            F.binary_cross_entropy_with_logits(
+                real_logits.float(), torch.full_like(real_logits.float(), settings.real_label)
+            )
+            + F.binary_cross_entropy_with_logits(
+                fake_logits.float(), torch.zeros_like(fake_logits.float())
+            )
+        )
+        gp = (
+            gradient_penalty(discriminator, edges, real, fake.detach())
+            if settings.lambda_gp > 0
+            else torch.zeros((), device=edges.device)
+        )
+    opt_d.zero_grad(set_to_none=True)
+    (d_bce + settings.lambda_gp * gp).backward()
+    opt_d.step()
+
+    # Generator: fool the updated discriminator, stay close in L1, match perceptual features.
+    for parameter in discriminator.parameters():
+        parameter.requires_grad_(False)
+    try:
+        with autocast:
+            fake_features, fake_logits = discriminator.forward_features(
+                torch.cat([edges, fake], dim=1)
+            )
+            g_adv = F.binary_cross_entropy_with_logits(
+                fake_logits.float(), torch.ones_like(fake_logits.float())
+            )
+            g_l1 = F.l1_loss(fake.float(), real)
+            if settings.perceptual == "feature_matching":
+                with torch.no_grad():
+                    real_features, _ = discriminator.forward_features(real_pair)
+                g_perc = feature_matching_loss(fake_features, real_features)
+            elif settings.perceptual == "vgg19":
+                with torch.no_grad():
+                    real_vgg = vgg(real)
+                g_perc = F.mse_loss(vgg(fake).float(), real_vgg.float())
+            else:
+                g_perc = torch.zeros((), device=edges.device)
+        g_total = g_adv + settings.lambda_l1 * g_l1 + settings.lambda_perceptual * g_perc
+        opt_g.zero_grad(set_to_none=True)
+        g_total.backward()
+        opt_g.step()
+    finally:
+        for parameter in discriminator.parameters():
+            parameter.requires_grad_(True)
+
+    return {
+        "g_adv": float(g_adv.detach()),
+        "g_l1": float(g_l1.detach()),
+        "g_perc": float(g_perc.detach()),
+        "d_loss": float(d_bce.detach()),
+        "gp": float(gp.detach()),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Inference and persistence
+
+
+def translate(
+    generator: nn.Module, edges: np.ndarray, batch_size: int = 16, device: str = "cpu"
+) -> np.ndarray:
+    """Reconstruct slices from edge maps (n, S, S) -> (n, S, S) float32 in [-1, 1]."""
+    edges = np.asarray(edges, dtype=np.float32)
+    if edges.ndim != 3:
+        raise ValueError(f"edges must have shape (n, S, S), got {edges.shape}")
+    multiple = getattr(generator, "size_multiple", 1)
+    if edges.shape[1] % multiple or edges.shape[2] % multiple:
+        raise ValueError(f"edge map size {edges.shape[1:]} is not a multiple of {multiple}")
+    was_training = generator.training
+    generator.to(device)
+    generator.eval()
+    out = np.empty(edges.shape, dtype=np.float32)
+    try:
+        with torch.no_grad():
+            for first in range(0, len(edges), batch_size):
+                batch = torch.from_numpy(edges[first : first + batch_size]).unsqueeze(1)
+                recon = generator(batch.to(device)).float().clamp_(-1.0, 1.0)
+                out[first : first + batch_size] = recon[:, 0].cpu().numpy()
+    finally:
+        generator.train(was_training)
+    return out
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"meta value of type {type(value).__name__} is not JSON-serialisable")
+
+
+def save_translator(
+    path: str | os.PathLike,
+    generator: nn.Module,
+    settings: TranslatorSettings,
+    meta: dict[str, Any],
+) -> None:
+    """Write generator weights, settings and meta atomically to path.
+
+    meta is stored as JSON (numpy values become Python numbers / lists) so that loading never
+    needs to unpickle arbitrary objects.
+    """
+    state = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
+    payload = {
+        "format": _MODEL_FORMAT,
+        "generator": state,
+        "settings": settings.to_dict(),
+        "meta_json": json.dumps(meta, default=_json_default),
+    }
+    _atomic_torch_save(payload, Path(path))
+
+
+def load_translator(
+    path: str | os.PathLike, device: str = "cpu"
+) -> tuple[nn.Module, TranslatorSettings, dict[str, Any]]:
+    """Read a translator written by save_translator: (generator in eval mode, settings, meta)."""
+    payload = torch.load(path, map_location=device, weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != _MODEL_FORMAT:
+        raise ValueError(f"{path} is not a translator file written by save_translator")
+    settings = TranslatorSettings.from_dict(payload["settings"])
+    generator = build_generator(settings)
+    generator.load_state_dict(payload["generator"])
+    generator.to(device)
+    generator.eval()
+    return generator, settings, json.loads(payload["meta_json"])
