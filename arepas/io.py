@@ -132,3 +132,20 @@ def save_table(path, table) -> None:
     """Write a pandas DataFrame as TSV atomically."""
     with atomic_path(path, suffix=".tsv") as tmp:
         table.to_csv(tmp, sep="\t", index=False)
+
+
+def resource_usage(wall_start: float) -> "pd.DataFrame":
+    """Wall time, CPU time and peak memory of this process so far, with the column names of
+    Snakemake's benchmark files (for rules that Snakemake caches, which may not have one)."""
+    import resource
+    import time
+
+    import pandas as pd
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return pd.DataFrame([{
+        "s": round(time.perf_counter() - wall_start, 3),
+        "max_rss": round(max(own.ru_maxrss, children.ru_maxrss) / 1024, 2),  # kB on Linux -> MB
+        "cpu_time": round(own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, 3),
+    }])

@@ -78,13 +78,6 @@ def preprocessed(dataset, subjects, name="slices.npz"):
     return [f"results/{dataset}/preprocessed/{s}/{name}" for s in subjects]
 
 
-def final_outputs():
-    outputs = []
-    for dataset in used_datasets():
-        outputs += preprocessed(dataset, subjects_of(dataset))
-    return outputs
-
-
 def map_model_files(wildcards):
     models = f"results/{wildcards.dataset}/models"
     files = {}
@@ -93,3 +86,53 @@ def map_model_files(wildcards):
     if "ae" in config["methods"]:
         files["autoencoder"] = f"{models}/autoencoder.pt"
     return files
+
+
+def evaluated_datasets():
+    return [d for d in used_datasets() if subjects_of(d, ["test"])]
+
+
+def subject_rows(dataset, splits):
+    """Sheet rows as plain dicts, so that scripts see paths and a changed row reruns the rule."""
+    rows = SUBJECTS[(SUBJECTS["dataset"] == dataset) & SUBJECTS["split"].isin(splits)]
+    return rows.reset_index(drop=True).to_dict("records")
+
+
+def native_maps(dataset, subjects):
+    return expand(
+        "results/{dataset}/maps/{method}/{subject}_native.nii.gz",
+        dataset=dataset,
+        method=config["methods"],
+        subject=subjects,
+    )
+
+
+def evaluation_files(wildcards):
+    test = subjects_of(wildcards.dataset, ["test"])
+    val = subjects_of(wildcards.dataset, ["val"])
+    return {
+        "maps": native_maps(wildcards.dataset, test + val),
+        "roi": preprocessed(wildcards.dataset, test + val, "roi_native.nii.gz"),
+        "lesion": [SUBJECTS.loc[s, "lesion"] for s in test],
+    }
+
+
+def final_outputs():
+    outputs = []
+    for dataset in used_datasets():
+        mapped = subjects_of(dataset, ["val", "test", "predict"])
+        outputs += native_maps(dataset, mapped)
+        outputs += expand(
+            "results/{dataset}/figures/subjects/{subject}.png",
+            dataset=dataset,
+            subject=subjects_of(dataset, ["test"]),
+        )
+    for dataset in evaluated_datasets():
+        outputs += expand(
+            "results/{dataset}/figures/{name}.png",
+            dataset=dataset,
+            name=["pr_curves", "dice_per_subject", "translator_training", "scorer_training"],
+        )
+    if evaluated_datasets():
+        outputs.append("results/summary.md")
+    return outputs

@@ -10,6 +10,7 @@ rule train_scorer:
             category="3. Patch scorer",
             subcategory="{dataset}",
         ),
+        usage="results/{dataset}/models/scorer_usage.tsv",
     params:
         settings=lambda wc: DATASETS[wc.dataset]["scorer"],
         seed=config["seed"],
@@ -19,8 +20,6 @@ rule train_scorer:
     cache: "omit-software"
     log:
         "logs/{dataset}/train_scorer.log",
-    benchmark:
-        "benchmarks/{dataset}/train_scorer.tsv"
     script:
         "../scripts/train_scorer.py"
 
@@ -32,6 +31,7 @@ rule train_autoencoder:
     output:
         model="results/{dataset}/models/autoencoder.pt",
         history="results/{dataset}/models/autoencoder_history.tsv",
+        usage="results/{dataset}/models/autoencoder_usage.tsv",
     params:
         settings=lambda wc: DATASETS[wc.dataset]["autoencoder"],
         checkpoint_dir=lambda wc: f"results/{wc.dataset}/models/autoencoder_checkpoint",
@@ -42,8 +42,6 @@ rule train_autoencoder:
     cache: "omit-software"
     log:
         "logs/{dataset}/train_autoencoder.log",
-    benchmark:
-        "benchmarks/{dataset}/train_autoencoder.tsv"
     script:
         "../scripts/train_autoencoder.py"
 
@@ -63,6 +61,7 @@ rule anomaly_maps:
             "results/{{dataset}}/maps/{method}/{{subject}}_native.nii.gz",
             method=config["methods"],
         ),
+        slices="results/{dataset}/maps/{subject}_slices.npz",
     params:
         methods=config["methods"],
         maps=config["maps"],

@@ -10,6 +10,7 @@ rule train_translator:
             category="2. Translator",
             subcategory="{dataset}",
         ),
+        usage="results/{dataset}/models/translator_usage.tsv",
     params:
         settings=lambda wc: DATASETS[wc.dataset]["translator"],
         preprocessing=preprocess_settings,
@@ -21,8 +22,6 @@ rule train_translator:
     cache: "omit-software"
     log:
         "logs/{dataset}/train_translator.log",
-    benchmark:
-        "benchmarks/{dataset}/train_translator.tsv"
     script:
         "../scripts/train_translator.py"
 

@@ -51,3 +51,6 @@ for method, working_path, native_path in zip(methods, snakemake.output.working, 
     native = np.where(roi_native > 0, np.maximum(native, 0.0), 0.0)
     io.save_volume(native_path, native, native_affine)
 print(f"{subject}: maps {methods} in {time.perf_counter() - start:.1f} s")
+# The 2D slices of every method, for figures that show what the networks saw.
+io.save_arrays(snakemake.output.slices, input=rec["slices"], edges=rec["edges"], recon=rec["recon"],
+               roi=rec["roi"], lesion=rec["lesion"], **{f"map_{m}": maps[m] for m in methods})

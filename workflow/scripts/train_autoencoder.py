@@ -1,6 +1,8 @@
 import sys
+import time
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
+start = time.perf_counter()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -21,3 +23,5 @@ model, history = autoencoder.train_autoencoder(
 )
 autoencoder.save_autoencoder(snakemake.output.model, model, settings, meta={})
 io.save_table(snakemake.output.history, history)
+# Cached rules cannot have a benchmark directive, so they record their own resource use.
+io.save_table(snakemake.output.usage, io.resource_usage(start))

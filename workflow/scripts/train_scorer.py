@@ -1,7 +1,9 @@
 import dataclasses
 import sys
+import time
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
+start = time.perf_counter()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -25,3 +27,5 @@ model, history = scorer.train_scorer(pairs["patches_a"], pairs["patches_b"], pai
                                      seed=snakemake.params.seed, progress=print)
 scorer.save_scorer(snakemake.output.model, model, settings, meta={"n_pairs": len(pairs["labels"])})
 io.save_table(snakemake.output.history, history)
+# Cached rules cannot have a benchmark directive, so they record their own resource use.
+io.save_table(snakemake.output.usage, io.resource_usage(start))

@@ -1,6 +1,8 @@
 import sys
+import time
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
+start = time.perf_counter()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -24,3 +26,5 @@ model, history = translator.train_translator(
 translator.save_translator(snakemake.output.model, model, settings,
                            meta={"preprocessing": snakemake.params.preprocessing})
 io.save_table(snakemake.output.history, history)
+# Cached rules cannot have a benchmark directive, so they record their own resource use.
+io.save_table(snakemake.output.usage, io.resource_usage(start))

@@ -1,0 +1,48 @@
+rule evaluate:
+    input:
+        unpack(evaluation_files),
+    output:
+        per_subject=report(
+            "results/{dataset}/metrics/per_subject.tsv",
+            caption="../report/per_subject.rst",
+            category="4. Evaluation",
+            subcategory="{dataset}",
+        ),
+        summary=report(
+            "results/{dataset}/metrics/summary.tsv",
+            caption="../report/summary.rst",
+            category="4. Evaluation",
+            subcategory="{dataset}",
+        ),
+        curves="results/{dataset}/metrics/pr_curves.npz",
+    params:
+        methods=config["methods"],
+        evaluation=config["evaluation"],
+        test=lambda wc: subject_rows(wc.dataset, ["test"]),
+        val=lambda wc: subject_rows(wc.dataset, ["val"]),
+    log:
+        "logs/{dataset}/evaluate.log",
+    benchmark:
+        "benchmarks/{dataset}/evaluate.tsv"
+    script:
+        "../scripts/evaluate.py"
+
+
+rule summary_table:
+    input:
+        expand("results/{dataset}/metrics/summary.tsv", dataset=evaluated_datasets()),
+    output:
+        markdown=report(
+            "results/summary.md",
+            caption="../report/summary_md.rst",
+            category="4. Evaluation",
+        ),
+        table="results/summary.tsv",
+    params:
+        datasets=evaluated_datasets(),
+    log:
+        "logs/summary_table.log",
+    benchmark:
+        "benchmarks/summary_table.tsv"
+    script:
+        "../scripts/summary_table.py"

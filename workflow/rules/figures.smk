@@ -1,0 +1,56 @@
+rule subject_figure:
+    input:
+        slices="results/{dataset}/maps/{subject}_slices.npz",
+    output:
+        report(
+            "results/{dataset}/figures/subjects/{subject}.png",
+            caption="../report/subject_panel.rst",
+            category="5. Figures",
+            subcategory="{dataset}: subjects",
+        ),
+    log:
+        "logs/{dataset}/subject_figure/{subject}.log",
+    benchmark:
+        "benchmarks/{dataset}/subject_figure/{subject}.tsv"
+    script:
+        "../scripts/subject_figure.py"
+
+
+rule dataset_figures:
+    input:
+        per_subject="results/{dataset}/metrics/per_subject.tsv",
+        summary="results/{dataset}/metrics/summary.tsv",
+        curves="results/{dataset}/metrics/pr_curves.npz",
+        translator="results/{dataset}/models/translator_history.tsv",
+        scorer="results/{dataset}/models/scorer_history.tsv",
+    output:
+        pr=report(
+            "results/{dataset}/figures/pr_curves.png",
+            caption="../report/pr_curves.rst",
+            category="5. Figures",
+            subcategory="{dataset}",
+        ),
+        dice=report(
+            "results/{dataset}/figures/dice_per_subject.png",
+            caption="../report/dice_strip.rst",
+            category="5. Figures",
+            subcategory="{dataset}",
+        ),
+        translator=report(
+            "results/{dataset}/figures/translator_training.png",
+            caption="../report/translator_training.rst",
+            category="2. Translator",
+            subcategory="{dataset}",
+        ),
+        scorer=report(
+            "results/{dataset}/figures/scorer_training.png",
+            caption="../report/scorer_training.rst",
+            category="3. Patch scorer",
+            subcategory="{dataset}",
+        ),
+    log:
+        "logs/{dataset}/dataset_figures.log",
+    benchmark:
+        "benchmarks/{dataset}/dataset_figures.tsv"
+    script:
+        "../scripts/dataset_figures.py"
