@@ -1,0 +1,209 @@
+"""Figures for the report: per-subject panels, PR curves, Dice per subject, training logs.
+
+Figures are built with matplotlib's object API (no pyplot state), so they render with the Agg
+canvas whatever backend the caller has and are freed as soon as they go out of scope.
+"""
+
+import os
+import sys
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+# Slices are normalised to [-1, 1] in preprocessing (AREPAS reference defaults), so one fixed
+# grey window shows input and reconstruction on the same footing.
+INTENSITY_WINDOW = (-1.0, 1.0)
+MAP_COLOURMAP = "inferno"
+OUTLINE_COLOUR = "#00e5ff"  # cyan reads against both grey anatomy and hot maps
+
+
+def most_lesioned_slice(lesion: np.ndarray, axis: int) -> int:
+    """Index along `axis` of the slice with the most lesion voxels (middle slice if none)."""
+    lesion = np.asarray(lesion, dtype=bool)
+    other_axes = tuple(a for a in range(lesion.ndim) if a != axis % lesion.ndim)
+    per_slice = lesion.sum(axis=other_axes)
+    if per_slice.max() == 0:
+        return lesion.shape[axis] // 2
+    return int(np.argmax(per_slice))
+
+
+def slice_for_display(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """One 2D slice rotated a quarter turn, so that for RAS-ordered voxel arrays anterior (axial)
+    or superior (coronal, sagittal) points up, as on a viewer."""
+    return np.rot90(np.take(np.asarray(volume), index, axis=axis))
+
+
+def subject_panel(
+    input: np.ndarray,
+    edges: np.ndarray,
+    recon: np.ndarray,
+    residual: np.ndarray,
+    patch: np.ndarray,
+    arepas: np.ndarray,
+    lesion: np.ndarray,
+    title: str,
+) -> Figure:
+    """One row of seven 2D panels: input, edges, reconstruction, residual, patch map, AREPAS map,
+    and the ground-truth outline over the input. Arrays are shown as given (see
+    `slice_for_display`)."""
+    images = [input, edges, recon, residual, patch, arepas, lesion]
+    shapes = {np.shape(a) for a in images}
+    if len(shapes) != 1 or len(shapes.pop()) != 2:
+        raise ValueError("all panels must be 2D arrays of one shape")
+    lesion = np.asarray(lesion, dtype=bool)
+
+    fig = Figure(figsize=(21, 3.6), layout="constrained")
+    axes = fig.subplots(1, 7)
+    grey = {"cmap": "gray", "vmin": INTENSITY_WINDOW[0], "vmax": INTENSITY_WINDOW[1]}
+    # The AREPAS map is the residual weighted by a patch score in [0, 1], so both are intensity
+    # differences and share one scale; the patch map is a dissimilarity in [0, 1] of its own.
+    difference_max = _positive_max(residual, arepas)
+    patch_max = max(1.0, _positive_max(patch))
+    hot = {"cmap": MAP_COLOURMAP, "vmin": 0.0}
+
+    _image(fig, axes[0], input, "input", colourbar=True, **grey)
+    _image(fig, axes[1], edges, "edge map", colourbar=False, cmap="gray")
+    _image(fig, axes[2], recon, "reconstruction", colourbar=True, **grey)
+    _image(fig, axes[3], residual, "|recon - input|", colourbar=True, vmax=difference_max, **hot)
+    _image(fig, axes[4], patch, "patch dissimilarity", colourbar=True, vmax=patch_max, **hot)
+    _image(fig, axes[5], arepas, "AREPAS map", colourbar=True, vmax=difference_max, **hot)
+    _image(fig, axes[6], input, "ground truth", colourbar=False, **grey)
+    if lesion.any():
+        axes[6].contour(
+            lesion.astype(np.float32), levels=[0.5], colors=OUTLINE_COLOUR, linewidths=1.2
+        )
+    else:
+        axes[6].set_title("ground truth (no lesion here)")
+    fig.suptitle(title)
+    return fig
+
+
+def pr_curves(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    ap: Mapping[str, float],
+    prevalence: float | None = None,
+) -> Figure:
+    """Precision-recall curves, one per method, with AUPRC in the legend.
+
+    `curves[method] = (precision, recall)`; `prevalence` (lesion fraction of ROI voxels) draws
+    the precision of a random map, the floor AUPRC should be read against.
+    """
+    fig = Figure(figsize=(5.5, 5), layout="constrained")
+    ax = fig.subplots()
+    for method, (precision, recall) in curves.items():
+        # Step drawing matches the non-interpolated AP used for the number in the legend.
+        label = f"{method} (AP {ap[method]:.3f})" if method in ap else method
+        # Recall ascending; at equal recall the higher precision (higher threshold) comes first, as
+        # it is the one the AP step counts.
+        order = np.lexsort((-np.asarray(precision), np.asarray(recall)))
+        ax.plot(
+            np.asarray(recall)[order],
+            np.asarray(precision)[order],
+            drawstyle="steps-pre",
+            label=label,
+        )
+    if prevalence is not None:
+        ax.axhline(prevalence, color="grey", linestyle=":", label=f"random ({prevalence:.3f})")
+    ax.set(
+        xlabel="recall",
+        ylabel="precision",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        title="Voxel-level precision-recall",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize="small")
+    return fig
+
+
+def dice_strip(per_subject: pd.DataFrame) -> Figure:
+    """Per-subject Dice by method: box plot with every subject as a dot.
+
+    Subjects with undefined Dice (no lesion) are left out and counted in the axis label.
+    """
+    missing = {"subject", "method", "dice"} - set(per_subject.columns)
+    if missing:
+        raise ValueError(f"per_subject lacks columns {sorted(missing)}")
+    methods = list(dict.fromkeys(per_subject["method"]))
+    fig = Figure(figsize=(1.2 + 1.3 * max(len(methods), 1), 4.5), layout="constrained")
+    ax = fig.subplots()
+    values = [per_subject.loc[per_subject["method"] == m, "dice"].to_numpy(float) for m in methods]
+    defined = [v[~np.isnan(v)] for v in values]
+    positions = np.arange(1, len(methods) + 1)
+    ax.boxplot(defined, positions=positions, widths=0.5, showfliers=False)
+    # Fixed seed: the jitter is only for legibility and must not change between runs.
+    rng = np.random.default_rng(0)
+    for position, dice in zip(positions, defined, strict=True):
+        ax.scatter(
+            position + rng.uniform(-0.15, 0.15, dice.size),
+            dice,
+            s=14,
+            alpha=0.7,
+            color="tab:blue",
+            zorder=3,
+        )
+    labels = [
+        f"{m}\n(n={d.size}" + (f", {v.size - d.size} n/a)" if v.size > d.size else ")")
+        for m, v, d in zip(methods, values, defined, strict=True)
+    ]
+    ax.set_xticks(positions, labels, fontsize="small")
+    ax.set(ylabel="Dice per subject", ylim=(-0.02, 1.02), title="Dice per subject")
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def training_curves(history: pd.DataFrame, x: str, ys: Sequence[str], title: str) -> Figure:
+    """One stacked panel per logged quantity (losses and accuracies have different scales)."""
+    if not ys:
+        raise ValueError("ys must name at least one column")
+    fig = Figure(figsize=(6.5, 1.2 + 1.8 * len(ys)), layout="constrained")
+    axes = fig.subplots(len(ys), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, column in zip(axes, ys, strict=True):
+        ax.plot(history[x], history[column], linewidth=1.2)
+        ax.set_ylabel(column)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel(x)
+    fig.suptitle(title)
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> None:
+    """Write the figure atomically (temporary file, then rename) and release it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Same folder, so the rename cannot cross file systems; same suffix, so the format is kept.
+    # A unique name rather than mkstemp, whose private 0600 mode would outlive the rename.
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex}{path.suffix}")
+    try:
+        fig.savefig(temporary, dpi=dpi)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    finally:
+        # Figures made through pyplot stay registered there until closed; the module is only
+        # consulted when the caller already imported it.
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is not None:
+            pyplot.close(fig)
+        fig.clear()
+
+
+def _image(fig: Figure, ax: Axes, image: np.ndarray, title: str, colourbar: bool, **style) -> None:
+    shown = ax.imshow(np.asarray(image, dtype=np.float32), interpolation="nearest", **style)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if colourbar:
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+
+
+def _positive_max(*maps: np.ndarray) -> float:
+    largest = max(float(np.nanmax(m)) if np.size(m) else 0.0 for m in maps)
+    # A blank map still needs a non-empty colour range.
+    return largest if largest > 0 else 1.0

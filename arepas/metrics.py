@@ -1,0 +1,415 @@
+"""Voxel-level evaluation of anomaly maps inside the ROI.
+
+Cohorts can be hundreds of CT volumes, so pooled metrics never hold all voxels at once: scores are
+streamed into fixed-bin histograms (one for lesion voxels, one for the other ROI voxels) and Dice,
+precision-recall and ROC are swept over the bins. Every threshold reported is the smallest score
+seen in its bin, and a bin holds every score between its edges, so "score >= threshold" on the raw
+maps selects exactly the voxels the histogram counted. The sweep is therefore exact whenever
+distinct scores lie at least one bin width (upper / n_bins) apart, and otherwise only merges
+scores closer than that.
+
+The paper reports Dice (Mitic & Langs, MLMI 2025, arXiv 2509.12905); its reference code has no
+thresholding or Dice, so the choices here (best threshold on the pooled test cohort, and an honest
+threshold from healthy validation scans) are ours.
+"""
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import EllipsisType
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+# 2**16 bins: on maps shaped like residual x patch-score maps, halving or quadrupling this moved
+# the best Dice by < 1e-4 (see tests/test_metrics.py), well below the 3rd decimal.
+DEFAULT_BINS = 2**16
+
+# Voxels handled per step in streaming loops; bounds temporaries to a few tens of MB.
+_CHUNK_VOXELS = 1 << 22
+
+
+@dataclass
+class ScoreHistogram:
+    """Counts of lesion and non-lesion ROI voxels in `n_bins` equal bins over [0, upper].
+
+    Scores above `upper` go in the last bin. Build with the cohort's maximum ROI score as `upper`
+    (see `roi_max`), then call `add` once per subject.
+    """
+
+    upper: float
+    n_bins: int = DEFAULT_BINS
+    lesion_counts: np.ndarray = field(init=False, repr=False)
+    nonlesion_counts: np.ndarray = field(init=False, repr=False)
+    bin_min: np.ndarray = field(init=False, repr=False)
+    max_score: float = field(init=False, default=-np.inf)
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.upper) or self.upper <= 0:
+            raise ValueError(f"upper must be a positive finite number, got {self.upper}")
+        if self.n_bins < 1:
+            raise ValueError(f"n_bins must be >= 1, got {self.n_bins}")
+        self.upper = float(self.upper)
+        self.lesion_counts = np.zeros(self.n_bins, dtype=np.int64)
+        self.nonlesion_counts = np.zeros(self.n_bins, dtype=np.int64)
+        self.bin_min = np.full(self.n_bins, np.inf)
+
+    @property
+    def edges(self) -> np.ndarray:
+        """Nominal bin edges (n_bins + 1 values from 0 to upper)."""
+        return np.linspace(0.0, self.upper, self.n_bins + 1)
+
+    @property
+    def n_lesion(self) -> int:
+        return int(self.lesion_counts.sum())
+
+    @property
+    def n_nonlesion(self) -> int:
+        return int(self.nonlesion_counts.sum())
+
+    def add(self, scores: np.ndarray, lesion_mask: np.ndarray | None, roi: np.ndarray) -> None:
+        """Add one subject's ROI voxels; `lesion_mask=None` means a healthy subject."""
+        scores = np.asarray(scores)
+        roi = np.asarray(roi, dtype=bool)
+        lesion = None if lesion_mask is None else np.asarray(lesion_mask, dtype=bool)
+        _check_same_shape(scores=scores, roi=roi, lesion_mask=lesion)
+        for part in _slabs(scores.shape):
+            inside = roi[part]
+            values = scores[part][inside].astype(np.float64)
+            if values.size == 0:
+                continue
+            if not np.all(np.isfinite(values)):
+                raise ValueError("anomaly scores inside the ROI must be finite")
+            if values.min() < 0:
+                raise ValueError("anomaly scores must be >= 0")
+            index = self._bin_index(values)
+            if lesion is None:
+                self.nonlesion_counts += np.bincount(index, minlength=self.n_bins)
+            else:
+                is_lesion = lesion[part][inside]
+                self.lesion_counts += np.bincount(index[is_lesion], minlength=self.n_bins)
+                self.nonlesion_counts += np.bincount(index[~is_lesion], minlength=self.n_bins)
+            np.minimum.at(self.bin_min, index, values)
+            self.max_score = max(self.max_score, float(values.max()))
+
+    def merge(self, other: "ScoreHistogram") -> None:
+        """Add another histogram with the same bins (e.g. one filled in a parallel job)."""
+        if other.n_bins != self.n_bins or other.upper != self.upper:
+            raise ValueError("histograms must share upper and n_bins to be merged")
+        self.lesion_counts += other.lesion_counts
+        self.nonlesion_counts += other.nonlesion_counts
+        np.minimum(self.bin_min, other.bin_min, out=self.bin_min)
+        self.max_score = max(self.max_score, other.max_score)
+
+    def _bin_index(self, values: np.ndarray) -> np.ndarray:
+        # Multiplying by a positive constant and flooring are both monotone, so binning never
+        # reorders scores: every score in bin k is below every score in bin k + 1. That is what
+        # makes the per-bin minimum a threshold that reproduces the bin counts exactly.
+        position = np.minimum(values * (self.n_bins / self.upper), self.n_bins - 1)
+        return position.astype(np.intp)
+
+
+def coarsen(hist: ScoreHistogram, factor: int) -> ScoreHistogram:
+    """Merge groups of `factor` adjacent bins (to check how much bin width matters)."""
+    if factor < 1 or hist.n_bins % factor:
+        raise ValueError(f"factor must divide n_bins ({hist.n_bins}), got {factor}")
+    coarse = ScoreHistogram(hist.upper, hist.n_bins // factor)
+    coarse.lesion_counts = hist.lesion_counts.reshape(-1, factor).sum(axis=1)
+    coarse.nonlesion_counts = hist.nonlesion_counts.reshape(-1, factor).sum(axis=1)
+    coarse.bin_min = hist.bin_min.reshape(-1, factor).min(axis=1)
+    coarse.max_score = hist.max_score
+    return coarse
+
+
+def save_histogram(hist: ScoreHistogram, path: str | Path) -> None:
+    """Write a histogram to an .npz file."""
+    np.savez_compressed(
+        path,
+        upper=hist.upper,
+        n_bins=hist.n_bins,
+        lesion_counts=hist.lesion_counts,
+        nonlesion_counts=hist.nonlesion_counts,
+        bin_min=hist.bin_min,
+        max_score=hist.max_score,
+    )
+
+
+def load_histogram(path: str | Path) -> ScoreHistogram:
+    """Read a histogram written by `save_histogram`."""
+    with np.load(path) as stored:
+        hist = ScoreHistogram(float(stored["upper"]), int(stored["n_bins"]))
+        hist.lesion_counts = stored["lesion_counts"].astype(np.int64)
+        hist.nonlesion_counts = stored["nonlesion_counts"].astype(np.int64)
+        hist.bin_min = stored["bin_min"].astype(np.float64)
+        hist.max_score = float(stored["max_score"])
+    return hist
+
+
+def roi_max(scores: np.ndarray, roi: np.ndarray) -> float:
+    """Largest score inside the ROI (0.0 for an empty ROI), read in chunks."""
+    scores = np.asarray(scores)
+    roi = np.asarray(roi, dtype=bool)
+    _check_same_shape(scores=scores, roi=roi)
+    largest = 0.0
+    for part in _slabs(scores.shape):
+        values = scores[part][roi[part]]
+        if values.size:
+            largest = max(largest, float(values.max()))
+    return largest
+
+
+def _sweep(hist: ScoreHistogram) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thresholds in decreasing order with the lesion (tp) and non-lesion (fp) voxels >= each."""
+    # Only occupied bins are candidate thresholds: an empty bin selects the same voxels as the
+    # next occupied bin above it.
+    occupied = np.flatnonzero((hist.lesion_counts + hist.nonlesion_counts) > 0)[::-1]
+    tp = np.cumsum(hist.lesion_counts[occupied])
+    fp = np.cumsum(hist.nonlesion_counts[occupied])
+    return hist.bin_min[occupied], tp, fp
+
+
+def best_dice(hist: ScoreHistogram) -> tuple[float, float]:
+    """Largest pooled Dice over thresholds and the threshold reaching it ("score >= threshold").
+
+    Ties go to the highest threshold. Returns (nan, nan) when the cohort has no lesion voxel.
+    """
+    n_lesion = hist.n_lesion
+    if n_lesion == 0:
+        return float("nan"), float("nan")
+    thresholds, tp, fp = _sweep(hist)
+    # Dice = 2 TP / (2 TP + FP + FN) and TP + FN is the fixed lesion volume.
+    dice = 2.0 * tp / (tp + fp + n_lesion)
+    best = int(np.argmax(dice))
+    return float(dice[best]), float(thresholds[best])
+
+
+def pr_curve(hist: ScoreHistogram) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(precision, recall, thresholds) ordered as sklearn.metrics.precision_recall_curve.
+
+    Thresholds increase; precision and recall have one extra final point (1, 0).
+    """
+    thresholds, tp, fp = _sweep(hist)
+    n_lesion = hist.n_lesion
+    precision = tp / (tp + fp)
+    recall = tp / n_lesion if n_lesion else np.full(tp.shape, np.nan)
+    return (
+        np.concatenate([precision[::-1], [1.0]]),
+        np.concatenate([recall[::-1], [0.0]]),
+        thresholds[::-1].copy(),
+    )
+
+
+def average_precision(hist: ScoreHistogram) -> float:
+    """AUPRC as the step sum of precision over recall increments, like
+    sklearn.metrics.average_precision_score (no interpolation). NaN without lesion voxels."""
+    n_lesion = hist.n_lesion
+    if n_lesion == 0:
+        return float("nan")
+    _, tp, fp = _sweep(hist)
+    recall_gain = np.diff(tp, prepend=0) / n_lesion
+    return float(np.sum(recall_gain * tp / (tp + fp)))
+
+
+def roc_auc(hist: ScoreHistogram) -> float:
+    """Area under the ROC curve by the trapezoid rule, like sklearn.metrics.roc_auc_score.
+
+    Tied scores count half, through the diagonal segment they form. NaN when either class is
+    missing.
+    """
+    n_lesion, n_nonlesion = hist.n_lesion, hist.n_nonlesion
+    if n_lesion == 0 or n_nonlesion == 0:
+        return float("nan")
+    _, tp, fp = _sweep(hist)
+    tpr = np.concatenate([[0.0], tp / n_lesion])
+    fpr = np.concatenate([[0.0], fp / n_nonlesion])
+    return float(np.trapezoid(tpr, fpr))
+
+
+def threshold_from_healthy(
+    healthy_hist: ScoreHistogram, mode: Literal["percentile", "fpr"], value: float
+) -> float:
+    """Threshold chosen on healthy validation ROI scores only, without any lesion label.
+
+    mode="percentile": the `value`-th percentile of the pooled healthy scores (the
+    numpy "inverted_cdf" definition; exact when its bin holds one distinct score, otherwise the
+    smallest score of that bin).
+    mode="fpr": the lowest threshold whose false-positive rate on the healthy voxels is at most
+    `value`; above every healthy score when even the top bin exceeds it.
+    """
+    if healthy_hist.n_lesion:
+        raise ValueError("the threshold must come from healthy scans: histogram has lesion voxels")
+    counts = healthy_hist.nonlesion_counts
+    total = int(counts.sum())
+    if total == 0:
+        raise ValueError("healthy histogram is empty")
+    if mode == "percentile":
+        if not 0 <= value <= 100:
+            raise ValueError(f"percentile must be in [0, 100], got {value}")
+        # Smallest occupied bin whose cumulative count reaches value% of the voxels, i.e. the
+        # bin holding the ceil(n q)-th smallest score, as numpy's inverted_cdf.
+        cumulative = np.cumsum(counts)
+        reached = (cumulative >= total * (value / 100.0)) & (counts > 0)
+        return float(healthy_hist.bin_min[np.argmax(reached)])
+    if mode == "fpr":
+        if not 0 <= value <= 1:
+            raise ValueError(f"false-positive rate must be in [0, 1], got {value}")
+        thresholds, _, fp = _sweep(healthy_hist)
+        allowed = np.flatnonzero(fp <= value * total)
+        if allowed.size == 0:
+            return float(np.nextafter(healthy_hist.max_score, np.inf))
+        # fp grows as the threshold falls, so the last allowed entry is the lowest threshold.
+        return float(thresholds[allowed[-1]])
+    raise ValueError(f"mode must be 'percentile' or 'fpr', got {mode!r}")
+
+
+def subject_metrics(
+    scores: np.ndarray, lesion: np.ndarray, roi: np.ndarray, threshold: float
+) -> dict[str, float]:
+    """Voxel and lesion-wise metrics of one subject segmented as "score >= threshold" in the ROI.
+
+    Lesions are 26-connected components (full connectivity in any dimension) of the lesion mask
+    inside the ROI; a lesion is detected when any of its voxels is segmented. With an empty lesion
+    mask dice, recall and detection_rate are NaN (undefined); precision is NaN with an empty
+    segmentation. tp, fp and fn are voxel counts for pooling over subjects.
+    """
+    scores = np.asarray(scores)
+    roi = np.asarray(roi, dtype=bool)
+    lesion = np.asarray(lesion, dtype=bool) & roi
+    _check_same_shape(scores=scores, lesion=lesion, roi=roi)
+    # A float64 scalar makes numpy compare float32 maps in float64 (buffered, no full copy), so the
+    # threshold is not rounded to float32 on the way.
+    segmented = (scores >= np.float64(threshold)) & roi
+    tp = int(np.count_nonzero(segmented & lesion))
+    fp = int(np.count_nonzero(segmented)) - tp
+    fn = int(np.count_nonzero(lesion)) - tp
+
+    labels, n_lesions = ndimage.label(lesion, structure=np.ones((3,) * lesion.ndim, dtype=bool))
+    hit = np.bincount(labels[segmented], minlength=n_lesions + 1)[1:] > 0
+    n_detected = int(np.count_nonzero(hit))
+
+    has_lesion = tp + fn > 0
+    nan = float("nan")
+    return {
+        "dice": 2.0 * tp / (2 * tp + fp + fn) if has_lesion else nan,
+        "precision": tp / (tp + fp) if tp + fp > 0 else nan,
+        "recall": tp / (tp + fn) if has_lesion else nan,
+        "n_lesions": int(n_lesions),
+        "n_detected": n_detected,
+        "detection_rate": n_detected / n_lesions if n_lesions else nan,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+    }
+
+
+def pooled_dice(rows: Iterable[Mapping[str, float]]) -> float:
+    """Dice of the voxel counts summed over subjects (NaN without lesion voxels)."""
+    tp = fp = fn = 0
+    for row in rows:
+        tp, fp, fn = tp + row["tp"], fp + row["fp"], fn + row["fn"]
+    return 2.0 * tp / (2 * tp + fp + fn) if tp + fn > 0 else float("nan")
+
+
+def summarise(
+    test_hist: ScoreHistogram,
+    honest_threshold: float,
+    at_best: Sequence[Mapping[str, float]],
+    at_honest: Sequence[Mapping[str, float]],
+) -> dict[str, float]:
+    """Summary row for one dataset x method.
+
+    `at_best` / `at_honest` are the `subject_metrics` of every test subject at the best-Dice
+    threshold of `test_hist` and at `honest_threshold` (from `threshold_from_healthy`).
+    `dice_bin_gap` is how much the best Dice moves when bins are twice as wide: a check that the
+    sweep is fine enough for these maps.
+    """
+    dice, threshold = best_dice(test_hist)
+    if test_hist.n_bins % 2 == 0:
+        dice_bin_gap = abs(dice - best_dice(coarsen(test_hist, 2))[0])
+    else:
+        dice_bin_gap = float("nan")
+    n_voxels = test_hist.n_lesion + test_hist.n_nonlesion
+    row = {
+        "n_subjects": len(at_best),
+        "best_dice": dice,
+        "best_threshold": threshold,
+        "honest_dice": pooled_dice(at_honest),
+        "honest_threshold": float(honest_threshold),
+        "auprc": average_precision(test_hist),
+        "auroc": roc_auc(test_hist),
+        "lesion_fraction": test_hist.n_lesion / n_voxels if n_voxels else float("nan"),
+        "dice_bin_gap": dice_bin_gap,
+    }
+    for name, rows in (("best", at_best), ("honest", at_honest)):
+        per_subject = np.array([r["dice"] for r in rows], dtype=np.float64)
+        defined = per_subject[~np.isnan(per_subject)]
+        row[f"mean_dice_{name}"] = float(defined.mean()) if defined.size else float("nan")
+        row[f"sd_dice_{name}"] = float(defined.std(ddof=1)) if defined.size > 1 else float("nan")
+        n_lesions = sum(int(r["n_lesions"]) for r in rows)
+        n_detected = sum(int(r["n_detected"]) for r in rows)
+        row[f"detection_rate_{name}"] = n_detected / n_lesions if n_lesions else float("nan")
+    row["n_lesions"] = sum(int(r["n_lesions"]) for r in at_best)
+    return row
+
+
+TestCases = Callable[[], Iterable[tuple[str, np.ndarray, np.ndarray, np.ndarray]]]
+HealthyCases = Callable[[], Iterable[tuple[str, np.ndarray, np.ndarray]]]
+
+
+def evaluate_cohort(
+    test_cases: TestCases,
+    healthy_cases: HealthyCases,
+    mode: Literal["percentile", "fpr"],
+    value: float,
+    n_bins: int = DEFAULT_BINS,
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """Summary row and per-subject table for one dataset x method, one subject in memory at a time.
+
+    `test_cases()` yields (subject, scores, lesion, roi) and `healthy_cases()` yields
+    (subject, scores, roi); each is called once per pass (test: 3 passes, healthy: 2), so they
+    should load from disk lazily. The per-subject table has one row per subject and threshold
+    ("best" or "honest").
+    """
+    healthy_upper = max((roi_max(s, r) for _, s, r in healthy_cases()), default=0.0)
+    # An all-zero map still needs a valid bin range; any positive upper puts it in bin 0.
+    healthy_hist = ScoreHistogram(healthy_upper if healthy_upper > 0 else 1.0, n_bins)
+    for _, scores, roi in healthy_cases():
+        healthy_hist.add(scores, None, roi)
+    honest_threshold = threshold_from_healthy(healthy_hist, mode, value)
+
+    test_upper = max((roi_max(s, r) for _, s, _, r in test_cases()), default=0.0)
+    test_hist = ScoreHistogram(test_upper if test_upper > 0 else 1.0, n_bins)
+    for _, scores, lesion, roi in test_cases():
+        test_hist.add(scores, lesion, roi)
+    _, threshold = best_dice(test_hist)
+
+    rows: dict[str, list[dict]] = {"best": [], "honest": []}
+    table = []
+    for subject, scores, lesion, roi in test_cases():
+        for name, value_at in (("best", threshold), ("honest", honest_threshold)):
+            metrics = subject_metrics(scores, lesion, roi, value_at)
+            rows[name].append(metrics)
+            table.append(
+                {"subject": subject, "threshold_kind": name, "threshold": value_at, **metrics}
+            )
+    summary = summarise(test_hist, honest_threshold, rows["best"], rows["honest"])
+    return summary, pd.DataFrame(table)
+
+
+def _slabs(shape: tuple[int, ...]) -> Iterator[tuple[slice] | EllipsisType]:
+    """Indices covering an array in slabs along its first axis."""
+    if len(shape) == 0:
+        yield ...
+        return
+    per_row = int(np.prod(shape[1:], dtype=np.int64)) or 1
+    step = max(1, _CHUNK_VOXELS // per_row)
+    for start in range(0, shape[0], step):
+        yield (slice(start, start + step),)
+
+
+def _check_same_shape(**arrays: np.ndarray | None) -> None:
+    shapes = {name: a.shape for name, a in arrays.items() if a is not None}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"arrays must share one shape, got {shapes}")
