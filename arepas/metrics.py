@@ -364,13 +364,14 @@ def evaluate_cohort(
     mode: Literal["percentile", "fpr"],
     value: float,
     n_bins: int = DEFAULT_BINS,
-) -> tuple[dict[str, float], pd.DataFrame]:
+    return_histogram: bool = False,
+) -> tuple[dict[str, float], pd.DataFrame] | tuple[dict[str, float], pd.DataFrame, ScoreHistogram]:
     """Summary row and per-subject table for one dataset x method, one subject in memory at a time.
 
     `test_cases()` yields (subject, scores, lesion, roi) and `healthy_cases()` yields
     (subject, scores, roi); each is called once per pass (test: 3 passes, healthy: 2), so they
     should load from disk lazily. The per-subject table has one row per subject and threshold
-    ("best" or "honest").
+    ("best" or "honest"). With `return_histogram` the test histogram comes third (for curves).
     """
     healthy_upper = max((roi_max(s, r) for _, s, r in healthy_cases()), default=0.0)
     # An all-zero map still needs a valid bin range; any positive upper puts it in bin 0.
@@ -395,7 +396,57 @@ def evaluate_cohort(
                 {"subject": subject, "threshold_kind": name, "threshold": value_at, **metrics}
             )
     summary = summarise(test_hist, honest_threshold, rows["best"], rows["honest"])
+    if return_histogram:
+        return summary, pd.DataFrame(table), test_hist
     return summary, pd.DataFrame(table)
+
+
+# Columns of the Markdown summary, in reading order: what a reader compares first comes first.
+_MARKDOWN_COLUMNS = {
+    "dataset": "dataset",
+    "method": "method",
+    "best_dice": "best Dice",
+    "honest_dice": "Dice at val threshold",
+    "mean_dice_best": "subject Dice (best)",
+    "mean_dice_honest": "subject Dice (val thr.)",
+    "auprc": "AUPRC",
+    "auroc": "AUROC",
+    "detection_rate_honest": "lesions found (val thr.)",
+    "best_threshold": "best threshold",
+    "honest_threshold": "val threshold",
+    "n_subjects": "subjects",
+}
+
+
+def summary_markdown(table: pd.DataFrame) -> str:
+    """Markdown table of summary rows (as from `summarise`, plus dataset and method columns).
+
+    Per-subject means are shown with their SD; missing columns are skipped.
+    """
+    columns = [c for c in _MARKDOWN_COLUMNS if c in table.columns]
+    lines = [
+        "| " + " | ".join(_MARKDOWN_COLUMNS[c] for c in columns) + " |",
+        "|" + "|".join("---" if c in ("dataset", "method") else "---:" for c in columns) + "|",
+    ]
+    for _, row in table.iterrows():
+        cells = []
+        for column in columns:
+            value = row[column]
+            if column.startswith("mean_dice_"):
+                sd = row.get(column.replace("mean_", "sd_"), float("nan"))
+                cells.append(_number(value) + ("" if pd.isna(sd) else f" ± {_number(sd)}"))
+            elif column.endswith("threshold"):
+                cells.append(_number(value, "{:.4g}"))
+            elif column == "n_subjects":
+                cells.append(str(int(value)))
+            else:
+                cells.append(_number(value) if isinstance(value, float) else str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: float, pattern: str = "{:.3f}") -> str:
+    return "n/a" if pd.isna(value) else pattern.format(value)
 
 
 def _slabs(shape: tuple[int, ...]) -> Iterator[tuple[slice] | EllipsisType]:

@@ -18,6 +18,7 @@ from arepas.metrics import (
     save_histogram,
     subject_metrics,
     summarise,
+    summary_markdown,
     threshold_from_healthy,
 )
 
@@ -401,3 +402,31 @@ def test_summary_row_pools_and_averages_subjects():
         ScoreHistogram(1.0, 4), 0.5, best_rows.to_dict("records"), honest_rows.to_dict("records")
     )
     assert np.isnan(again["best_dice"]) and np.isnan(again["auroc"])
+
+
+def test_cohort_histogram_and_markdown_summary():
+    cases = continuous_cohort(seed=15, n_subjects=2)
+    rng = np.random.default_rng(16)
+    healthy = [("val-0", rng.gamma(1.5, 0.05, cases[0][1].shape).astype(np.float32), cases[0][3])]
+    summary, _, hist = evaluate_cohort(
+        lambda: cases, lambda: healthy, "percentile", 99.5, n_bins=4096, return_histogram=True
+    )
+    assert hist.n_bins == 4096
+    assert best_dice(hist) == (summary["best_dice"], summary["best_threshold"])
+    assert hist.n_lesion == sum(int(les[r].sum()) for _, _, les, r in cases)
+
+    rows = pd.DataFrame(
+        [
+            {"dataset": "thorax", "method": "arepas", **summary},
+            {"dataset": "thorax", "method": "residual", **summary, "sd_dice_best": float("nan")},
+        ]
+    )
+    lines = summary_markdown(rows).strip().splitlines()
+    assert len(lines) == 4
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert header[:4] == ["dataset", "method", "best Dice", "Dice at val threshold"]
+    first = [cell.strip() for cell in lines[2].strip("|").split("|")]
+    assert first[2] == f"{summary['best_dice']:.3f}"
+    assert first[4] == f"{summary['mean_dice_best']:.3f} ± {summary['sd_dice_best']:.3f}"
+    second = [cell.strip() for cell in lines[3].strip("|").split("|")]
+    assert second[1] == "residual" and "±" not in second[4]
