@@ -1,0 +1,267 @@
+"""Convolutional autoencoder: the classic reconstruction baseline (anomaly map = |AE(x) - x|).
+
+Trained on healthy slices only, like the translator. Its hyper-parameters are not from the AREPAS
+paper (which compares against such baselines); they are ordinary choices for a spatial-bottleneck
+autoencoder (stride-2 4x4 convs with batch norm and LeakyReLU 0.2, mirrored with transposed convs).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arepas.scorer import atomic_torch_save
+
+CHECKPOINT_NAME = "autoencoder_last.pt"
+
+
+@dataclass
+class AutoencoderSettings:
+    base_channels: int = 32
+    depth: int = 4
+    latent_channels: int = 16
+    lr: float = 1e-3
+    batch_size: int = 16
+    epochs: int = 30
+
+    def __post_init__(self) -> None:
+        for name in ("base_channels", "depth", "latent_channels", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> AutoencoderSettings:
+        """Settings from a config mapping; unknown keys are an error, missing keys keep defaults."""
+        values = dict(values or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown autoencoder setting(s) {unknown}; allowed keys are {sorted(known)}"
+            )
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class ConvAutoencoder(nn.Module):
+    """depth x (stride-2 conv, BN, LeakyReLU) -> 1x1 bottleneck -> mirrored decoder -> tanh."""
+
+    def __init__(self, settings: AutoencoderSettings) -> None:
+        super().__init__()
+        self.depth = settings.depth
+        widths = [
+            min(settings.base_channels * 2**i, settings.base_channels * 8)
+            for i in range(settings.depth)
+        ]
+        encoder: list[nn.Module] = []
+        in_ch = 1
+        for width in widths:
+            encoder += [
+                nn.Conv2d(in_ch, width, 4, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.LeakyReLU(0.2),
+            ]
+            in_ch = width
+        # The 1x1 squeeze to few channels is the information bottleneck: it keeps the model from
+        # copying lesions through to the output.
+        encoder += [nn.Conv2d(in_ch, settings.latent_channels, 1)]
+        self.encoder = nn.Sequential(*encoder)
+
+        decoder: list[nn.Module] = [
+            nn.Conv2d(settings.latent_channels, in_ch, 1, bias=False),
+            nn.BatchNorm2d(in_ch),
+            nn.LeakyReLU(0.2),
+        ]
+        for width in reversed([settings.base_channels, *widths[:-1]]):
+            decoder += [
+                nn.ConvTranspose2d(in_ch, width, 4, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.LeakyReLU(0.2),
+            ]
+            in_ch = width
+        decoder += [nn.Conv2d(in_ch, 1, 3, padding=1), nn.Tanh()]
+        self.decoder = nn.Sequential(*decoder)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        factor = 2**self.depth
+        if x.shape[-1] % factor or x.shape[-2] % factor:
+            raise ValueError(f"slice size {tuple(x.shape[-2:])} is not divisible by {factor}")
+        return self.decoder(self.encoder(x))
+
+
+def build_autoencoder(settings: AutoencoderSettings) -> ConvAutoencoder:
+    """A freshly initialised autoencoder."""
+    return ConvAutoencoder(settings)
+
+
+def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    # Shuffling from (seed, epoch) alone makes a resumed run identical to an uninterrupted one.
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def _mean_l1(model: ConvAutoencoder, slices: torch.Tensor, batch_size: int) -> float:
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(slices), batch_size):
+            batch = slices[start : start + batch_size]
+            total += float(F.l1_loss(model(batch), batch, reduction="sum"))
+    return total / slices.numel()
+
+
+def _as_batch(slices: np.ndarray) -> torch.Tensor:
+    array = np.asarray(slices, dtype=np.float32)
+    if array.ndim != 3:
+        raise ValueError(f"slices must be (n, S, S), got {array.shape}")
+    return torch.as_tensor(array).unsqueeze(1)
+
+
+def train_autoencoder(
+    train_slices: np.ndarray,
+    val_slices: np.ndarray | None,
+    settings: AutoencoderSettings,
+    seed: int,
+    checkpoint_dir: str | os.PathLike | None = None,
+    progress: Callable[[str], None] = print,
+) -> tuple[ConvAutoencoder, pd.DataFrame]:
+    """Train with L1 loss and Adam; returns the best-validation model and the per-epoch history.
+
+    With `checkpoint_dir`, a checkpoint is written atomically after every epoch and a run that
+    finds one resumes after its last finished epoch (with identical results).
+    History columns: epoch, train_l1, val_l1 (train L1 when no validation slices are given).
+    """
+    train = _as_batch(train_slices)
+    val = _as_batch(val_slices) if val_slices is not None and len(val_slices) else None
+    if len(train) < 2:
+        raise ValueError("need at least two training slices (batch norm)")
+
+    torch.manual_seed(seed)
+    model = build_autoencoder(settings)
+    # Adam with torch defaults otherwise (betas 0.9, 0.999).
+    optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    rows: list[dict[str, float]] = []
+    best_val = float("inf")
+    best_state = copy.deepcopy(model.state_dict())
+    first_epoch = 1
+
+    checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    if checkpoint is not None and checkpoint.exists():
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        saved_settings = json.loads(saved["settings_json"])
+        # Only the epoch count may change between runs: a resumed job can be asked to train longer.
+        current = settings.to_dict()
+        saved_settings.pop("epochs", None)
+        current.pop("epochs")
+        if saved_settings != current or saved["seed"] != seed:
+            raise ValueError(
+                f"checkpoint {checkpoint} was written with other settings or seed "
+                f"({saved_settings}, seed {saved['seed']}); delete it to start afresh"
+            )
+        model.load_state_dict(saved["model"])
+        optimiser.load_state_dict(saved["optimiser"])
+        best_state = saved["best_model"]
+        best_val = float(saved["best_val"])
+        rows = json.loads(saved["history_json"])
+        first_epoch = int(saved["epoch"]) + 1
+        progress(f"autoencoder: resuming after epoch {first_epoch - 1}")
+
+    for epoch in range(first_epoch, settings.epochs + 1):
+        model.train()
+        order = torch.as_tensor(_epoch_order(seed, epoch, len(train)))
+        total, seen = 0.0, 0
+        for start in range(0, len(train), settings.batch_size):
+            idx = order[start : start + settings.batch_size]
+            if idx.numel() < 2:  # batch norm needs two samples for batch statistics
+                continue
+            batch = train[idx]
+            loss = F.l1_loss(model(batch), batch)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            total += loss.item() * idx.numel()
+            seen += idx.numel()
+        train_l1 = total / max(seen, 1)
+        val_l1 = _mean_l1(model, val, settings.batch_size) if val is not None else train_l1
+        rows.append({"epoch": epoch, "train_l1": train_l1, "val_l1": val_l1})
+        progress(
+            f"autoencoder epoch {epoch}/{settings.epochs}: train L1 {train_l1:.4f}, "
+            f"val L1 {val_l1:.4f}"
+        )
+        if val_l1 < best_val:
+            best_val, best_state = val_l1, copy.deepcopy(model.state_dict())
+        if checkpoint is not None:
+            atomic_torch_save(
+                {
+                    "model": model.state_dict(),
+                    "optimiser": optimiser.state_dict(),
+                    "best_model": best_state,
+                    "best_val": best_val,
+                    "epoch": epoch,
+                    "seed": seed,
+                    "settings_json": json.dumps(settings.to_dict()),
+                    "history_json": json.dumps(rows),
+                },
+                checkpoint,
+            )
+
+    model.load_state_dict(best_state)
+    model.eval()
+    return model, pd.DataFrame(rows, columns=["epoch", "train_l1", "val_l1"])
+
+
+def reconstruct_autoencoder(
+    model: ConvAutoencoder, slices: np.ndarray, batch_size: int = 16
+) -> np.ndarray:
+    """Reconstructions (n, S, S) float32 in [-1, 1] of (n, S, S) slices, eval mode."""
+    data = _as_batch(slices)
+    model.eval()
+    with torch.no_grad():
+        out = [model(data[i : i + batch_size]) for i in range(0, len(data), batch_size)]
+    if not out:
+        return np.zeros(np.shape(slices), dtype=np.float32)
+    return torch.cat(out)[:, 0].numpy().astype(np.float32)
+
+
+def save_autoencoder(
+    path: str | os.PathLike,
+    model: ConvAutoencoder,
+    settings: AutoencoderSettings,
+    meta: dict[str, Any] | None = None,
+) -> None:
+    """Write weights, settings and a JSON-serialisable meta dict atomically."""
+    atomic_torch_save(
+        {
+            "state_dict": model.state_dict(),
+            "settings": settings.to_dict(),
+            "meta_json": json.dumps(meta or {}),
+        },
+        path,
+    )
+
+
+def load_autoencoder(
+    path: str | os.PathLike,
+) -> tuple[ConvAutoencoder, AutoencoderSettings, dict[str, Any]]:
+    """Read an autoencoder written by save_autoencoder; the model is returned in eval mode."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    settings = AutoencoderSettings.from_dict(payload["settings"])
+    model = build_autoencoder(settings)
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return model, settings, json.loads(payload["meta_json"])
