@@ -60,24 +60,37 @@ def check_sheet(table: pd.DataFrame, datasets: dict, check_files: bool = True) -
         raise SheetError(f"subject id(s) {dupes} appear more than once in the sheet")
     for row in table.itertuples(index=False):
         if row.dataset not in datasets:
-            raise InputError(row.subject, "dataset", row.image,
-                             f"unknown dataset '{row.dataset}'; the config defines {sorted(datasets)}")
+            raise InputError(
+                row.subject,
+                "dataset",
+                row.image,
+                f"unknown dataset '{row.dataset}'; the config defines {sorted(datasets)}",
+            )
         if row.split not in SPLITS:
-            raise InputError(row.subject, "split", row.image,
-                             f"unknown split '{row.split}', expected one of {SPLITS}")
+            raise InputError(
+                row.subject,
+                "split",
+                row.image,
+                f"unknown split '{row.split}', expected one of {SPLITS}",
+            )
         if row.split == "test" and not row.lesion:
             raise InputError(row.subject, "lesion", "", "a test subject needs a lesion mask")
         if row.split != "test" and row.lesion:
-            warnings.warn(f"subject '{row.subject}': lesion mask given for split '{row.split}' "
-                          "is not used (only test subjects are evaluated)", stacklevel=2)
+            warnings.warn(
+                f"subject '{row.subject}': lesion mask given for split '{row.split}' "
+                "is not used (only test subjects are evaluated)",
+                stacklevel=2,
+            )
         if check_files:
             check_subject_files(row._asdict())
     for name in {r.dataset for r in table.itertuples()}:
         splits = set(table.loc[table["dataset"] == name, "split"])
         for needed in ("train", "val"):
             if needed not in splits:
-                raise SheetError(f"dataset '{name}' has no '{needed}' subjects; "
-                                 "training needs healthy train and val subjects")
+                raise SheetError(
+                    f"dataset '{name}' has no '{needed}' subjects; "
+                    "training needs healthy train and val subjects"
+                )
 
 
 def check_subject_files(row: dict) -> None:
@@ -88,11 +101,19 @@ def check_subject_files(row: dict) -> None:
             continue
         mask = open_nifti(row[column], row["subject"], column)
         if mask.shape[:3] != image.shape[:3]:
-            raise InputError(row["subject"], column, row[column],
-                             f"shape {mask.shape[:3]} differs from the image's {image.shape[:3]}")
+            raise InputError(
+                row["subject"],
+                column,
+                row[column],
+                f"shape {mask.shape[:3]} differs from the image's {image.shape[:3]}",
+            )
         if not (abs(mask.affine - image.affine) <= 1e-3).all():
-            raise InputError(row["subject"], column, row[column],
-                             "affine differs from the image's: the mask must be on the image's grid")
+            raise InputError(
+                row["subject"],
+                column,
+                row[column],
+                "affine differs from the image's: the mask must be on the image's grid",
+            )
 
 
 def demo_sheet(demo: dict, folder: str = "results/demo") -> pd.DataFrame:
@@ -106,10 +127,14 @@ def demo_sheet(demo: dict, folder: str = "results/demo") -> pd.DataFrame:
             for _ in range(counts.get(split, 0) * factor):
                 n += 1
                 subject = f"{prefix}{n:03d}"
-                rows.append({
-                    "subject": subject, "dataset": dataset, "split": split,
-                    "image": f"{dataset}/{subject}_image.nii.gz",
-                    "lesion": f"{dataset}/{subject}_lesion.nii.gz" if split == "test" else "",
-                    "roi": "",
-                })
+                rows.append(
+                    {
+                        "subject": subject,
+                        "dataset": dataset,
+                        "split": split,
+                        "image": f"{dataset}/{subject}_image.nii.gz",
+                        "lesion": f"{dataset}/{subject}_lesion.nii.gz" if split == "test" else "",
+                        "roi": "",
+                    }
+                )
     return pd.DataFrame(rows, columns=COLUMNS)

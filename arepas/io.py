@@ -30,7 +30,9 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Keep the real suffix last: nibabel and numpy choose the format from the file name.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or _suffix(path), dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=suffix or _suffix(path), dir=path.parent
+    )
     os.close(fd)
     try:
         yield Path(tmp)
@@ -50,8 +52,12 @@ def check_header(img: nib.spatialimages.SpatialImage, subject: str, column: str,
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) != 3:
-        raise InputError(subject, column, path, f"expected a 3D volume, got {len(img.shape)}D "
-                         f"with shape {tuple(img.shape)}")
+        raise InputError(
+            subject,
+            column,
+            path,
+            f"expected a 3D volume, got {len(img.shape)}D with shape {tuple(img.shape)}",
+        )
     if min(shape) < 1:
         raise InputError(subject, column, path, f"empty volume, shape {tuple(shape)}")
     zooms = img.header.get_zooms()[:3]
@@ -74,11 +80,29 @@ def open_nifti(path: str | os.PathLike, subject: str, column: str) -> nib.Nifti1
     except Exception as exc:  # nibabel raises several types for corrupt files
         raise InputError(subject, column, path, f"cannot be read as NIfTI ({exc})") from exc
     check_header(img, subject, column, path)
+    _check_raw_voxel_size(path, img, subject, column)
     return img
 
 
+def _check_raw_voxel_size(path: Path, img, subject: str, column: str) -> None:
+    # nibabel silently replaces zero pixdims by 1 on load; a grid built from them would be a
+    # guess, so read the header as stored.
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        return
+    with nib.openers.ImageOpener(str(path)) as f:
+        raw = type(img.header).from_fileobj(f, check=False)
+    pixdim = raw["pixdim"][1:4]
+    if np.any(pixdim <= 0):
+        raise InputError(
+            subject,
+            column,
+            path,
+            f"voxel size must be positive, header says {tuple(float(v) for v in pixdim)}",
+        )
+
+
 def load_volume(path, subject: str, column: str) -> tuple[np.ndarray, np.ndarray]:
-    """Voxel data (float32, 3D) and affine of a checked NIfTI file; NaN or inf voxels are an error."""
+    """Voxel data (float32, 3D) and affine of a checked NIfTI file; NaN or inf is an error."""
     img = open_nifti(path, subject, column)
     try:
         data = np.asarray(img.dataobj, dtype=np.float32)
@@ -96,11 +120,19 @@ def load_mask(path, subject: str, column: str, image_shape, image_affine) -> np.
     """A binary mask that must lie on the image's grid (same shape and affine)."""
     data, affine = load_volume(path, subject, column)
     if data.shape != tuple(image_shape):
-        raise InputError(subject, column, path,
-                         f"shape {data.shape} differs from the image's {tuple(image_shape)}")
+        raise InputError(
+            subject,
+            column,
+            path,
+            f"shape {data.shape} differs from the image's {tuple(image_shape)}",
+        )
     if not np.allclose(affine, image_affine, atol=1e-3):
-        raise InputError(subject, column, path,
-                         "affine differs from the image's: the mask must be on the image's grid")
+        raise InputError(
+            subject,
+            column,
+            path,
+            "affine differs from the image's: the mask must be on the image's grid",
+        )
     values = np.unique(data)
     if not np.all(np.isin(values, (0, 1))):
         shown = ", ".join(f"{v:g}" for v in values[:6])
@@ -134,7 +166,7 @@ def save_table(path, table) -> None:
         table.to_csv(tmp, sep="\t", index=False)
 
 
-def resource_usage(wall_start: float) -> "pd.DataFrame":
+def resource_usage(wall_start: float):
     """Wall time, CPU time and peak memory of this process so far, with the column names of
     Snakemake's benchmark files (for rules that Snakemake caches, which may not have one)."""
     import resource
@@ -144,8 +176,16 @@ def resource_usage(wall_start: float) -> "pd.DataFrame":
 
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return pd.DataFrame([{
-        "s": round(time.perf_counter() - wall_start, 3),
-        "max_rss": round(max(own.ru_maxrss, children.ru_maxrss) / 1024, 2),  # kB on Linux -> MB
-        "cpu_time": round(own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, 3),
-    }])
+    return pd.DataFrame(
+        [
+            {
+                "s": round(time.perf_counter() - wall_start, 3),
+                "max_rss": round(
+                    max(own.ru_maxrss, children.ru_maxrss) / 1024, 2
+                ),  # kB on Linux -> MB
+                "cpu_time": round(
+                    own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, 3
+                ),
+            }
+        ]
+    )

@@ -16,12 +16,19 @@ from skimage.transform import resize
 SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 
-def working_grid(native_shape, native_affine: np.ndarray, spacing) -> tuple[tuple[int, ...], np.ndarray]:
-    """Shape and affine of a RAS-aligned grid at ``spacing`` (mm) covering the native field of view."""
+def working_grid(
+    native_shape, native_affine: np.ndarray, spacing
+) -> tuple[tuple[int, ...], np.ndarray]:
+    """Shape and affine of a RAS-aligned grid at ``spacing`` (mm) covering the native FOV."""
     spacing = np.asarray(spacing, dtype=float)
-    corners = np.array([[i, j, k, 1.0] for i in (-0.5, native_shape[0] - 0.5)
-                        for j in (-0.5, native_shape[1] - 0.5)
-                        for k in (-0.5, native_shape[2] - 0.5)])
+    corners = np.array(
+        [
+            [i, j, k, 1.0]
+            for i in (-0.5, native_shape[0] - 0.5)
+            for j in (-0.5, native_shape[1] - 0.5)
+            for k in (-0.5, native_shape[2] - 0.5)
+        ]
+    )
     world = (native_affine @ corners.T)[:3].T
     lo, hi = world.min(axis=0), world.max(axis=0)
     shape = tuple(int(n) for n in np.maximum(np.ceil((hi - lo) / spacing - 1e-6), 1))
@@ -33,24 +40,36 @@ def working_grid(native_shape, native_affine: np.ndarray, spacing) -> tuple[tupl
     return shape, affine
 
 
-def resample(volume: np.ndarray, src_affine: np.ndarray, dst_shape, dst_affine: np.ndarray,
-             order: int = 1, cval: float = 0.0) -> np.ndarray:
+def resample(
+    volume: np.ndarray,
+    src_affine: np.ndarray,
+    dst_shape,
+    dst_affine: np.ndarray,
+    order: int = 1,
+    cval: float = 0.0,
+) -> np.ndarray:
     """Resample ``volume`` from its grid onto another grid (world coordinates in mm)."""
     vox = np.linalg.inv(src_affine) @ dst_affine
     return ndimage.affine_transform(
-        np.asarray(volume, dtype=np.float32), vox[:3, :3], offset=vox[:3, 3],
-        output_shape=tuple(dst_shape), order=order, mode="constant", cval=cval,
+        np.asarray(volume, dtype=np.float32),
+        vox[:3, :3],
+        offset=vox[:3, 3],
+        output_shape=tuple(dst_shape),
+        order=order,
+        mode="constant",
+        cval=cval,
         prefilter=order > 1,
     ).astype(np.float32)
 
 
 def resample_mask(mask: np.ndarray, src_affine, dst_shape, dst_affine) -> np.ndarray:
-    """Resample a binary mask by linear interpolation of its indicator, kept where it exceeds 0.5."""
+    """Resample a binary mask: linear interpolation of its indicator, kept above 0.5."""
     return resample(mask.astype(np.float32), src_affine, dst_shape, dst_affine, order=1) > 0.5
 
 
-def lung_mask(hu: np.ndarray, spacing, threshold_hu: float = -400.0, closing_mm: float = 20.0,
-              axis: int = 2) -> np.ndarray:
+def lung_mask(
+    hu: np.ndarray, spacing, threshold_hu: float = -400.0, closing_mm: float = 20.0, axis: int = 2
+) -> np.ndarray:
     """Lungs from a CT in HU: air below ``threshold_hu`` not connected to the in-plane border,
     the two largest components, closed and hole-filled slice by slice so that vessels and
     lesions inside or at the edge of a lung stay inside its mask."""
@@ -66,8 +85,9 @@ def lung_mask(hu: np.ndarray, spacing, threshold_hu: float = -400.0, closing_mm:
         for idx in (0, -1):
             border.update(np.unique(np.take(labels, idx, axis=a)).tolist())
     sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
-    candidates = [(s, lab) for lab, s in zip(range(1, n + 1), sizes, strict=True)
-                  if lab not in border]
+    candidates = [
+        (s, lab) for lab, s in zip(range(1, n + 1), sizes, strict=True) if lab not in border
+    ]
     candidates.sort(reverse=True)
     if not candidates:
         return np.zeros(hu.shape, bool)
@@ -83,7 +103,7 @@ def lung_mask(hu: np.ndarray, spacing, threshold_hu: float = -400.0, closing_mm:
 
 def _close_and_fill(component: np.ndarray, radius, axis: int) -> np.ndarray:
     r0, r1 = (max(int(round(r)), 1) for r in radius)
-    yy, xx = np.ogrid[-r0:r0 + 1, -r1:r1 + 1]
+    yy, xx = np.ogrid[-r0 : r0 + 1, -r1 : r1 + 1]
     disk = (yy / r0) ** 2 + (xx / r1) ** 2 <= 1.0
     out = np.zeros_like(component)
     for k in np.flatnonzero(component.any(axis=tuple(a for a in range(3) if a != axis))):
@@ -102,7 +122,9 @@ def normalise_ct(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return (np.clip((hu - lo) / (hi - lo), 0.0, 1.0) * 2.0 - 1.0).astype(np.float32)
 
 
-def normalise_mri(image: np.ndarray, roi: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+def normalise_mri(
+    image: np.ndarray, roi: np.ndarray, percentiles: tuple[float, float]
+) -> np.ndarray:
     """Map the ROI's intensity percentiles to [-1, 1], clipping outside; bias-free scanners
     differ mostly by gain and offset, which this removes."""
     if not roi.any():
@@ -125,7 +147,9 @@ class SliceGeometry:
 
     def as_array(self) -> np.ndarray:
         d = asdict(self)
-        return np.array([d["axis"], *d["box"], d["side"], d["size"], *d["volume_shape"]], dtype=np.int64)
+        return np.array(
+            [d["axis"], *d["box"], d["side"], d["size"], *d["volume_shape"]], dtype=np.int64
+        )
 
     @classmethod
     def from_array(cls, a: np.ndarray) -> SliceGeometry:
@@ -142,16 +166,22 @@ def slice_geometry(roi: np.ndarray, axis: int, size: int, margin: int = 2) -> Sl
     r0, r1 = max(rows[0] - margin, 0), min(rows[-1] + 1 + margin, plane.shape[0])
     c0, c1 = max(cols[0] - margin, 0), min(cols[-1] + 1 + margin, plane.shape[1])
     side = max(r1 - r0, c1 - c0)
-    return SliceGeometry(axis, (int(r0), int(r1), int(c0), int(c1)), int(side), int(size),
-                         tuple(int(s) for s in roi.shape))
+    return SliceGeometry(
+        axis,
+        (int(r0), int(r1), int(c0), int(c1)),
+        int(side),
+        int(size),
+        tuple(int(s) for s in roi.shape),
+    )
 
 
 def _planes(volume: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(volume, axis, 0)
 
 
-def extract_slices(volume: np.ndarray, geometry: SliceGeometry, indices, order: int = 1,
-                   fill: float = -1.0) -> np.ndarray:
+def extract_slices(
+    volume: np.ndarray, geometry: SliceGeometry, indices, order: int = 1, fill: float = -1.0
+) -> np.ndarray:
     """Crop, pad to a centred square and resize the chosen slices to ``size`` x ``size``."""
     r0, r1, c0, c1 = geometry.box
     h, w = r1 - r0, c1 - c0
@@ -160,15 +190,21 @@ def extract_slices(volume: np.ndarray, geometry: SliceGeometry, indices, order: 
     out = np.empty((len(indices), geometry.size, geometry.size), np.float32)
     for n, k in enumerate(indices):
         square = np.full((geometry.side, geometry.side), fill, np.float32)
-        square[pr:pr + h, pc:pc + w] = planes[k, r0:r1, c0:c1]
-        out[n] = resize(square, (geometry.size, geometry.size), order=order, mode="edge",
-                        anti_aliasing=order > 0 and geometry.side > geometry.size,
-                        preserve_range=True)
+        square[pr : pr + h, pc : pc + w] = planes[k, r0:r1, c0:c1]
+        out[n] = resize(
+            square,
+            (geometry.size, geometry.size),
+            order=order,
+            mode="edge",
+            anti_aliasing=order > 0 and geometry.side > geometry.size,
+            preserve_range=True,
+        )
     return out
 
 
-def assemble_volume(slices: np.ndarray, indices, geometry: SliceGeometry, fill: float = 0.0,
-                    order: int = 1) -> np.ndarray:
+def assemble_volume(
+    slices: np.ndarray, indices, geometry: SliceGeometry, fill: float = 0.0, order: int = 1
+) -> np.ndarray:
     """Inverse of :func:`extract_slices`: put slice maps back into a working-grid volume."""
     r0, r1, c0, c1 = geometry.box
     h, w = r1 - r0, c1 - c0
@@ -176,9 +212,15 @@ def assemble_volume(slices: np.ndarray, indices, geometry: SliceGeometry, fill: 
     volume = np.full(geometry.volume_shape, fill, np.float32)
     planes = _planes(volume, geometry.axis)  # a view: writing it fills the volume
     for n, k in enumerate(indices):
-        square = resize(slices[n].astype(np.float32), (geometry.side, geometry.side), order=order,
-                        mode="edge", anti_aliasing=False, preserve_range=True)
-        planes[k, r0:r1, c0:c1] = square[pr:pr + h, pc:pc + w]
+        square = resize(
+            slices[n].astype(np.float32),
+            (geometry.side, geometry.side),
+            order=order,
+            mode="edge",
+            anti_aliasing=False,
+            preserve_range=True,
+        )
+        planes[k, r0:r1, c0:c1] = square[pr : pr + h, pc : pc + w]
     return volume
 
 
@@ -189,8 +231,13 @@ def roi_slice_indices(roi: np.ndarray, axis: int, min_voxels: int = 1) -> np.nda
 
 
 def preprocess_ct_roi(hu_working: np.ndarray, spacing, roi_settings: dict, axis: int) -> np.ndarray:
-    return lung_mask(hu_working, spacing, threshold_hu=roi_settings.get("threshold_hu", -400.0),
-                     closing_mm=roi_settings.get("closing_mm", 20.0), axis=axis)
+    return lung_mask(
+        hu_working,
+        spacing,
+        threshold_hu=roi_settings.get("threshold_hu", -400.0),
+        closing_mm=roi_settings.get("closing_mm", 20.0),
+        axis=axis,
+    )
 
 
 def normalise(image: np.ndarray, roi: np.ndarray, modality: str, intensity: dict) -> np.ndarray:
@@ -204,14 +251,20 @@ def normalise(image: np.ndarray, roi: np.ndarray, modality: str, intensity: dict
     return out
 
 
-def slice_stack(normalised: np.ndarray, roi: np.ndarray, lesion: np.ndarray, axis: int,
-                size: int) -> dict[str, np.ndarray]:
-    """The network slices of one working volume: image, ROI and lesion, plus where they came from."""
+def slice_stack(
+    normalised: np.ndarray, roi: np.ndarray, lesion: np.ndarray, axis: int, size: int
+) -> dict[str, np.ndarray]:
+    """The network slices of one working volume (image, ROI, lesion) and where they lie."""
     geometry = slice_geometry(roi, axis, size)
     indices = roi_slice_indices(roi, axis)
     roi_slices = extract_slices(roi.astype(np.float32), geometry, indices, fill=0.0) > 0.5
     images = extract_slices(normalised, geometry, indices, fill=-1.0)
     images[~roi_slices] = -1.0
     lesion_slices = extract_slices(lesion.astype(np.float32), geometry, indices, fill=0.0) > 0.5
-    return {"slices": np.clip(images, -1.0, 1.0), "roi": roi_slices, "lesion": lesion_slices,
-            "indices": indices, "geometry": geometry.as_array()}
+    return {
+        "slices": np.clip(images, -1.0, 1.0),
+        "roi": roi_slices,
+        "lesion": lesion_slices,
+        "indices": indices,
+        "geometry": geometry.as_array(),
+    }

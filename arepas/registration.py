@@ -24,14 +24,24 @@ def to_ants(volume: np.ndarray, affine: np.ndarray) -> ants.ANTsImage:
     lps = _RAS_TO_LPS @ affine
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     direction = lps[:3, :3] / spacing
-    return ants.from_numpy(np.ascontiguousarray(volume, dtype=np.float32), origin=lps[:3, 3].tolist(),
-                           spacing=spacing.tolist(), direction=direction)
+    return ants.from_numpy(
+        np.ascontiguousarray(volume, dtype=np.float32),
+        origin=lps[:3, 3].tolist(),
+        spacing=spacing.tolist(),
+        direction=direction,
+    )
 
 
-def template_on_grid(template: np.ndarray, template_affine: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray]:
+def template_on_grid(
+    template: np.ndarray, template_affine: np.ndarray, spacing
+) -> tuple[np.ndarray, np.ndarray]:
     """The template resampled to the working spacing (its own orientation kept)."""
-    img = ants.resample_image(to_ants(template, template_affine), tuple(float(s) for s in spacing),
-                              use_voxels=False, interp_type=0)
+    img = ants.resample_image(
+        to_ants(template, template_affine),
+        tuple(float(s) for s in spacing),
+        use_voxels=False,
+        interp_type=0,
+    )
     return img.numpy().astype(np.float32), _ras_affine(img)
 
 
@@ -42,20 +52,33 @@ def _ras_affine(img: ants.ANTsImage) -> np.ndarray:
     return _RAS_TO_LPS @ lps
 
 
-def register(moving: np.ndarray, moving_affine: np.ndarray, fixed: np.ndarray, fixed_affine: np.ndarray,
-             transform: str, out_dir: str | os.PathLike, seed: int = 0) -> dict:
+def register(
+    moving: np.ndarray,
+    moving_affine: np.ndarray,
+    fixed: np.ndarray,
+    fixed_affine: np.ndarray,
+    transform: str,
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+) -> dict:
     """Register a native scan to the template; keep the transform files in ``out_dir``.
 
     Returns a description (JSON-serialisable) with the forward and inverse transform lists.
     """
     if transform not in TRANSFORMS:
-        raise ValueError(f"unknown registration transform '{transform}', choose from {sorted(TRANSFORMS)}")
+        raise ValueError(
+            f"unknown registration transform '{transform}', choose from {sorted(TRANSFORMS)}"
+        )
     # A fixed seed and one ITK thread make the sampled metric, hence the result, repeatable.
     ants.config.set_ants_deterministic(True, seed_value=int(seed) + 1)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = ants.registration(fixed=to_ants(fixed, fixed_affine), moving=to_ants(moving, moving_affine),
-                               type_of_transform=TRANSFORMS[transform], outprefix=str(out_dir / "tmp_"))
+    result = ants.registration(
+        fixed=to_ants(fixed, fixed_affine),
+        moving=to_ants(moving, moving_affine),
+        type_of_transform=TRANSFORMS[transform],
+        outprefix=str(out_dir / "tmp_"),
+    )
     kept = {}
     for direction in ("fwdtransforms", "invtransforms"):
         names = []
@@ -81,27 +104,52 @@ def load_transforms(path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def apply_forward(volume: np.ndarray, affine: np.ndarray, fixed_shape, fixed_affine: np.ndarray,
-                  description: dict, transform_dir, interpolator: str = "linear") -> np.ndarray:
+def apply_forward(
+    volume: np.ndarray,
+    affine: np.ndarray,
+    fixed_shape,
+    fixed_affine: np.ndarray,
+    description: dict,
+    transform_dir,
+    interpolator: str = "linear",
+) -> np.ndarray:
     """Map a native-grid volume into template space."""
     reference = to_ants(np.zeros(fixed_shape, np.float32), fixed_affine)
     files = [str(Path(transform_dir) / n) for n in description["fwdtransforms"]]
-    out = ants.apply_transforms(fixed=reference, moving=to_ants(volume, affine), transformlist=files,
-                                interpolator=interpolator)
+    out = ants.apply_transforms(
+        fixed=reference,
+        moving=to_ants(volume, affine),
+        transformlist=files,
+        interpolator=interpolator,
+    )
     return out.numpy().astype(np.float32)
 
 
-def apply_inverse(volume: np.ndarray, affine: np.ndarray, native_shape, native_affine: np.ndarray,
-                  description: dict, transform_dir, interpolator: str = "linear") -> np.ndarray:
+def apply_inverse(
+    volume: np.ndarray,
+    affine: np.ndarray,
+    native_shape,
+    native_affine: np.ndarray,
+    description: dict,
+    transform_dir,
+    interpolator: str = "linear",
+) -> np.ndarray:
     """Map a template-space volume (e.g. an anomaly map) back onto the subject's native grid."""
     reference = to_ants(np.zeros(native_shape, np.float32), native_affine)
     files = [str(Path(transform_dir) / n) for n in description["invtransforms"]]
-    out = ants.apply_transforms(fixed=reference, moving=to_ants(volume, affine), transformlist=files,
-                                whichtoinvert=description["invert"], interpolator=interpolator)
+    out = ants.apply_transforms(
+        fixed=reference,
+        moving=to_ants(volume, affine),
+        transformlist=files,
+        whichtoinvert=description["invert"],
+        interpolator=interpolator,
+    )
     return out.numpy().astype(np.float32)
 
 
-def load_template(template: str, template_mask: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load_template(
+    template: str, template_mask: str | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Template image, RAS affine and organ mask: ``mni152`` (the MNI152 2009a T1 at 1 mm that
     nilearn bundles, used offline) or a NIfTI path with its mask path."""
     import nibabel as nib
@@ -112,7 +160,9 @@ def load_template(template: str, template_mask: str | None = None) -> tuple[np.n
         img, mask = load_mni152_template(resolution=1), load_mni152_brain_mask(resolution=1)
     else:
         if not template_mask:
-            raise ValueError(f"template '{template}' needs `template_mask` (its organ mask) in the config")
+            raise ValueError(
+                f"template '{template}' needs `template_mask` (its organ mask) in the config"
+            )
         img, mask = nib.load(template), nib.load(template_mask)
     data = np.asarray(img.dataobj, dtype=np.float32)
     return data, img.affine.astype(float), np.asarray(mask.dataobj) > 0

@@ -4,12 +4,12 @@ import time
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from arepas import io, pipeline  # noqa: E402
-from arepas.maps import anomaly_maps, patch_map_dense, patch_map_sampled  # noqa: E402
-from arepas.preprocessing import SliceGeometry, assemble_volume  # noqa: E402
+from arepas import io, pipeline
+from arepas.maps import anomaly_maps, patch_map_dense, patch_map_sampled
+from arepas.preprocessing import SliceGeometry, assemble_volume
 
 torch.set_num_threads(snakemake.threads)
 start = time.perf_counter()
@@ -29,7 +29,9 @@ if {"arepas", "patch"} & set(methods):
         patch = patch_map_dense(model, rec["slices"], rec["recon"], rec["roi"], options["stride"])
     else:
         rng = np.random.default_rng(snakemake.params.seed)
-        patch = patch_map_sampled(model, rec["slices"], rec["recon"], rec["roi"], options["n_patches"], rng)
+        patch = patch_map_sampled(
+            model, rec["slices"], rec["recon"], rec["roi"], options["n_patches"], rng
+        )
 extra = {}
 if "ae" in methods:
     from arepas import autoencoder
@@ -37,13 +39,21 @@ if "ae" in methods:
     ae, _, _ = autoencoder.load_autoencoder(snakemake.input.autoencoder)
     extra["ae"] = autoencoder.reconstruct_autoencoder(ae, rec["slices"])
 
-maps = anomaly_maps(rec["slices"], rec["recon"], rec["roi"], patch, methods,
-                    median_size=options["median_size"], extra_recons=extra)
+maps = anomaly_maps(
+    rec["slices"],
+    rec["recon"],
+    rec["roi"],
+    patch,
+    methods,
+    median_size=options["median_size"],
+    extra_recons=extra,
+)
 geometry = SliceGeometry.from_array(rec["geometry"])
 w_affine = np.asarray(mapping["working_affine"])
 transform_dir = snakemake.input.mapping.rsplit("/", 1)[0]
-for method, working_path, native_path in zip(methods, snakemake.output.working, snakemake.output.native,
-                                              strict=True):
+for method, working_path, native_path in zip(
+    methods, snakemake.output.working, snakemake.output.native, strict=True
+):
     volume = assemble_volume(maps[method], rec["indices"], geometry, fill=0.0)
     volume = np.maximum(volume, 0.0)
     io.save_volume(working_path, volume, w_affine)
@@ -52,5 +62,12 @@ for method, working_path, native_path in zip(methods, snakemake.output.working, 
     io.save_volume(native_path, native, native_affine)
 print(f"{subject}: maps {methods} in {time.perf_counter() - start:.1f} s")
 # The 2D slices of every method, for figures that show what the networks saw.
-io.save_arrays(snakemake.output.slices, input=rec["slices"], edges=rec["edges"], recon=rec["recon"],
-               roi=rec["roi"], lesion=rec["lesion"], **{f"map_{m}": maps[m] for m in methods})
+io.save_arrays(
+    snakemake.output.slices,
+    input=rec["slices"],
+    edges=rec["edges"],
+    recon=rec["recon"],
+    roi=rec["roi"],
+    lesion=rec["lesion"],
+    **{f"map_{m}": maps[m] for m in methods},
+)

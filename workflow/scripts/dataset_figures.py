@@ -2,9 +2,9 @@ import sys
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 
-import pandas as pd  # noqa: E402
+import pandas as pd
 
-from arepas import figures, io  # noqa: E402
+from arepas import figures, io
 
 dataset = snakemake.wildcards.dataset
 per_subject = pd.read_csv(snakemake.input.per_subject, sep="\t")
@@ -24,6 +24,8 @@ figures.save_figure(
 )
 scorer = pd.read_csv(snakemake.input.scorer, sep="\t")
 figures.save_figure(
-    figures.training_curves(scorer, "epoch", ["train_acc", "heldout_acc"], f"{dataset}: patch scorer accuracy"),
+    figures.training_curves(
+        scorer, "epoch", ["train_acc", "heldout_acc"], f"{dataset}: patch scorer accuracy"
+    ),
     snakemake.output.scorer,
 )

@@ -2,10 +2,10 @@ import sys
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
 
-from arepas import io, metrics  # noqa: E402
+from arepas import io, metrics
 
 dataset = snakemake.wildcards.dataset
 options = snakemake.params.evaluation
@@ -13,7 +13,9 @@ prefix = f"results/{dataset}"
 
 
 def roi(subject):
-    return io.load_volume(f"{prefix}/preprocessed/{subject}/roi_native.nii.gz", subject, "roi")[0] > 0
+    return (
+        io.load_volume(f"{prefix}/preprocessed/{subject}/roi_native.nii.gz", subject, "roi")[0] > 0
+    )
 
 
 def scores(method, subject):
@@ -33,18 +35,26 @@ for method in snakemake.params.methods:
             yield row["subject"], scores(method, row["subject"]), roi(row["subject"])
 
     summary, table, hist = metrics.evaluate_cohort(
-        test_cases, healthy_cases, options["threshold_mode"], options["threshold_value"],
-        n_bins=options["bins"], return_histogram=True,
+        test_cases,
+        healthy_cases,
+        options["threshold_mode"],
+        options["threshold_value"],
+        n_bins=options["bins"],
+        return_histogram=True,
     )
     precision, recall, _ = metrics.pr_curve(hist)
     curves[f"{method}_precision"], curves[f"{method}_recall"] = precision, recall
     summaries.append({"dataset": dataset, "method": method, **summary})
     tables.append(table.assign(dataset=dataset, method=method))
-    print(f"{method}: best Dice {summary['best_dice']:.3f}, honest Dice {summary['honest_dice']:.3f}, "
-          f"AUPRC {summary['auprc']:.3f}, AUROC {summary['auroc']:.3f}")
+    print(
+        f"{method}: best Dice {summary['best_dice']:.3f}, honest Dice {summary['honest_dice']:.3f}, "
+        f"AUPRC {summary['auprc']:.3f}, AUROC {summary['auroc']:.3f}"
+    )
 
 per_subject = pd.concat(tables, ignore_index=True)
 first = ["dataset", "method", "subject", "threshold_kind"]
-io.save_table(snakemake.output.per_subject, per_subject[first + [c for c in per_subject if c not in first]])
+io.save_table(
+    snakemake.output.per_subject, per_subject[first + [c for c in per_subject if c not in first]]
+)
 io.save_table(snakemake.output.summary, pd.DataFrame(summaries))
 io.save_arrays(snakemake.output.curves, **{k: np.asarray(v) for k, v in curves.items()})

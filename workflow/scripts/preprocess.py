@@ -4,14 +4,18 @@ from pathlib import Path
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from arepas import io, pipeline  # noqa: E402
+from arepas import io, pipeline
 
 subject = snakemake.wildcards.subject
 paths = dict(snakemake.input.items())
 image, affine = io.load_volume(paths["image"], subject, "image")
-lesion = io.load_mask(paths["lesion"], subject, "lesion", image.shape, affine) if "lesion" in paths else None
+lesion = (
+    io.load_mask(paths["lesion"], subject, "lesion", image.shape, affine)
+    if "lesion" in paths
+    else None
+)
 roi = io.load_mask(paths["roi"], subject, "roi", image.shape, affine) if "roi" in paths else None
 template = None
 if "template" in paths:
@@ -20,8 +24,18 @@ if "template" in paths:
     template = (t_image, t_affine, t_mask > 0)
 
 out_dir = Path(snakemake.output.mapping).parent
-result = pipeline.preprocess_subject(subject, paths, image, affine, lesion, roi, snakemake.params.settings,
-                                     template=template, transform_dir=out_dir, seed=snakemake.params.seed)
+result = pipeline.preprocess_subject(
+    subject,
+    paths,
+    image,
+    affine,
+    lesion,
+    roi,
+    snakemake.params.settings,
+    template=template,
+    transform_dir=out_dir,
+    seed=snakemake.params.seed,
+)
 w_affine = result["working_affine"]
 io.save_volume(snakemake.output.working, result["working"], w_affine)
 io.save_volume(snakemake.output.roi, result["roi"], w_affine, dtype=np.uint8)
@@ -29,8 +43,18 @@ io.save_volume(snakemake.output.lesion, result["lesion"], w_affine, dtype=np.uin
 io.save_volume(snakemake.output.roi_native, result["roi_native"], affine, dtype=np.uint8)
 io.save_arrays(snakemake.output.slices, **result["stack"])
 stack = result["stack"]
-print(f"{subject}: native {image.shape}, working {result['working'].shape}, "
-      f"{len(stack['indices'])} slices of {stack['slices'].shape[1]}^2, ROI {int(result['roi'].sum())} voxels")
+print(
+    f"{subject}: native {image.shape}, working {result['working'].shape}, "
+    f"{len(stack['indices'])} slices of {stack['slices'].shape[1]}^2, ROI {int(result['roi'].sum())} voxels"
+)
 with io.atomic_path(snakemake.output.mapping) as tmp:
-    tmp.write_text(json.dumps({**result["mapping"], "native_shape": list(image.shape),
-                               "native_affine": affine.tolist()}, indent=1))
+    tmp.write_text(
+        json.dumps(
+            {
+                **result["mapping"],
+                "native_shape": list(image.shape),
+                "native_affine": affine.tolist(),
+            },
+            indent=1,
+        )
+    )

@@ -2,11 +2,11 @@ import sys
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 
-import nibabel as nib  # noqa: E402
-import torch  # noqa: E402
+import nibabel as nib
+import torch
 
-from arepas import edges, io, translator  # noqa: E402
-from arepas.preprocessing import SliceGeometry, assemble_volume  # noqa: E402
+from arepas import edges, io, translator
+from arepas.preprocessing import SliceGeometry, assemble_volume
 
 torch.set_num_threads(snakemake.threads)
 device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -2,9 +2,9 @@ import sys
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 
-import pandas as pd  # noqa: E402
+import pandas as pd
 
-from arepas import io, metrics  # noqa: E402
+from arepas import io, metrics
 
 table = pd.concat([pd.read_csv(p, sep="\t") for p in snakemake.input], ignore_index=True)
 io.save_table(snakemake.output.table, table)

@@ -4,10 +4,10 @@ import time
 sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
 start = time.perf_counter()
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from arepas import autoencoder, io  # noqa: E402
+from arepas import autoencoder, io
 
 
 def stack(paths):
@@ -18,8 +18,12 @@ torch.set_num_threads(snakemake.threads)
 device = "cuda" if torch.cuda.is_available() else "cpu"
 settings = autoencoder.AutoencoderSettings.from_dict(snakemake.params.settings)
 model, history = autoencoder.train_autoencoder(
-    stack(snakemake.input.train), stack(snakemake.input.val), settings, seed=snakemake.params.seed,
-    checkpoint_dir=snakemake.params.checkpoint_dir, progress=print,
+    stack(snakemake.input.train),
+    stack(snakemake.input.val),
+    settings,
+    seed=snakemake.params.seed,
+    checkpoint_dir=snakemake.params.checkpoint_dir,
+    progress=print,
 )
 autoencoder.save_autoencoder(snakemake.output.model, model, settings, meta={})
 io.save_table(snakemake.output.history, history)

@@ -5,10 +5,10 @@ import time
 sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
 start = time.perf_counter()
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from arepas import edges, io, scorer, translator  # noqa: E402
+from arepas import edges, io, scorer, translator
 
 torch.set_num_threads(snakemake.threads)
 device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -20,11 +20,18 @@ roi = np.concatenate([s["roi"] for s in stacks])[:: settings.slice_step]
 generator, _, _ = translator.load_translator(snakemake.input.translator, device=device)
 recon = translator.translate(generator, edges.edge_maps(real), device=device)
 rng = np.random.default_rng(snakemake.params.seed)
-pairs = scorer.mine_hard_pairs(real, recon, dataclasses.replace(settings, slice_step=1),
-                               rng, roi=roi)
+pairs = scorer.mine_hard_pairs(
+    real, recon, dataclasses.replace(settings, slice_step=1), rng, roi=roi
+)
 print(f"mined {len(pairs['labels'])} hard pairs from {len(real)} healthy training slices")
-model, history = scorer.train_scorer(pairs["patches_a"], pairs["patches_b"], pairs["labels"], settings,
-                                     seed=snakemake.params.seed, progress=print)
+model, history = scorer.train_scorer(
+    pairs["patches_a"],
+    pairs["patches_b"],
+    pairs["labels"],
+    settings,
+    seed=snakemake.params.seed,
+    progress=print,
+)
 scorer.save_scorer(snakemake.output.model, model, settings, meta={"n_pairs": len(pairs["labels"])})
 io.save_table(snakemake.output.history, history)
 # Cached rules cannot have a benchmark directive, so they record their own resource use.

@@ -4,10 +4,10 @@ import time
 sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
 start = time.perf_counter()
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from arepas import io, translator  # noqa: E402
+from arepas import io, translator
 
 
 def stack(paths):
@@ -20,11 +20,17 @@ settings = translator.TranslatorSettings.from_dict(snakemake.params.settings)
 train, val = stack(snakemake.input.train), stack(snakemake.input.val)
 print(f"{len(train)} training and {len(val)} validation slices of {train.shape[1]}^2 on {device}")
 model, history = translator.train_translator(
-    train, val, settings, snakemake.params.checkpoint_dir, seed=snakemake.params.seed,
-    device=device, progress=print,
+    train,
+    val,
+    settings,
+    snakemake.params.checkpoint_dir,
+    seed=snakemake.params.seed,
+    device=device,
+    progress=print,
 )
-translator.save_translator(snakemake.output.model, model, settings,
-                           meta={"preprocessing": snakemake.params.preprocessing})
+translator.save_translator(
+    snakemake.output.model, model, settings, meta={"preprocessing": snakemake.params.preprocessing}
+)
 io.save_table(snakemake.output.history, history)
 # Cached rules cannot have a benchmark directive, so they record their own resource use.
 io.save_table(snakemake.output.usage, io.resource_usage(start))
