@@ -617,7 +617,11 @@ def _train_step(
 def translate(
     generator: nn.Module, edges: np.ndarray, batch_size: int = 16, device: str = "cpu"
 ) -> np.ndarray:
-    """Reconstruct slices from edge maps (n, S, S) -> (n, S, S) float32 in [-1, 1]."""
+    """Reconstruct slices from edge maps (n, S, S) -> (n, S, S) float32 in [-1, 1].
+
+    Runs without gradients in eval mode (dropout off); the generator is moved to device and its
+    train/eval mode is restored afterwards.
+    """
     edges = np.asarray(edges, dtype=np.float32)
     if edges.ndim != 3:
         raise ValueError(f"edges must have shape (n, S, S), got {edges.shape}")
