@@ -47,7 +47,8 @@ for method in snakemake.params.methods:
     summaries.append({"dataset": dataset, "method": method, **summary})
     tables.append(table.assign(dataset=dataset, method=method))
     print(
-        f"{method}: best Dice {summary['best_dice']:.3f}, honest Dice {summary['honest_dice']:.3f}, "
+        f"{method}: best Dice {summary['best_dice']:.3f}, "
+        f"honest Dice {summary['honest_dice']:.3f}, "
         f"AUPRC {summary['auprc']:.3f}, AUROC {summary['auroc']:.3f}"
     )
 

@@ -45,7 +45,8 @@ io.save_arrays(snakemake.output.slices, **result["stack"])
 stack = result["stack"]
 print(
     f"{subject}: native {image.shape}, working {result['working'].shape}, "
-    f"{len(stack['indices'])} slices of {stack['slices'].shape[1]}^2, ROI {int(result['roi'].sum())} voxels"
+    f"{len(stack['indices'])} slices of {stack['slices'].shape[1]}^2, "
+    f"ROI {int(result['roi'].sum())} voxels"
 )
 with io.atomic_path(snakemake.output.mapping) as tmp:
     tmp.write_text(
