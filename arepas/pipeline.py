@@ -109,8 +109,13 @@ def preprocess_subject(
         roi_native = roi
     else:
         if modality == "ct":
+            threshold = settings.get("roi", {}).get("threshold_hu", -400.0)
+            outside = prep.outside_air(image, prep.closest_voxel_axis(affine), threshold)
+            # Outside the native field of view nothing is known: never lung, never body air.
+            beyond = forward(np.ones(image.shape, np.float32)) < 0.5
+            excluded = (forward(outside.astype(np.float32)) > 0.5) | beyond
             roi_w = prep.preprocess_ct_roi(
-                working, settings["spacing"], settings.get("roi", {}), axis
+                working, settings["spacing"], settings.get("roi", {}), axis, excluded
             )
         else:
             if template is None:

@@ -67,33 +67,49 @@ def resample_mask(mask: np.ndarray, src_affine, dst_shape, dst_affine) -> np.nda
     return resample(mask.astype(np.float32), src_affine, dst_shape, dst_affine, order=1) > 0.5
 
 
-def lung_mask(
-    hu: np.ndarray, spacing, threshold_hu: float = -400.0, closing_mm: float = 20.0, axis: int = 2
-) -> np.ndarray:
-    """Lungs from a CT in HU: air below ``threshold_hu`` not connected to the in-plane border,
-    the two largest components, closed and hole-filled slice by slice so that vessels and
-    lesions inside or at the edge of a lung stay inside its mask."""
-    air = hu < threshold_hu
-    labels, n = ndimage.label(air)
-    if n == 0:
-        return np.zeros(hu.shape, bool)
-    # Air outside the body touches the in-plane border; lungs may touch the top and bottom
-    # of the field of view (a chest CT often cuts the apices), so those faces do not count.
-    inplane = [a for a in range(3) if a != axis]
+def closest_voxel_axis(affine: np.ndarray, world_axis: int = 2) -> int:
+    """The voxel axis of a grid that points most nearly along a world (RAS) axis."""
+    directions = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    return int(np.argmax(np.abs(directions[world_axis])))
+
+
+def outside_air(hu: np.ndarray, slice_axis: int, threshold_hu: float = -400.0) -> np.ndarray:
+    """Air connected to the scan's in-plane border: outside the body, never lung.
+
+    Meant for the native grid, whose in-plane faces are the scanner's field of view; the faces
+    across the slices are left out because a chest CT often cuts the lung apices or bases."""
+    labels, _ = ndimage.label(hu < threshold_hu)
     border = set()
-    for a in inplane:
+    for a in (a for a in range(3) if a != slice_axis):
         for idx in (0, -1):
             border.update(np.unique(np.take(labels, idx, axis=a)).tolist())
-    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
-    candidates = [
-        (s, lab) for lab, s in zip(range(1, n + 1), sizes, strict=True) if lab not in border
-    ]
-    candidates.sort(reverse=True)
-    if not candidates:
+    border.discard(0)
+    return np.isin(labels, sorted(border))
+
+
+def lung_mask(
+    hu: np.ndarray,
+    spacing,
+    threshold_hu: float = -400.0,
+    closing_mm: float = 20.0,
+    axis: int = 2,
+    outside: np.ndarray | None = None,
+) -> np.ndarray:
+    """Lungs from a CT in HU: air below ``threshold_hu`` that is not ``outside`` the body (by
+    default: connected to the in-plane border), the two largest components, closed and
+    hole-filled slice by slice so that vessels and lesions inside or at the edge of a lung stay
+    inside its mask."""
+    if outside is None:
+        outside = outside_air(hu, axis, threshold_hu)
+    labels, n = ndimage.label((hu < threshold_hu) & ~outside)
+    if n == 0:
         return np.zeros(hu.shape, bool)
-    largest = candidates[0][0]
+    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
+    order = np.argsort(sizes)[::-1]
+    largest = sizes[order[0]]
     # The second lung counts only if it is not a speck (e.g. gas in the bowel).
-    kept = [lab for s, lab in candidates[:2] if s >= 0.05 * largest]
+    kept = [int(i) + 1 for i in order[:2] if sizes[i] >= 0.05 * largest]
+    inplane = [a for a in range(3) if a != axis]
     radius = [closing_mm / float(spacing[a]) for a in inplane]
     mask = np.zeros(hu.shape, bool)
     for lab in kept:
@@ -230,13 +246,16 @@ def roi_slice_indices(roi: np.ndarray, axis: int, min_voxels: int = 1) -> np.nda
     return np.flatnonzero(counts >= min_voxels)
 
 
-def preprocess_ct_roi(hu_working: np.ndarray, spacing, roi_settings: dict, axis: int) -> np.ndarray:
+def preprocess_ct_roi(
+    hu_working: np.ndarray, spacing, roi_settings: dict, axis: int, outside: np.ndarray | None
+) -> np.ndarray:
     return lung_mask(
         hu_working,
         spacing,
         threshold_hu=roi_settings.get("threshold_hu", -400.0),
         closing_mm=roi_settings.get("closing_mm", 20.0),
         axis=axis,
+        outside=outside,
     )
 
 

@@ -77,11 +77,15 @@ class ScorerSettings:
 
 
 class StalledScorerError(RuntimeError):
-    """The Siamese scorer did not learn; carries the training history."""
+    """The Siamese scorer did not learn; carries the training history and the best model seen,
+    for callers that choose to keep a flagged model rather than stop."""
 
-    def __init__(self, message: str, history: pd.DataFrame) -> None:
+    def __init__(
+        self, message: str, history: pd.DataFrame, model: SiameseScorer | None = None
+    ) -> None:
         super().__init__(message)
         self.history = history
+        self.model = model
 
 
 # ----------------------------------------------------------------------------------------------
@@ -340,7 +344,7 @@ def train_scorer(
         return float(((scores > 0.5).float() == y_held).float().mean())
 
     rows: list[dict[str, float]] = []
-    best_warmup = 0.0
+    best_warmup, best_warmup_model = -1.0, None
     for attempt in range(settings.max_restarts):
         try_seed = _derived_seed(seed, attempt)
         torch.manual_seed(try_seed)
@@ -352,7 +356,8 @@ def train_scorer(
         loss, acc = _train_epoch(model, optimiser, *train_set, settings, generator)
         held_acc = heldout_accuracy(model)
         rows.append(_history_row(attempt, 0, loss, acc, held_acc))
-        best_warmup = max(best_warmup, acc)
+        if acc > best_warmup:
+            best_warmup, best_warmup_model = acc, copy.deepcopy(model).eval()
         if acc < settings.warmup_accuracy:
             progress(
                 f"scorer try {attempt + 1}/{settings.max_restarts}: warm-up accuracy {acc:.3f} "
@@ -373,14 +378,15 @@ def train_scorer(
             if held_acc > best_acc:
                 best_acc, best_state = held_acc, copy.deepcopy(model.state_dict())
         history = _history_frame(rows)
+        model.load_state_dict(best_state)
+        model.eval()
         if best_acc <= STALL_ACCURACY:
             raise StalledScorerError(
                 f"Siamese scorer stalled: best held-out accuracy {best_acc:.3f} <= "
-                f"{STALL_ACCURACY} after warm-up; its maps would be noise, so none are produced",
+                f"{STALL_ACCURACY} after warm-up; its maps would be noise",
                 history,
+                model,
             )
-        model.load_state_dict(best_state)
-        model.eval()
         return model, history
 
     history = _history_frame(rows)
@@ -388,6 +394,7 @@ def train_scorer(
         f"Siamese scorer stalled: no try of {settings.max_restarts} reached the warm-up training "
         f"accuracy {settings.warmup_accuracy} (best seen {best_warmup:.3f})",
         history,
+        best_warmup_model,
     )
 
 

@@ -111,6 +111,7 @@ def evaluation_files(wildcards):
     test = subjects_of(wildcards.dataset, ["test"])
     val = subjects_of(wildcards.dataset, ["val"])
     return {
+        **map_model_files(wildcards),
         "maps": native_maps(wildcards.dataset, test + val),
         "roi": preprocessed(wildcards.dataset, test + val, "roi_native.nii.gz"),
         "lesion": [SUBJECTS.loc[s, "lesion"] for s in test],

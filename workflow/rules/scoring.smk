@@ -13,6 +13,7 @@ rule train_scorer:
         usage="results/{dataset}/models/scorer_usage.tsv",
     params:
         settings=lambda wc: DATASETS[wc.dataset]["scorer"],
+        on_stall=config["scorer_stall"],
         seed=config["seed"],
     resources:
         gpu=1,

@@ -24,7 +24,9 @@ patch = None
 if {"arepas", "patch"} & set(methods):
     from arepas import scorer
 
-    model, _, _ = scorer.load_scorer(snakemake.input.scorer)
+    model, _, meta = scorer.load_scorer(snakemake.input.scorer)
+    if meta.get("stalled"):
+        print(f"WARNING: patch maps come from a stalled scorer: {meta['stalled']}")
     if options["scoring"] == "dense":
         patch = patch_map_dense(model, rec["slices"], rec["recon"], rec["roi"], options["stride"])
     else:

@@ -22,6 +22,14 @@ def scores(method, subject):
     return io.load_volume(f"{prefix}/maps/{method}/{subject}_native.nii.gz", subject, "map")[0]
 
 
+stalled = ""
+if "scorer" in snakemake.input.keys():
+    from arepas.scorer import load_scorer
+
+    stalled = load_scorer(snakemake.input.scorer)[2].get("stalled", "")
+    if stalled:
+        print(f"WARNING: the patch scorer stalled ({stalled}); arepas and patch rows are flagged")
+
 summaries, tables, curves = [], [], {}
 for method in snakemake.params.methods:
 
@@ -44,7 +52,8 @@ for method in snakemake.params.methods:
     )
     precision, recall, _ = metrics.pr_curve(hist)
     curves[f"{method}_precision"], curves[f"{method}_recall"] = precision, recall
-    summaries.append({"dataset": dataset, "method": method, **summary})
+    flag = "scorer stalled" if stalled and method in ("arepas", "patch") else ""
+    summaries.append({"dataset": dataset, "method": method, **summary, "flag": flag})
     tables.append(table.assign(dataset=dataset, method=method))
     print(
         f"{method}: best Dice {summary['best_dice']:.3f}, "

@@ -24,15 +24,23 @@ pairs = scorer.mine_hard_pairs(
     real, recon, dataclasses.replace(settings, slice_step=1), rng, roi=roi
 )
 print(f"mined {len(pairs['labels'])} hard pairs from {len(real)} healthy training slices")
-model, history = scorer.train_scorer(
-    pairs["patches_a"],
-    pairs["patches_b"],
-    pairs["labels"],
-    settings,
-    seed=snakemake.params.seed,
-    progress=print,
-)
-scorer.save_scorer(snakemake.output.model, model, settings, meta={"n_pairs": len(pairs["labels"])})
+meta = {"n_pairs": len(pairs["labels"]), "stalled": ""}
+try:
+    model, history = scorer.train_scorer(
+        pairs["patches_a"],
+        pairs["patches_b"],
+        pairs["labels"],
+        settings,
+        seed=snakemake.params.seed,
+        progress=print,
+    )
+except scorer.StalledScorerError as stall:
+    if snakemake.params.on_stall != "flag" or stall.model is None:
+        raise
+    # Kept only on request, and marked: every map and table built on it says so.
+    print(f"WARNING: {stall}; keeping its best model, flagged as stalled")
+    model, history, meta["stalled"] = stall.model, stall.history, str(stall)
+scorer.save_scorer(snakemake.output.model, model, settings, meta=meta)
 io.save_table(snakemake.output.history, history)
 # Cached rules cannot have a benchmark directive, so they record their own resource use.
 io.save_table(snakemake.output.usage, io.resource_usage(start))
