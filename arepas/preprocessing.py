@@ -118,6 +118,8 @@ def lung_mask(
 
 
 def _close_and_fill(component: np.ndarray, radius, axis: int) -> np.ndarray:
+    # Slice by slice and one 2D piece at a time: the airways join both lungs into one 3D
+    # component, and closing them together would swallow the mediastinum between them.
     r0, r1 = (max(int(round(r)), 1) for r in radius)
     yy, xx = np.ogrid[-r0 : r0 + 1, -r1 : r1 + 1]
     disk = (yy / r0) ** 2 + (xx / r1) ** 2 <= 1.0
@@ -126,9 +128,13 @@ def _close_and_fill(component: np.ndarray, radius, axis: int) -> np.ndarray:
         sl = [slice(None)] * 3
         sl[axis] = k
         plane = component[tuple(sl)]
-        padded = np.pad(plane, ((r0, r0), (r1, r1)))
-        closed = ndimage.binary_closing(padded, structure=disk)[r0:-r0, r1:-r1]
-        out[tuple(sl)] = ndimage.binary_fill_holes(closed | plane)
+        pieces, n = ndimage.label(plane)
+        filled = np.zeros_like(plane)
+        for piece in range(1, n + 1):
+            padded = np.pad(pieces == piece, ((r0, r0), (r1, r1)))
+            closed = ndimage.binary_closing(padded, structure=disk)[r0:-r0, r1:-r1]
+            filled |= ndimage.binary_fill_holes(closed | (pieces == piece))
+        out[tuple(sl)] = filled
     return out
 
 
