@@ -6,7 +6,6 @@ from snakemake.utils import validate
 
 from arepas import cohort
 
-
 validate(config, schema="../schemas/config.schema.yaml")
 
 DATASETS = config["datasets"]
@@ -70,7 +69,15 @@ def template_files(wildcards):
 
 
 def preprocess_settings(wildcards):
-    keys = ("modality", "spacing", "slice_axis", "slice_size", "intensity", "roi", "registration")
+    keys = (
+        "modality",
+        "spacing",
+        "slice_axis",
+        "slice_size",
+        "intensity",
+        "roi",
+        "registration",
+    )
     return {k: DATASETS[wildcards.dataset].get(k) for k in keys}
 
 
@@ -132,7 +139,12 @@ def final_outputs():
         outputs += expand(
             "results/{dataset}/figures/{name}.png",
             dataset=dataset,
-            name=["pr_curves", "dice_per_subject", "translator_training", "scorer_training"],
+            name=[
+                "pr_curves",
+                "dice_per_subject",
+                "translator_training",
+                "scorer_training",
+            ],
         )
     if evaluated_datasets():
         outputs.append("results/summary.md")

@@ -5,13 +5,15 @@ if DEMO:
             sheet=config["subjects"],
             images=[p for p in SUBJECTS["image"]],
             lesions=[p for p in SUBJECTS["lesion"] if p],
-        params:
-            demo=config["demo"],
-            rows=SUBJECTS.reset_index(drop=True).to_dict("records"),
         log:
             "logs/demo/make_demo.log",
         benchmark:
             "benchmarks/demo/make_demo.tsv"
+        conda:
+            "../../envs/arepas.yaml"
         threads: 2
+        params:
+            demo=config["demo"],
+            rows=SUBJECTS.reset_index(drop=True).to_dict("records"),
         script:
             "../scripts/make_demo.py"

@@ -15,15 +15,17 @@ rule evaluate:
             subcategory="{dataset}",
         ),
         curves="results/{dataset}/metrics/pr_curves.npz",
+    log:
+        "logs/{dataset}/evaluate.log",
+    benchmark:
+        "benchmarks/{dataset}/evaluate.tsv"
+    conda:
+        "../../envs/arepas.yaml"
     params:
         methods=config["methods"],
         evaluation=config["evaluation"],
         test=lambda wc: subject_rows(wc.dataset, ["test"]),
         val=lambda wc: subject_rows(wc.dataset, ["val"]),
-    log:
-        "logs/{dataset}/evaluate.log",
-    benchmark:
-        "benchmarks/{dataset}/evaluate.tsv"
     script:
         "../scripts/evaluate.py"
 
@@ -38,11 +40,13 @@ rule summary_table:
             category="4. Evaluation",
         ),
         table="results/summary.tsv",
-    params:
-        datasets=evaluated_datasets(),
     log:
         "logs/summary_table.log",
     benchmark:
         "benchmarks/summary_table.tsv"
+    conda:
+        "../../envs/arepas.yaml"
+    params:
+        datasets=evaluated_datasets(),
     script:
         "../scripts/summary_table.py"

@@ -12,6 +12,8 @@ rule subject_figure:
         "logs/{dataset}/subject_figure/{subject}.log",
     benchmark:
         "benchmarks/{dataset}/subject_figure/{subject}.tsv"
+    conda:
+        "../../envs/arepas.yaml"
     script:
         "../scripts/subject_figure.py"
 
@@ -52,5 +54,7 @@ rule dataset_figures:
         "logs/{dataset}/dataset_figures.log",
     benchmark:
         "benchmarks/{dataset}/dataset_figures.tsv"
+    conda:
+        "../../envs/arepas.yaml"
     script:
         "../scripts/dataset_figures.py"

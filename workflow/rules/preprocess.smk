@@ -2,13 +2,15 @@ rule prepare_template:
     output:
         template="results/{dataset}/template/template.nii.gz",
         mask="results/{dataset}/template/mask.nii.gz",
-    params:
-        registration=lambda wc: DATASETS[wc.dataset]["registration"],
-        spacing=lambda wc: DATASETS[wc.dataset]["spacing"],
     log:
         "logs/{dataset}/prepare_template.log",
     benchmark:
         "benchmarks/{dataset}/prepare_template.tsv"
+    conda:
+        "../../envs/arepas.yaml"
+    params:
+        registration=lambda wc: DATASETS[wc.dataset]["registration"],
+        spacing=lambda wc: DATASETS[wc.dataset]["spacing"],
     script:
         "../scripts/prepare_template.py"
 
@@ -24,12 +26,14 @@ rule preprocess:
         roi_native="results/{dataset}/preprocessed/{subject}/roi_native.nii.gz",
         slices="results/{dataset}/preprocessed/{subject}/slices.npz",
         mapping="results/{dataset}/preprocessed/{subject}/mapping.json",
-    params:
-        settings=preprocess_settings,
-        seed=config["seed"],
     log:
         "logs/{dataset}/preprocess/{subject}.log",
     benchmark:
         "benchmarks/{dataset}/preprocess/{subject}.tsv"
+    conda:
+        "../../envs/arepas.yaml"
+    params:
+        settings=preprocess_settings,
+        seed=config["seed"],
     script:
         "../scripts/preprocess.py"

@@ -11,16 +11,18 @@ rule train_scorer:
             subcategory="{dataset}",
         ),
         usage="results/{dataset}/models/scorer_usage.tsv",
+    log:
+        "logs/{dataset}/train_scorer.log",
+    cache: "omit-software"
+    conda:
+        "../../envs/arepas.yaml"
+    threads: 2
+    resources:
+        gpu=1,
     params:
         settings=lambda wc: DATASETS[wc.dataset]["scorer"],
         on_stall=config["scorer_stall"],
         seed=config["seed"],
-    resources:
-        gpu=1,
-    threads: 2
-    cache: "omit-software"
-    log:
-        "logs/{dataset}/train_scorer.log",
     script:
         "../scripts/train_scorer.py"
 
@@ -33,16 +35,18 @@ rule train_autoencoder:
         model="results/{dataset}/models/autoencoder.pt",
         history="results/{dataset}/models/autoencoder_history.tsv",
         usage="results/{dataset}/models/autoencoder_usage.tsv",
+    log:
+        "logs/{dataset}/train_autoencoder.log",
+    cache: "omit-software"
+    conda:
+        "../../envs/arepas.yaml"
+    threads: 2
+    resources:
+        gpu=1,
     params:
         settings=lambda wc: DATASETS[wc.dataset]["autoencoder"],
         checkpoint_dir=lambda wc: f"results/{wc.dataset}/models/autoencoder_checkpoint",
         seed=config["seed"],
-    resources:
-        gpu=1,
-    threads: 2
-    cache: "omit-software"
-    log:
-        "logs/{dataset}/train_autoencoder.log",
     script:
         "../scripts/train_autoencoder.py"
 
@@ -63,14 +67,16 @@ rule anomaly_maps:
             method=config["methods"],
         ),
         slices="results/{dataset}/maps/{subject}_slices.npz",
-    params:
-        methods=config["methods"],
-        maps=config["maps"],
-        seed=config["seed"],
     log:
         "logs/{dataset}/anomaly_maps/{subject}.log",
     benchmark:
         "benchmarks/{dataset}/anomaly_maps/{subject}.tsv"
+    conda:
+        "../../envs/arepas.yaml"
     threads: 1
+    params:
+        methods=config["methods"],
+        maps=config["maps"],
+        seed=config["seed"],
     script:
         "../scripts/anomaly_maps.py"

@@ -11,17 +11,19 @@ rule train_translator:
             subcategory="{dataset}",
         ),
         usage="results/{dataset}/models/translator_usage.tsv",
+    log:
+        "logs/{dataset}/train_translator.log",
+    cache: "omit-software"
+    conda:
+        "../../envs/arepas.yaml"
+    threads: 2
+    resources:
+        gpu=1,
     params:
         settings=lambda wc: DATASETS[wc.dataset]["translator"],
         preprocessing=preprocess_settings,
         checkpoint_dir=lambda wc: f"results/{wc.dataset}/models/translator_checkpoint",
         seed=config["seed"],
-    resources:
-        gpu=1,
-    threads: 2
-    cache: "omit-software"
-    log:
-        "logs/{dataset}/train_translator.log",
     script:
         "../scripts/train_translator.py"
 
@@ -38,6 +40,8 @@ rule reconstruct:
         "logs/{dataset}/reconstruct/{subject}.log",
     benchmark:
         "benchmarks/{dataset}/reconstruct/{subject}.tsv"
+    conda:
+        "../../envs/arepas.yaml"
     threads: 1
     script:
         "../scripts/reconstruct.py"
