@@ -52,8 +52,11 @@ def reconstructions(results: Path) -> Figure:
             per_slice = stack["lesion"].sum(axis=(1, 2))
             k = int(np.argmax(per_slice)) if per_slice.any() else len(per_slice) // 2
             for col, (name, image) in enumerate(
-                (("input", stack["input"][k]), ("Canny edges", stack["edges"][k]),
-                 ("reconstruction", stack["recon"][k]))
+                (
+                    ("input", stack["input"][k]),
+                    ("Canny edges", stack["edges"][k]),
+                    ("reconstruction", stack["recon"][k]),
+                )
             ):
                 ax = axes[row, col]
                 ax.imshow(image.T, cmap="gray", origin="lower", vmin=-1, vmax=1)

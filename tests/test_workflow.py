@@ -21,7 +21,10 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.C
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [*SNAKEMAKE, "--cores", "2", "--configfile", "config/tiny.yaml", *args],
-        cwd=workdir, capture_output=True, text=True, env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stderr[-4000:]}")
@@ -65,7 +68,9 @@ def test_maps_lie_on_the_native_grid_and_vanish_outside_the_roi(tiny_run):
     assert "predict" in set(mapped["split"])
     for row in mapped.itertuples():
         image = nib.load(tiny_run / "results/demo" / row.image)
-        roi = nib.load(tiny_run / f"results/{row.dataset}/preprocessed/{row.subject}/roi_native.nii.gz")
+        roi = nib.load(
+            tiny_run / f"results/{row.dataset}/preprocessed/{row.subject}/roi_native.nii.gz"
+        )
         for method in ("arepas", "residual", "patch", "ae"):
             path = tiny_run / f"results/{row.dataset}/maps/{method}/{row.subject}_native.nii.gz"
             amap = nib.load(path)
@@ -78,8 +83,9 @@ def test_maps_lie_on_the_native_grid_and_vanish_outside_the_roi(tiny_run):
 
 def test_stalled_scorer_is_flagged_in_the_tables(tiny_run):
     # The tiny networks cannot learn the pairs; the config asks to keep the model, flagged.
-    summary = pd.read_csv(tiny_run / "results/lung_ct/metrics/summary.tsv", sep="\t",
-                          keep_default_na=False)
+    summary = pd.read_csv(
+        tiny_run / "results/lung_ct/metrics/summary.tsv", sep="\t", keep_default_na=False
+    )
     flags = dict(zip(summary["method"], summary["flag"], strict=True))
     assert flags["arepas"] == flags["patch"] in ("", "scorer stalled")
     assert flags["residual"] == flags["ae"] == ""
@@ -95,3 +101,19 @@ def test_nothing_left_to_do_after_a_run(tiny_run):
 def test_report_builds(tiny_run):
     run_snakemake(tiny_run, "--report", "results/report.zip")
     assert (tiny_run / "results" / "report.zip").stat().st_size > 10_000
+
+
+def test_same_seed_gives_bit_identical_maps_and_metrics(tiny_run, tmp_path):
+    again = make_workdir(tmp_path)
+    run_snakemake(again)
+    produced = sorted(
+        p.relative_to(tiny_run) for p in (tiny_run / "results").rglob("*_native.nii.gz")
+    )
+    assert produced
+    for rel in produced:
+        first = np.asarray(nib.load(tiny_run / rel).dataobj)
+        second = np.asarray(nib.load(again / rel).dataobj)
+        assert np.array_equal(first, second), f"{rel} differs between two runs with one seed"
+    for dataset in ("lung_ct", "brain_t1"):
+        rel = Path("results") / dataset / "metrics" / "per_subject.tsv"
+        assert (tiny_run / rel).read_text() == (again / rel).read_text()
