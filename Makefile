@@ -31,5 +31,11 @@ lint: install
 report: install
 	$(BIN)/snakemake --cores 2 --report results/report.zip
 
+# Measures this machine and rewrites BENCHMARKS.md (about an hour with the default 3 seeds);
+# e.g. `make bench BENCH_ARGS='--only scoring,scaling'` or `BENCH_ARGS='--reuse . --seeds 1'`.
+BENCH_ARGS ?=
+bench: install
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 clean:
 	rm -rf results logs benchmarks .snakemake

@@ -1,0 +1,322 @@
+"""`python -m bench`: measure, keep each section's raw numbers in bench/results/<section>.json, and
+write BENCHMARKS.md from all of them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from arepas.io import atomic_path
+from bench import machine, tables
+
+REPO = Path(__file__).resolve().parents[1]
+SECTIONS = ("quality", "speed", "scoring", "scaling", "gpu")
+TITLES = {
+    "quality": "1. Quality over seeds",
+    "speed": "2. Speed per rule and stage",
+    "scoring": "3. Patch scoring: dense against the published sampling",
+    "scaling": "4. Scaling with the native volume",
+    "gpu": "5. GPU",
+}
+# The published slice size (/work/shared/method/AREPAS.md, "slices": 256 x 256).
+PUBLISHED_SLICE = 256
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Measure the workflow on this machine and write BENCHMARKS.md.",
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections to measure now, of {', '.join(SECTIONS)}; the others "
+        "keep their last stored numbers ('none' only rewrites the report)",
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="quality: number of seeds (runs)")
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        action="append",
+        default=[],
+        help="quality: a finished run's directory whose results/summary.tsv counts as its seed's "
+        "run (repeatable)",
+    )
+    parser.add_argument(
+        "--run",
+        type=Path,
+        default=None,
+        help="finished run whose records and models the other sections use "
+        "(default: the first --reuse, else the repository root)",
+    )
+    parser.add_argument("--runs-dir", type=Path, default=REPO / "results" / "bench",
+                        help="quality: where new seed runs get their working directories")
+    parser.add_argument("--configfile", action="append", default=[],
+                        help="quality: extra Snakemake config file for the seed runs")
+    parser.add_argument("--cores", type=int, default=2, help="quality: snakemake --cores")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for scoring, scaling and the CPU rows of gpu")
+    parser.add_argument("--sizes", default="128x128x64,256x256x128,512x512x256",
+                        help="scaling: native grids, comma-separated")
+    parser.add_argument("--scratch", type=Path, default=None,
+                        help="scaling: folder for temporary volumes (default: system temp)")
+    parser.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md")
+    parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
+    args = parser.parse_args(argv)
+    only = [s.strip() for s in args.only.split(",") if s.strip() and s.strip() != "none"]
+    unknown = sorted(set(only) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
+    args.only = only
+    args.reuse = [p.resolve() for p in args.reuse]
+    args.run = (args.run or (args.reuse[0] if args.reuse else REPO)).resolve()
+    args.sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+    return args
+
+
+def parse_size(text: str) -> tuple[int, int, int]:
+    """'512x512x256' -> (512, 512, 256)."""
+    parts = text.lower().replace("×", "x").split("x")
+    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"size must look like 512x512x256, got {text!r}")
+    return tuple(int(p) for p in parts)
+
+
+def measure_section(name: str, args: argparse.Namespace) -> dict:
+    if name == "quality":
+        from bench import quality
+
+        return quality.measure(REPO, args.reuse, args.seeds, args.runs_dir.resolve(), args.cores,
+                               args.configfile)
+    if name == "speed":
+        from bench import speed
+
+        return speed.measure(args.run)
+    if name == "scoring":
+        from bench import scoring
+
+        return scoring.measure(args.run, args.threads)
+    if name == "scaling":
+        from bench import scaling
+
+        return scaling.measure(args.run, args.sizes, args.threads, scratch=args.scratch)
+    if name == "gpu":
+        from bench import gpu
+
+        return gpu.measure(args.run, args.threads)
+    raise ValueError(name)
+
+
+def save_section(results_dir: Path, name: str, data: dict) -> None:
+    record = {"section": name, "machine": machine.describe(), "data": data}
+    with atomic_path(results_dir / f"{name}.json", suffix=".json") as tmp:
+        tmp.write_text(json.dumps(record, indent=1, default=_json_default))
+
+
+def load_sections(results_dir: Path) -> dict[str, dict]:
+    found = {}
+    for name in SECTIONS:
+        path = results_dir / f"{name}.json"
+        if path.exists():
+            found[name] = json.loads(path.read_text())
+    return found
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot store {type(value).__name__} as JSON")
+
+
+# ------------------------------------------------------------------------------------------
+# Budgets and what the demo trades away: read from the stored sections
+
+
+def budget_rows(sections: dict[str, dict]) -> list[list[str]]:
+    """[budget, source, measured, verdict] for every budget the issues set."""
+    rows = []
+    speed = sections.get("speed", {}).get("data")
+    if speed:
+        records = pd.DataFrame(speed["records"])
+        stage = tables.stage_summary(records).set_index("stage")
+        if "demo + preprocessing" in stage.index:
+            busy = float(stage.loc["demo + preprocessing", "busy_s"])
+            summed = float(stage.loc["demo + preprocessing", "wall_s"])
+        else:
+            busy = summed = float("nan")
+        rows.append([
+            "demo generation + preprocessing ≤ 3 min wall", "issue 2",
+            f"{busy / 60:.1f} min busy wall ({summed / 60:.1f} min summed over jobs)",
+            tables.verdict(busy, 180),
+        ])
+        translator = records[records["rule"] == "train_translator"]
+        total = float(translator["s"].sum()) if len(translator) else float("nan")
+        rows.append([
+            "translator training, both datasets ≤ 8 min", "issue 3",
+            f"{total / 60:.1f} min ({len(translator)} jobs)", tables.verdict(total, 480),
+        ])
+        wall = speed["wall_s"]
+        text = f"{wall / 60:.1f} min ({speed['wall_source']})"
+        quality = sections.get("quality", {}).get("data")
+        if quality:
+            walls = [r["wall_s"] for r in quality["runs"] if r["status"] == "finished"]
+            if len(walls) > 1:
+                mean, sd = tables.mean_and_sd(w / 60 for w in walls)
+                text += f"; seed runs {tables.mean_sd(mean, sd, digits=1)} min, " \
+                    f"longest {max(walls) / 60:.1f}"
+        rows.append(["full default run ≤ 20 min wall", "issues 2, 7", text,
+                     tables.verdict(wall, 1200)])
+    scoring = sections.get("scoring", {}).get("data")
+    if scoring:
+        for r in scoring["rows"]:
+            label = f"{r['dataset']} {r['size']}², stride {r['stride']}"
+            if "threads" in r:
+                label += f", {r['threads']} thread{'s' if r['threads'] > 1 else ''}"
+            ok_speed = tables.verdict(r["speedup"], 20, at_most=False)
+            ok_corr = tables.verdict(r["correlation"], 0.9, at_most=False)
+            verdict = "pass" if ok_speed == ok_corr == "pass" else "FAIL"
+            rows.append([
+                f"dense scoring ≥ 20× sampled, correlation > 0.9 ({label})", "issues 4, 7",
+                f"{r['speedup']:.1f}×, r = {tables.number(r['correlation'], '{:.3f}')}",
+                verdict,
+            ])
+    if speed:
+        records = pd.DataFrame(speed["records"])
+        test = {s for subjects in speed.get("test_subjects", {}).values() for s in subjects}
+        maps = records[(records["rule"] == "anomaly_maps") & records["job"].isin(test)]
+        longest = float(maps["s"].max()) if len(maps) else float("nan")
+        rows.append([
+            "a test subject's whole map (all methods) ≤ 20 s", "issue 4",
+            f"longest of {len(maps)} test subjects {longest:.1f} s", tables.verdict(longest, 20),
+        ])
+    scaling_data = sections.get("scaling", {}).get("data")
+    if scaling_data:
+        from bench import scaling
+
+        summary = scaling.summarise(scaling_data)
+        largest = max(summary["per_size"], key=lambda p: p["voxels"])
+        shape = "×".join(map(str, largest["shape"]))
+        ok_time = tables.verdict(largest["process_s"], scaling.TARGET_SECONDS)
+        ok_memory = tables.verdict(largest["peak_mb"] / 1024, scaling.TARGET_GIB)
+        rows.append([
+            f"{shape} CT subject < 3 min and < 4 GiB", "issue 7",
+            f"{largest['process_s']:.0f} s with process start-up ({largest['seconds']:.0f} s in "
+            f"the stages), peak {largest['peak_mb'] / 1024:.2f} GiB",
+            "pass" if ok_time == ok_memory == "pass" else "FAIL",
+        ])
+    return rows
+
+
+def tradeoffs(config: dict, speed: dict | None) -> str:
+    """What the CPU demo config gives up against the published setup, from the config itself."""
+    from arepas.translator import TranslatorSettings
+
+    published = TranslatorSettings()
+    parts = []
+    counts = config.get("demo", {}).get("counts", {})
+    steps = (speed or {}).get("translator", {})
+    for dataset, settings in config["datasets"].items():
+        t = {**published.to_dict(), **(settings.get("translator") or {})}
+        spacing = " × ".join(f"{v:g}" for v in settings["spacing"])
+        n = counts.get(dataset, {})
+        cohort = ", ".join(f"{n[k]} {k}" for k in ("train", "val", "test") if k in n)
+        step_text = f", {steps[dataset]['steps']:,} generator steps" if dataset in steps else ""
+        parts.append(
+            f"`{dataset}`: {settings['slice_size']}² slices on a {spacing} mm working grid; "
+            f"translator {t['base_channels']} base channels, {t['n_blocks']} residual blocks, "
+            f"{t['disc_channels']}-channel discriminator, lr {t['lr']:g}, {t['epochs']} epochs"
+            f"{step_text}; demo cohort {cohort} subjects"
+        )
+    scorer_changes = sorted(
+        k for settings in config["datasets"].values() for k in (settings.get("scorer") or {})
+    )
+    scorer_text = (
+        "The patch scorer keeps the published settings."
+        if not scorer_changes
+        else f"The patch scorer changes {', '.join(scorer_changes)} from the published settings."
+    )
+    return (
+        "The default config is sized for minutes on two CPU cores, not for the published "
+        "accuracy. " + "; ".join(parts) + ". Published (Mitic & Langs, MLMI 2025, "
+        f"arXiv 2509.12905, and its reference implementation): {PUBLISHED_SLICE}² slices, "
+        f"{published.base_channels} base channels, {published.n_blocks} residual blocks, "
+        f"{published.disc_channels}-channel discriminator, lr {published.lr:g} "
+        f"(Adam, batch {published.batch_size}), a VGG19 "
+        "perceptual loss (here discriminator feature matching: no ImageNet weights can be "
+        "downloaded), and patient cohorts instead of generated phantoms. Coarser slices hide "
+        "small lesions and fine vessels (the structures patch scoring is meant to tell apart), "
+        "and a smaller, briefly trained translator leaves more normal anatomy in the residual. "
+        f"{scorer_text} The quality numbers above are therefore a check that the method works "
+        "end to end and a comparison of the methods under equal conditions, not a reproduction "
+        "of the paper's Dice."
+    )
+
+
+def render(sections: dict[str, dict], run_dir: Path) -> str:
+    latest = max(sections.values(), key=lambda s: s["machine"]["date"])["machine"] \
+        if sections else machine.describe()
+    lines = [
+        "# Benchmarks",
+        "",
+        "Regenerate with `make bench` (runs `.venv/bin/python -m bench`; `make bench "
+        "BENCH_ARGS='--only scoring,scaling'` measures only some sections, "
+        "`--reuse DIR` takes finished workflow runs as quality seeds, `--help` lists the rest). "
+        "Each section's raw numbers are kept in `bench/results/<section>.json`; this file is "
+        "written from them. Timings come from a shared machine, so compare ratios measured in "
+        "the same section rather than absolute seconds across sections.",
+        "",
+        f"Machine: {latest['cpu']}, {latest['cores']} cores, {latest['memory_gib']:g} GiB RAM, "
+        f"GPU: {latest['gpu']}; Python {latest['python']}, torch {latest['torch']}, "
+        f"numpy {latest['numpy']}. Last measured {latest['date']}.",
+        "",
+        "## Budgets",
+        "",
+    ]
+    rows = budget_rows(sections)
+    if rows:
+        lines.append(tables.markdown_table(["budget", "from", "measured", "verdict"], rows, left=3))
+    else:
+        lines.append("No section measured yet.\n")
+    for name in SECTIONS:
+        lines += [f"## {TITLES[name]}", ""]
+        if name not in sections:
+            lines.append(f"Not measured yet: `python -m bench --only {name}`.\n")
+            continue
+        record = sections[name]
+        m = record["machine"]
+        lines.append(
+            f"*Measured {m['date']} ({m['cpu']}, {m['cores']} cores, load average at the end "
+            f"{', '.join(str(v) for v in m['load_average'])}).*\n"
+        )
+        module = __import__(f"bench.{name}", fromlist=["render"])
+        lines.append(module.render(record["data"]))
+    lines += ["## 6. What the CPU demo trades away", ""]
+    config_path = run_dir / "config" / "config.yaml"
+    if config_path.exists():
+        config = yaml.safe_load(config_path.read_text())
+        lines.append(tradeoffs(config, sections.get("speed", {}).get("data")) + "\n")
+    return "\n".join(lines)
+
+
+def write_report(path: Path, text: str) -> None:
+    with atomic_path(path, suffix=".md") as tmp:
+        tmp.write_text(text)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    for name in args.only:
+        print(f"bench: measuring {name}", flush=True)
+        data = measure_section(name, args)
+        save_section(args.results_dir, name, data)
+    sections = load_sections(args.results_dir)
+    run_dir = Path(sections["speed"]["data"]["run_dir"]) if "speed" in sections else args.run
+    write_report(args.output, render(sections, run_dir))
+    print(f"bench: wrote {args.output}")
+    return 0

@@ -1,0 +1,129 @@
+"""Speed per rule and stage of one finished workflow run, from its job records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from bench import quality, scoring, tables
+
+
+def measure(run_dir: Path) -> dict:
+    records = tables.read_job_records(run_dir)
+    if records.empty:
+        raise FileNotFoundError(f"{run_dir} has no benchmarks/ or *_usage.tsv: not a finished run")
+    wall, source = quality.run_wall(run_dir)
+    translator = {}
+    for path in sorted(run_dir.glob("results/*/models/translator_history.tsv")):
+        history = pd.read_csv(path, sep="\t")
+        translator[path.parts[-3]] = {
+            "epochs": int(history["epoch"].max()),
+            "steps": int(history["step"].max()),
+            "mean_epoch_s": float(history["seconds"].mean()),
+        }
+    return {
+        "run_dir": str(run_dir),
+        "wall_s": wall,
+        "wall_source": source,
+        "records": records.drop(columns=["source"]).to_dict("records"),
+        "translator": translator,
+        "test_subjects": scoring.test_subjects(run_dir),
+    }
+
+
+def records_of(data: dict) -> pd.DataFrame:
+    return pd.DataFrame(data["records"])
+
+
+def render(data: dict) -> str:
+    records = records_of(data)
+    lines = [
+        f"One run: `{data['run_dir']}`, wall time {data['wall_s'] / 60:.1f} min "
+        f"({data['wall_source']}). From Snakemake's benchmark files and the training rules' "
+        "own usage records: wall s and CPU s summed over a rule's jobs, peak RSS the largest "
+        "of its jobs. Busy wall: time during which at least one job of the stage ran "
+        "(parallel jobs count once).\n"
+    ]
+    by_rule = tables.rule_summary(records)
+    rows = [
+        [
+            r.rule,
+            r.jobs,
+            tables.number(r.wall_s),
+            tables.number(r.mean_s),
+            tables.number(r.max_s),
+            tables.number(r.cpu_s),
+            tables.number(r.peak_rss_mb, "{:.0f}"),
+        ]
+        for r in by_rule.itertuples()
+    ]
+    lines.append(
+        tables.markdown_table(
+            ["rule", "jobs", "wall s", "mean s/job", "longest job s", "CPU s", "peak RSS MB"],
+            rows,
+        )
+    )
+    by_stage = tables.stage_summary(records)
+    rows = [
+        [
+            r.stage,
+            r.jobs,
+            tables.number(r.wall_s),
+            tables.number(r.busy_s),
+            tables.number(r.cpu_s),
+            tables.number(r.peak_rss_mb, "{:.0f}"),
+        ]
+        for r in by_stage.itertuples()
+    ]
+    rows.append(
+        [
+            "**whole run**",
+            len(records),
+            tables.number(records["s"].sum()),
+            tables.number(data["wall_s"]),
+            tables.number(records["cpu_time"].sum()),
+            tables.number(records["max_rss"].max(), "{:.0f}"),
+        ]
+    )
+    lines.append(
+        tables.markdown_table(
+            ["stage", "jobs", "summed job s", "busy wall s (whole run: its wall)", "CPU s",
+             "peak RSS MB"],
+            rows,
+        )
+    )
+    per_dataset = []
+    for dataset, facts in data["translator"].items():
+        rec = records[(records["rule"] == "reconstruct") & (records["dataset"] == dataset)]
+        maps = records[(records["rule"] == "anomaly_maps") & (records["dataset"] == dataset)]
+        per_dataset.append(
+            [
+                dataset,
+                facts["epochs"],
+                facts["steps"],
+                tables.number(facts["mean_epoch_s"]),
+                tables.number(rec["s"].mean() if len(rec) else float("nan"), "{:.2f}"),
+                tables.number(maps["s"].mean() if len(maps) else float("nan"), "{:.2f}"),
+                tables.number(maps["s"].max() if len(maps) else float("nan"), "{:.2f}"),
+            ]
+        )
+    if per_dataset:
+        lines.append(
+            "Translator training (from its history) and per-subject inference, per dataset:\n"
+        )
+        lines.append(
+            tables.markdown_table(
+                [
+                    "dataset",
+                    "epochs",
+                    "generator steps",
+                    "s/epoch",
+                    "reconstruct s/subject",
+                    "maps s/subject (mean)",
+                    "maps s/subject (max)",
+                ],
+                per_dataset,
+            )
+        )
+    return "\n".join(lines)

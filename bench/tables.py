@@ -1,0 +1,335 @@
+"""The pure parts of the benchmarks: reading job records, summing them per rule and stage,
+mean ± sd over seeds, growth fits and Markdown tables. Nothing here measures anything."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from arepas import metrics
+
+# Pipeline order, for tables that read top to bottom like the workflow runs.
+RULE_ORDER = (
+    "make_demo",
+    "prepare_template",
+    "preprocess",
+    "train_translator",
+    "reconstruct",
+    "train_scorer",
+    "train_autoencoder",
+    "anomaly_maps",
+    "evaluate",
+    "summary_table",
+    "subject_figure",
+    "dataset_figures",
+)
+
+STAGES = {
+    "demo + preprocessing": ("make_demo", "prepare_template", "preprocess"),
+    "training": ("train_translator", "train_scorer", "train_autoencoder"),
+    "reconstruction + maps": ("reconstruct", "anomaly_maps"),
+    "evaluation + figures": ("evaluate", "summary_table", "subject_figure", "dataset_figures"),
+}
+
+QUALITY_METRICS = {
+    "best_dice": "best Dice",
+    "honest_dice": "Dice at val threshold",
+    "auprc": "AUPRC",
+    "auroc": "AUROC",
+}
+
+GIB = 1024**3
+
+
+# ------------------------------------------------------------------------------------------
+# Job records of one workflow run
+
+
+def benchmark_job(relative: Path) -> tuple[str, str, str]:
+    """(rule, dataset, job) of a Snakemake benchmark file from its path under `benchmarks/`.
+
+    The workflow's layout: `<rule>.tsv`, `<dataset>/<rule>.tsv` and
+    `<dataset>/<rule>/<subject>.tsv` (the demo rule sits under `demo/`).
+    """
+    parts = relative.with_suffix("").parts
+    if len(parts) == 1:
+        return parts[0], "", ""
+    if len(parts) == 2:
+        return parts[1], parts[0], ""
+    return parts[1], parts[0], "/".join(parts[2:])
+
+
+def read_job_records(run_dir: str | Path) -> pd.DataFrame:
+    """One row per finished job of a run: rule, dataset, job, s, cpu_time, max_rss (MB), start,
+    end (epoch seconds) and source file.
+
+    Sources: Snakemake's `benchmarks/**.tsv` and the training rules' own
+    `results/<dataset>/models/<name>_usage.tsv` (same columns; those rules are cached between
+    workflows and write no benchmark file). A file's modification time is when its job ended.
+    """
+    run_dir = Path(run_dir)
+    rows = []
+    bench_root = run_dir / "benchmarks"
+    for path in sorted(bench_root.rglob("*.tsv")):
+        rule, dataset, job = benchmark_job(path.relative_to(bench_root))
+        rows.append(_record(path, rule, dataset, job))
+    for path in sorted(run_dir.glob("results/*/models/*_usage.tsv")):
+        name = path.name.removesuffix("_usage.tsv")
+        rows.append(_record(path, f"train_{name}", path.parts[-3], ""))
+    columns = ["rule", "dataset", "job", "s", "cpu_time", "max_rss", "start", "end", "source"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _record(path: Path, rule: str, dataset: str, job: str) -> dict:
+    table = pd.read_csv(path, sep="\t")
+    # Several rows mean Snakemake's `repeat`; their mean is the job's cost.
+    seconds = float(table["s"].mean())
+    cpu = float(table["cpu_time"].mean()) if "cpu_time" in table else float("nan")
+    rss = float(table["max_rss"].max()) if "max_rss" in table else float("nan")
+    end = path.stat().st_mtime
+    return {
+        "rule": rule,
+        "dataset": dataset,
+        "job": job,
+        "s": seconds,
+        "cpu_time": cpu,
+        "max_rss": rss,
+        "start": end - seconds,
+        "end": end,
+        "source": str(path),
+    }
+
+
+def busy_seconds(starts: Iterable[float], ends: Iterable[float]) -> float:
+    """Length of the union of the intervals [start, end]: the wall time during which at least
+    one of the jobs was running (parallel jobs count once, gaps not at all)."""
+    intervals = sorted(zip(starts, ends, strict=True))
+    total = 0.0
+    current_start = current_end = None
+    for start, end in intervals:
+        if current_end is None or start > current_end:
+            if current_end is not None:
+                total += current_end - current_start
+            current_start, current_end = start, end
+        else:
+            current_end = max(current_end, end)
+    if current_end is not None:
+        total += current_end - current_start
+    return total
+
+
+def _order_key(rule: str) -> tuple[int, str]:
+    return (RULE_ORDER.index(rule) if rule in RULE_ORDER else len(RULE_ORDER), rule)
+
+
+def rule_summary(records: pd.DataFrame) -> pd.DataFrame:
+    """Per rule: jobs, summed / mean / longest job wall s, summed CPU s, peak RSS (MB)."""
+    rows = []
+    for rule, group in records.groupby("rule"):
+        rows.append(
+            {
+                "rule": rule,
+                "jobs": len(group),
+                "wall_s": group["s"].sum(),
+                "mean_s": group["s"].mean(),
+                "max_s": group["s"].max(),
+                "cpu_s": group["cpu_time"].sum(),
+                "peak_rss_mb": group["max_rss"].max(),
+            }
+        )
+    table = pd.DataFrame(
+        rows, columns=["rule", "jobs", "wall_s", "mean_s", "max_s", "cpu_s", "peak_rss_mb"]
+    )
+    return table.sort_values("rule", key=lambda s: s.map(_order_key)).reset_index(drop=True)
+
+
+def stage_summary(records: pd.DataFrame, stages: dict[str, Sequence[str]] = STAGES) -> pd.DataFrame:
+    """Per stage (a group of rules): jobs, summed job wall s, busy wall s (union of the jobs'
+    intervals), CPU s and peak RSS (MB). Rules in no stage form an 'other' stage."""
+    known = {rule for rules in stages.values() for rule in rules}
+    groups = {name: list(rules) for name, rules in stages.items()}
+    others = sorted(set(records["rule"]) - known)
+    if others:
+        groups["other"] = others
+    rows = []
+    for name, rules in groups.items():
+        group = records[records["rule"].isin(rules)]
+        if group.empty:
+            continue
+        rows.append(
+            {
+                "stage": name,
+                "jobs": len(group),
+                "wall_s": group["s"].sum(),
+                "busy_s": busy_seconds(group["start"], group["end"]),
+                "cpu_s": group["cpu_time"].sum(),
+                "peak_rss_mb": group["max_rss"].max(),
+            }
+        )
+    return pd.DataFrame(rows, columns=["stage", "jobs", "wall_s", "busy_s", "cpu_s", "peak_rss_mb"])
+
+
+def run_span_seconds(records: pd.DataFrame) -> float:
+    """First job start to last job end: a run's wall time less Snakemake's own start-up."""
+    if records.empty:
+        return float("nan")
+    return float(records["end"].max() - records["start"].min())
+
+
+# ------------------------------------------------------------------------------------------
+# Quality over seeds
+
+
+def quality_long(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Stack per-run summary tables (dataset, method, metrics...) with a `run` column."""
+    frames = [table.assign(run=label) for label, table in tables.items()]
+    if not frames:
+        return pd.DataFrame(columns=["run", "dataset", "method", *QUALITY_METRICS])
+    return pd.concat(frames, ignore_index=True)
+
+
+def aggregate_quality(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per dataset x method: number of runs and mean / sd (ddof 1) of each quality metric."""
+    long = quality_long(tables)
+    rows = []
+    for (dataset, method), group in long.groupby(["dataset", "method"], sort=False):
+        row = {"dataset": dataset, "method": method, "runs": len(group)}
+        for column in QUALITY_METRICS:
+            values = group[column].to_numpy(dtype=float)
+            row[f"{column}_mean"], row[f"{column}_sd"] = mean_and_sd(values)
+        if "flag" in group:
+            flags = group["flag"].fillna("").astype(str)
+            row["flagged_runs"] = int((flags != "").sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def relative_changes(
+    tables: dict[str, pd.DataFrame], columns: Sequence[str] = ("best_dice", "honest_dice")
+) -> pd.DataFrame:
+    """Per run, dataset and Dice column: arepas's relative change over the best other method
+    (`arepas.metrics.relative_dice_change`) and which method that was."""
+    rows = []
+    for label, table in tables.items():
+        for column in columns:
+            change = metrics.relative_dice_change(table, "arepas", column)
+            for row in change.itertuples():
+                rows.append(
+                    {
+                        "run": label,
+                        "column": column,
+                        "dataset": row.dataset,
+                        "arepas": getattr(row, column),
+                        "best_other": row.best_other,
+                        "best_other_value": getattr(row, f"best_other_{column}"),
+                        "relative_change": row.relative_change,
+                    }
+                )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "run",
+            "column",
+            "dataset",
+            "arepas",
+            "best_other",
+            "best_other_value",
+            "relative_change",
+        ],
+    )
+
+
+def mean_and_sd(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample sd (ddof 1) of the finite values; sd is NaN below two values."""
+    finite = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if finite.size == 0:
+        return float("nan"), float("nan")
+    sd = float(finite.std(ddof=1)) if finite.size > 1 else float("nan")
+    return float(finite.mean()), sd
+
+
+def mean_sd(mean: float, sd: float, digits: int = 3, percent: bool = False) -> str:
+    """'0.412 ± 0.031'; '+1.9 ± 2.4 %' with `percent` (values as fractions); the mean alone when
+    sd is undefined (one run); 'n/a' without a mean."""
+    if mean is None or not math.isfinite(mean):
+        return "n/a"
+    if percent:
+        text = f"{100 * mean:+.{max(digits - 2, 1)}f}"
+        if sd is not None and math.isfinite(sd):
+            text += f" ± {100 * sd:.{max(digits - 2, 1)}f}"
+        return text + " %"
+    text = f"{mean:.{digits}f}"
+    if sd is not None and math.isfinite(sd):
+        text += f" ± {sd:.{digits}f}"
+    return text
+
+
+# ------------------------------------------------------------------------------------------
+# Growth with the volume size
+
+
+def power_law_exponent(sizes: Sequence[float], values: Sequence[float]) -> float:
+    """Exponent k of values ~ sizes**k, least squares on log-log (1 = linear in the size)."""
+    x = np.log(np.asarray(sizes, dtype=float))
+    y = np.log(np.asarray(values, dtype=float))
+    if x.size < 2 or not np.all(np.isfinite(y)):
+        return float("nan")
+    slope, _ = np.polyfit(x, y, 1)
+    return float(slope)
+
+
+def linear_fit(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """(intercept, slope) of the least-squares line y = intercept + slope * x."""
+    slope, intercept = np.polyfit(np.asarray(x, dtype=float), np.asarray(y, dtype=float), 1)
+    return float(intercept), float(slope)
+
+
+def largest_fitting_voxels(
+    voxels: Sequence[float], peak_bytes: Sequence[float], limit_bytes: float
+) -> float:
+    """Voxels at which the straight line through (voxels, peak memory) reaches `limit_bytes`:
+    an extrapolation, only as good as the line."""
+    intercept, slope = linear_fit(voxels, peak_bytes)
+    if slope <= 0:
+        return float("inf")
+    return (limit_bytes - intercept) / slope
+
+
+# ------------------------------------------------------------------------------------------
+# Markdown
+
+
+def markdown_table(
+    header: Sequence[str], rows: Iterable[Sequence[object]], left: int = 1, align: str = ""
+) -> str:
+    """A Markdown table; the first `left` columns left-aligned (labels), the rest right-aligned,
+    unless `align` gives one letter per column ('l' or 'r')."""
+    align = align or "l" * left + "r" * (len(header) - left)
+    if len(align) != len(header):
+        raise ValueError(f"align {align!r} does not match {len(header)} columns")
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|",
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(str(cell) for cell in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def number(value: float | None, pattern: str = "{:.1f}") -> str:
+    """A number for a table; 'n/a' for missing or NaN."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return pattern.format(value)
+
+
+def verdict(value: float | None, limit: float, at_most: bool = True) -> str:
+    """'pass' / 'FAIL' of a measured value against a budget; 'not measured' without a value."""
+    if value is None or not math.isfinite(value):
+        return "not measured"
+    ok = value <= limit if at_most else value >= limit
+    return "pass" if ok else "FAIL"
