@@ -127,6 +127,29 @@ def normalise_per_slice(maps: np.ndarray, roi: np.ndarray) -> np.ndarray:
     return out[0] if single else out
 
 
+NORMALISATIONS = ("slice", "volume", "none")
+
+
+def normalise_patch_map(maps: np.ndarray, roi: np.ndarray, mode: str = "slice") -> np.ndarray:
+    """Scale a patch map (n, S, S) of one subject: 'slice' min-max per slice (published), 'volume'
+    min-max over the subject's whole ROI, 'none' the scorer's own [0, 1] probabilities. Per-slice
+    scaling lifts the most dissimilar patch of every slice to 1, lesion or not."""
+    if mode == "slice":
+        return normalise_per_slice(maps, roi)
+    roi = np.asarray(roi, dtype=bool)
+    maps = np.asarray(maps, dtype=np.float32)
+    if mode == "none":
+        return np.where(roi, maps, 0.0).astype(np.float32)
+    if mode != "volume":
+        raise ValueError(f"unknown patch map normalisation '{mode}', choose from {NORMALISATIONS}")
+    if not roi.any():
+        return np.zeros_like(maps)
+    low, high = float(maps[roi].min()), float(maps[roi].max())
+    if high <= low:
+        return np.zeros_like(maps)
+    return np.where(roi, (maps - low) / (high - low), 0.0).astype(np.float32)
+
+
 def _residual(real: np.ndarray, recon: np.ndarray, roi: np.ndarray) -> np.ndarray:
     return np.where(roi, np.abs(np.asarray(recon, np.float32) - real), 0.0).astype(np.float32)
 
@@ -139,12 +162,14 @@ def anomaly_maps(
     methods: Sequence[str],
     median_size: int = 0,
     extra_recons: Mapping[str, np.ndarray] | None = None,
+    normalise: str = "slice",
 ) -> dict[str, np.ndarray]:
     """Maps (n, S, S) per method; all zero outside the ROI.
 
     'residual' = |recon - real|; 'patch' = normalised patch map; 'arepas' = normalised patch map
     x residual; any method named in `extra_recons` (e.g. 'ae') = |that reconstruction - real|.
     A 2-D median filter of `median_size` (0 = off) is applied to every final map, per slice.
+    The patch map is scaled by :func:`normalise_patch_map` with `normalise`.
     """
     real = np.asarray(real, dtype=np.float32)
     roi = np.asarray(roi, dtype=bool)
@@ -173,7 +198,7 @@ def anomaly_maps(
     if needs_patch:
         if patch_map is None:
             raise ValueError(f"methods {sorted(needs_patch)} need a patch map")
-        patch = normalise_per_slice(patch_map, roi)
+        patch = normalise_patch_map(patch_map, roi, normalise)
     residual = _residual(real, recon, roi)
 
     maps: dict[str, np.ndarray] = {}
@@ -198,11 +223,13 @@ def patch_map_dense(
     recon: np.ndarray,
     roi: np.ndarray,
     stride: int = 1,
+    normalise: str = "slice",
 ) -> np.ndarray:
-    """Normalised patch map (n, S, S) from dense scoring of every patch on the `stride` grid."""
+    """Patch map (n, S, S) from dense scoring of every patch on the `stride` grid, scaled by
+    :func:`normalise_patch_map`."""
     grid = dense_patch_scores_batch(model, real, recon, stride)
     spread = spread_patch_scores(grid, int(stride), model.patch_size, real.shape[1:])
-    return normalise_per_slice(spread, roi)
+    return normalise_patch_map(spread, roi, normalise)
 
 
 def patch_map_sampled(
@@ -212,12 +239,14 @@ def patch_map_sampled(
     roi: np.ndarray,
     n_patches: int = 10000,
     rng: np.random.Generator | None = None,
+    normalise: str = "slice",
 ) -> np.ndarray:
-    """Normalised patch map (n, S, S) from the published random sampling of patch positions."""
+    """Patch map (n, S, S) from the published random sampling of patch positions, scaled by
+    :func:`normalise_patch_map`."""
     rng = np.random.default_rng(0) if rng is None else rng
     real = np.asarray(real, dtype=np.float32)
     spread = np.zeros(real.shape, dtype=np.float32)
     for k in range(len(real)):
         positions, scores = sampled_patch_scores(model, real[k], recon[k], n_patches, rng)
         spread[k] = spread_patch_scores(scores, positions, model.patch_size, real.shape[1:])
-    return normalise_per_slice(spread, roi)
+    return normalise_patch_map(spread, roi, normalise)

@@ -187,3 +187,22 @@ def test_dense_and_sampled_patch_maps_agree(trained_scorer, lesion_case):
     assert np.corrcoef(dense[both], sampled[both])[0, 1] > 0.95
     strided = patch_map_dense(trained_scorer, real, recon, roi, stride=4)
     assert np.corrcoef(dense[both], strided[both])[0, 1] > 0.95
+
+
+def test_patch_map_scaling_per_slice_per_volume_or_none():
+    from arepas.maps import normalise_patch_map
+
+    maps = np.stack([np.full((8, 8), 0.2, np.float32), np.full((8, 8), 0.6, np.float32)])
+    maps[0, 0, 0], maps[1, 0, 0] = 0.1, 0.9
+    roi = np.ones(maps.shape, bool)
+    per_slice = normalise_patch_map(maps, roi, "slice")
+    per_volume = normalise_patch_map(maps, roi, "volume")
+    # Per slice, each slice's own maximum becomes 1, so the weak slice is lifted as high as
+    # the strong one; over the volume the strong slice stays stronger.
+    assert per_slice[0].max() == per_slice[1].max() == 1.0
+    assert per_volume[1].max() == 1.0 and per_volume[0].max() == pytest.approx(0.125)
+    np.testing.assert_allclose(normalise_patch_map(maps, roi, "none"), maps)
+    roi[1] = False
+    assert np.all(normalise_patch_map(maps, roi, "volume")[1] == 0)
+    with pytest.raises(ValueError, match="unknown patch map normalisation"):
+        normalise_patch_map(maps, roi, "subject")

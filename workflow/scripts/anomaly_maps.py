@@ -28,11 +28,13 @@ if {"arepas", "patch"} & set(methods):
     if meta.get("stalled"):
         print(f"WARNING: patch maps come from a stalled scorer: {meta['stalled']}")
     if options["scoring"] == "dense":
-        patch = patch_map_dense(model, rec["slices"], rec["recon"], rec["roi"], options["stride"])
+        patch = patch_map_dense(
+            model, rec["slices"], rec["recon"], rec["roi"], options["stride"], normalise="none"
+        )
     else:
         rng = np.random.default_rng(snakemake.params.seed)
         patch = patch_map_sampled(
-            model, rec["slices"], rec["recon"], rec["roi"], options["n_patches"], rng
+            model, rec["slices"], rec["recon"], rec["roi"], options["n_patches"], rng, "none"
         )
 extra = {}
 if "ae" in methods:
@@ -48,6 +50,7 @@ maps = anomaly_maps(
     patch,
     methods,
     median_size=options["median_size"],
+    normalise=options["normalise"],
     extra_recons=extra,
 )
 geometry = SliceGeometry.from_array(rec["geometry"])
