@@ -26,19 +26,26 @@ class InputError(ValueError):
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds.
+
+    A failed write (disk full, folder not writable) leaves neither ``path`` nor the temporary
+    file, and raises an OSError that names ``path``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Keep the real suffix last: nibabel and numpy choose the format from the file name.
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=suffix or _suffix(path), dir=path.parent
-    )
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Keep the real suffix last: nibabel and numpy choose the format from the file name.
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=suffix or _suffix(path), dir=path.parent
+        )
+        os.close(fd)
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write '{path}': {exc.strerror or exc}") from exc
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 

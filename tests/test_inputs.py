@@ -159,3 +159,23 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
         tmp.write_bytes(b"half")
         raise RuntimeError("killed")
     assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_disk_full_gives_a_clear_error_and_no_file(tmp_path, monkeypatch):
+    import errno
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", no_space)
+    target = tmp_path / "maps" / "s1.npz"
+    with pytest.raises(OSError, match=r"cannot write '.*s1.npz': No space left on device"):
+        io.save_arrays(target, a=np.zeros(3))
+    assert list(target.parent.iterdir()) == []
+
+
+def test_unwritable_results_folder_gives_a_clear_error(tmp_path):
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the results folder should be")
+    with pytest.raises(OSError, match=r"cannot write '.*results/lung_ct/roi.nii.gz'"):
+        io.save_volume(blocker / "lung_ct" / "roi.nii.gz", np.zeros((2, 2, 2)), np.eye(4))
