@@ -1,0 +1,65 @@
+"""The config schema accepts the shipped configs and rejects the common mistakes."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
+
+
+def shipped() -> dict:
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "tiny.yaml", "full.yaml"])
+def test_shipped_configs_validate(name):
+    config = shipped()
+    overrides = yaml.safe_load((REPO / "config" / name).read_text())
+    for key, value in overrides.items():
+        if isinstance(value, dict) and key in config:
+            for sub, inner in value.items():
+                config[key][sub] = (
+                    {**config[key].get(sub, {}), **inner} if isinstance(inner, dict) else inner
+                )
+        else:
+            config[key] = value
+    validate(config, SCHEMA)
+
+
+def test_defaults_are_filled_in():
+    config = {
+        "subjects": "s.tsv",
+        "datasets": {
+            "x": {"modality": "ct", "spacing": [1, 1, 1], "slice_size": 64, "intensity": {}}
+        },
+    }
+    validate(config, SCHEMA)
+    assert config["maps"]["normalise"] == "slice"
+    assert config["datasets"]["x"]["registration"]["transform"] == "none"
+    assert config["scorer_stall"] == "error"
+
+
+@pytest.mark.parametrize(
+    "mutate, fragment",
+    [
+        (lambda c: c["datasets"]["lung_ct"].update(slice_size=100), "multiple"),
+        (lambda c: c["datasets"]["lung_ct"].update(slice_sise=64), "slice_sise"),
+        (lambda c: c.update(method=["arepas"]), "method"),
+        (lambda c: c["maps"].update(median=3), "median"),
+        (lambda c: c["datasets"]["lung_ct"].update(modality="pet"), "pet"),
+        (lambda c: c["datasets"]["lung_ct"]["registration"].update(transform="bspline"), "bspline"),
+        (lambda c: c["datasets"]["lung_ct"].update(spacing=[1.0, 0.0, 1.0]), "0.0"),
+        (lambda c: c.update(methods=["arepas", "vae"]), "vae"),
+    ],
+)
+def test_bad_configs_are_rejected(mutate, fragment):
+    config = copy.deepcopy(shipped())
+    mutate(config)
+    with pytest.raises(WorkflowError) as err:
+        validate(config, SCHEMA)
+    assert fragment in str(err.value)
