@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arepas.scorer import atomic_torch_save
+from arepas.io import save_torch
 
 CHECKPOINT_NAME = "autoencoder_last.pt"
 
@@ -206,7 +206,7 @@ def train_autoencoder(
         if val_l1 < best_val:
             best_val, best_state = val_l1, copy.deepcopy(model.state_dict())
         if checkpoint is not None:
-            atomic_torch_save(
+            save_torch(
                 {
                     "model": model.state_dict(),
                     "optimiser": optimiser.state_dict(),
@@ -245,7 +245,7 @@ def save_autoencoder(
     meta: dict[str, Any] | None = None,
 ) -> None:
     """Write weights, settings and a JSON-serialisable meta dict atomically."""
-    atomic_torch_save(
+    save_torch(
         {
             "state_dict": model.state_dict(),
             "settings": settings.to_dict(),

@@ -196,3 +196,14 @@ def resource_usage(wall_start: float):
             }
         ]
     )
+
+
+def save_torch(payload, path) -> None:
+    """``torch.save(payload, path)`` atomically: the file is either whole or absent."""
+    import torch
+
+    with atomic_path(path, suffix=".pt") as tmp, open(tmp, "wb") as handle:
+        torch.save(payload, handle)
+        handle.flush()
+        # A checkpoint must survive a node crash right after the rename, not only a killed job.
+        os.fsync(handle.fileno())

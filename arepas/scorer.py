@@ -14,7 +14,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from arepas.io import save_torch
 
 # A scorer whose best held-out accuracy is at or below this is indistinguishable from a coin flip
 # on balanced pairs; its maps would be noise times the residual.
@@ -540,7 +541,7 @@ def save_scorer(
         "settings": settings.to_dict(),
         "meta_json": json.dumps(meta or {}),
     }
-    atomic_torch_save(payload, path)
+    save_torch(payload, path)
 
 
 def load_scorer(path: str | os.PathLike) -> tuple[SiameseScorer, ScorerSettings, dict[str, Any]]:
@@ -551,19 +552,3 @@ def load_scorer(path: str | os.PathLike) -> tuple[SiameseScorer, ScorerSettings,
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, settings, json.loads(payload["meta_json"])
-
-
-def atomic_torch_save(payload: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the target folder, then os.replace: never a torn file."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

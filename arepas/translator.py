@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from arepas.edges import augmented_training_set, edge_maps
+from arepas.io import save_torch
 
 PERCEPTUAL_CHOICES = ("feature_matching", "vgg19", "none")
 HISTORY_COLUMNS = ["epoch", "step", "g_adv", "g_l1", "g_perc", "d_loss", "gp", "val_l1", "seconds"]
@@ -352,22 +352,6 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    # A crash mid-write must never leave a truncated file under the final name.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-
-
 @contextmanager
 def _torch_runtime(settings: TranslatorSettings, device: torch.device) -> Iterator[None]:
     threads = torch.get_num_threads()
@@ -510,7 +494,7 @@ def train_translator(
             row.update({key: total / steps_per_epoch for key, total in sums.items()})
             row.update({"val_l1": val_l1, "seconds": time.perf_counter() - started})
             history.append(row)
-            _atomic_torch_save(
+            save_torch(
                 {
                     "format": _CHECKPOINT_FORMAT,
                     "generator": generator.state_dict(),
@@ -671,7 +655,7 @@ def save_translator(
         "settings": settings.to_dict(),
         "meta_json": json.dumps(meta, default=_json_default),
     }
-    _atomic_torch_save(payload, Path(path))
+    save_torch(payload, Path(path))
 
 
 def load_translator(
