@@ -6,7 +6,6 @@ ITK's LPS physical space happens only here.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -96,12 +95,16 @@ def register(
     return kept
 
 
-def save_transforms(path, description: dict) -> None:
-    Path(path).write_text(json.dumps(description, indent=1))
-
-
-def load_transforms(path) -> dict:
-    return json.loads(Path(path).read_text())
+def _apply(volume, affine, target_shape, target_affine, files, invert, interpolator) -> np.ndarray:
+    reference = to_ants(np.zeros(target_shape, np.float32), target_affine)
+    out = ants.apply_transforms(
+        fixed=reference,
+        moving=to_ants(volume, affine),
+        transformlist=files,
+        whichtoinvert=invert,
+        interpolator=interpolator,
+    )
+    return out.numpy().astype(np.float32)
 
 
 def apply_forward(
@@ -114,15 +117,8 @@ def apply_forward(
     interpolator: str = "linear",
 ) -> np.ndarray:
     """Map a native-grid volume into template space."""
-    reference = to_ants(np.zeros(fixed_shape, np.float32), fixed_affine)
     files = [str(Path(transform_dir) / n) for n in description["fwdtransforms"]]
-    out = ants.apply_transforms(
-        fixed=reference,
-        moving=to_ants(volume, affine),
-        transformlist=files,
-        interpolator=interpolator,
-    )
-    return out.numpy().astype(np.float32)
+    return _apply(volume, affine, fixed_shape, fixed_affine, files, None, interpolator)
 
 
 def apply_inverse(
@@ -135,16 +131,10 @@ def apply_inverse(
     interpolator: str = "linear",
 ) -> np.ndarray:
     """Map a template-space volume (e.g. an anomaly map) back onto the subject's native grid."""
-    reference = to_ants(np.zeros(native_shape, np.float32), native_affine)
     files = [str(Path(transform_dir) / n) for n in description["invtransforms"]]
-    out = ants.apply_transforms(
-        fixed=reference,
-        moving=to_ants(volume, affine),
-        transformlist=files,
-        whichtoinvert=description["invert"],
-        interpolator=interpolator,
+    return _apply(
+        volume, affine, native_shape, native_affine, files, description["invert"], interpolator
     )
-    return out.numpy().astype(np.float32)
 
 
 def load_template(
