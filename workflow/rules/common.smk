@@ -2,15 +2,36 @@ import json
 from pathlib import Path
 
 import pandas as pd
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from arepas import cohort
+from arepas.io import InputError
 
 validate(config, schema="../schemas/config.schema.yaml")
 
 DATASETS = config["datasets"]
 DEMO = config["demo"].get("enabled", False)
 SHEET_DIR = Path(config["subjects"]).parent
+# Datasets whose models come trained from elsewhere: nothing is trained for them here.
+PRETRAINED = {
+    name: s["pretrained"] for name, s in DATASETS.items() if s.get("pretrained")
+}
+PREPROCESSING_KEYS = (
+    "modality",
+    "spacing",
+    "slice_axis",
+    "slice_size",
+    "intensity",
+    "roi",
+    "registration",
+)
+
+
+# A GPU belongs to one machine: `--resources gpu=1` (profiles/default) serialises GPU jobs on it,
+# but under SLURM the main process must not count GPUs across nodes; the cluster allocates them.
+resource_scopes:
+    gpu="local",
 
 
 def load_subjects() -> pd.DataFrame:
@@ -21,7 +42,9 @@ def load_subjects() -> pd.DataFrame:
     validate(sheet, schema="../schemas/subjects.schema.yaml")
     table = cohort.resolve_paths(sheet, SHEET_DIR)
     # Demo files are outputs of rule make_demo; a user's files must exist now.
-    cohort.check_sheet(table, DATASETS, check_files=not DEMO)
+    applied = table["dataset"].isin(PRETRAINED)
+    cohort.check_sheet(table[~applied], DATASETS, check_files=not DEMO)
+    check_applied_rows(table, table[applied])
     for row in table.itertuples():
         settings = DATASETS[row.dataset]
         reg = settings["registration"]
@@ -31,6 +54,31 @@ def load_subjects() -> pd.DataFrame:
                 "registration, so the brain mask cannot come from a template; give an roi mask"
             )
     return table.set_index("subject", drop=False)
+
+
+def check_applied_rows(table, rows):
+    """The sheet checks for datasets with pretrained models, which need no `train` rows."""
+    dupes = table["subject"][table["subject"].duplicated()].unique().tolist()
+    if dupes:
+        raise cohort.SheetError(
+            f"subject id(s) {dupes} appear more than once in the sheet"
+        )
+    for row in rows.itertuples(index=False):
+        if row.split not in cohort.SPLITS:
+            problem = f"unknown split '{row.split}', expected one of {cohort.SPLITS}"
+            raise InputError(row.subject, "split", row.image, problem)
+        if row.split == "test" and not row.lesion:
+            raise InputError(
+                row.subject, "lesion", "", "a test subject needs a lesion mask"
+            )
+        if not DEMO:
+            cohort.check_subject_files(row._asdict())
+    for name, group in rows.groupby("dataset"):
+        if "test" in set(group["split"]) and "val" not in set(group["split"]):
+            raise cohort.SheetError(
+                f"dataset '{name}' has 'test' subjects but no 'val' subjects; the threshold "
+                "reported as honest is chosen on healthy val scans, also with a pretrained model"
+            )
 
 
 SUBJECTS = load_subjects()
@@ -68,17 +116,76 @@ def template_files(wildcards):
     }
 
 
+def preprocessing_of(dataset):
+    return {k: DATASETS[dataset].get(k) for k in PREPROCESSING_KEYS}
+
+
 def preprocess_settings(wildcards):
-    keys = (
-        "modality",
-        "spacing",
-        "slice_axis",
-        "slice_size",
-        "intensity",
-        "roi",
-        "registration",
-    )
-    return {k: DATASETS[wildcards.dataset].get(k) for k in keys}
+    return preprocessing_of(wildcards.dataset)
+
+
+def needed_models():
+    names = ["translator"]
+    if {"arepas", "patch"} & set(config["methods"]):
+        names.append("scorer")
+    if "ae" in config["methods"]:
+        names.append("autoencoder")
+    return names
+
+
+def model_file(dataset, name):
+    """A trained model: from the dataset's `pretrained` folder, else its train_* rule's output."""
+    folder = PRETRAINED.get(dataset)
+    return f"{folder}/{name}.pt" if folder else f"results/{dataset}/models/{name}.pt"
+
+
+def setting_differences(trained, current, prefix=""):
+    """(dotted key, trained value, current value) for every setting that differs."""
+    found = []
+    for key in sorted(set(trained) | set(current)):
+        old, new, name = trained.get(key), current.get(key), f"{prefix}{key}"
+        if isinstance(old, dict) and isinstance(new, dict):
+            found += setting_differences(old, new, f"{name}.")
+        elif old != new:
+            found.append((name, old, new))
+    return found
+
+
+def check_pretrained(dataset):
+    """Refuse, before any job runs, models that are missing or fit other preprocessing."""
+    folder = Path(PRETRAINED[dataset])
+    missing = [f"{n}.pt" for n in needed_models() if not (folder / f"{n}.pt").is_file()]
+    if missing:
+        raise WorkflowError(
+            f"dataset '{dataset}': pretrained folder '{folder}' lacks {missing}, "
+            f"needed for methods {config['methods']}"
+        )
+    from arepas import translator
+
+    path = folder / "translator.pt"
+    trained = translator.load_translator(path)[2].get("preprocessing")
+    if trained is None:
+        raise WorkflowError(
+            f"dataset '{dataset}': pretrained translator '{path}' does not record the "
+            "preprocessing it was trained with; it cannot be checked against the config"
+        )
+    # The model's meta went through JSON (tuples became lists); compare the config the same way.
+    current = json.loads(json.dumps(preprocessing_of(dataset)))
+    differences = setting_differences(trained, current)
+    if differences:
+        details = "; ".join(
+            f"datasets.{dataset}.{key}: model {old!r}, config {new!r}"
+            for key, old, new in differences
+        )
+        raise WorkflowError(
+            f"dataset '{dataset}': the pretrained translator '{path}' was trained with other "
+            f"preprocessing ({details}). Preprocess as the model was trained, or remove "
+            f"'pretrained' to train on this data."
+        )
+
+
+for _dataset in sorted(PRETRAINED.keys() & set(SUBJECTS["dataset"])):
+    check_pretrained(_dataset)
 
 
 def preprocessed(dataset, subjects, name="slices.npz"):
@@ -86,13 +193,15 @@ def preprocessed(dataset, subjects, name="slices.npz"):
 
 
 def map_model_files(wildcards):
-    models = f"results/{wildcards.dataset}/models"
-    files = {}
-    if {"arepas", "patch"} & set(config["methods"]):
-        files["scorer"] = f"{models}/scorer.pt"
-    if "ae" in config["methods"]:
-        files["autoencoder"] = f"{models}/autoencoder.pt"
-    return files
+    return {
+        name: model_file(wildcards.dataset, name)
+        for name in needed_models()
+        if name != "translator"
+    }
+
+
+def translator_file(wildcards):
+    return model_file(wildcards.dataset, "translator")
 
 
 def evaluated_datasets():
@@ -136,15 +245,14 @@ def final_outputs():
             subject=subjects_of(dataset, ["test"]),
         )
     for dataset in evaluated_datasets():
+        names = ["pr_curves", "dice_per_subject"]
+        # Training curves belong to the run that trained the models.
+        if dataset not in PRETRAINED:
+            names.append("translator_training")
+            if "scorer" in needed_models():
+                names.append("scorer_training")
         outputs += expand(
-            "results/{dataset}/figures/{name}.png",
-            dataset=dataset,
-            name=[
-                "pr_curves",
-                "dice_per_subject",
-                "translator_training",
-                "scorer_training",
-            ],
+            "results/{dataset}/figures/{name}.png", dataset=dataset, name=names
         )
     if evaluated_datasets():
         outputs.append("results/summary.md")

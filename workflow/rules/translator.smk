@@ -32,7 +32,7 @@ rule reconstruct:
     input:
         slices="results/{dataset}/preprocessed/{subject}/slices.npz",
         working="results/{dataset}/preprocessed/{subject}/working.nii.gz",
-        model="results/{dataset}/models/translator.pt",
+        model=translator_file,
     output:
         reconstruction="results/{dataset}/reconstruction/{subject}.npz",
         volume="results/{dataset}/reconstruction/{subject}_working.nii.gz",

@@ -6,7 +6,6 @@ import pandas as pd
 
 from arepas import figures, io
 
-dataset = snakemake.wildcards.dataset
 per_subject = pd.read_csv(snakemake.input.per_subject, sep="\t")
 summary = pd.read_csv(snakemake.input.summary, sep="\t")
 curves = io.load_arrays(snakemake.input.curves)
@@ -17,15 +16,3 @@ prevalence = float(summary["lesion_fraction"].iloc[0])
 figures.save_figure(figures.pr_curves(pr, ap, prevalence=prevalence), snakemake.output.pr)
 best = per_subject[per_subject["threshold_kind"] == "best"]
 figures.save_figure(figures.dice_strip(best), snakemake.output.dice)
-translator = pd.read_csv(snakemake.input.translator, sep="\t")
-figures.save_figure(
-    figures.training_curves(translator, "epoch", ["g_l1", "val_l1"], f"{dataset}: translator L1"),
-    snakemake.output.translator,
-)
-scorer = pd.read_csv(snakemake.input.scorer, sep="\t")
-figures.save_figure(
-    figures.training_curves(
-        scorer, "epoch", ["train_acc", "heldout_acc"], f"{dataset}: patch scorer accuracy"
-    ),
-    snakemake.output.scorer,
-)
