@@ -1,0 +1,114 @@
+"""Models trained once are applied to new scans without training, and only to scans preprocessed
+the way the models were trained."""
+
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from test_incremental import (
+    TINY,
+    lung_sheet,
+    make_workdir,
+    planned_jobs,
+    run_snakemake,
+    shared_tiny_run,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    return shared_tiny_run(tmp_path_factory)
+
+
+def new_scans_config(tiny_run, workdir, models, splits=("val", "test", "predict")):
+    """Configs that apply the lung models in `models` to the tiny run's lung scans in `splits`."""
+    sheet = lung_sheet(tiny_run, workdir, splits)
+    rows = pd.read_csv(workdir / "lung.tsv", sep="\t", keep_default_na=False)
+    apply = workdir / "apply.yaml"
+    apply.write_text(f"datasets: {{lung_ct: {{pretrained: {models}}}}}\n")
+    return rows, (TINY, str(sheet), str(apply))
+
+
+@pytest.fixture(scope="module")
+def models(tiny_run, tmp_path_factory) -> Path:
+    """The lung models as a user would keep them: a copy of the training run's models folder."""
+    folder = tmp_path_factory.mktemp("lung_models")
+    for name in ("translator.pt", "scorer.pt", "autoencoder.pt"):
+        shutil.copy(tiny_run / "results/lung_ct/models" / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def applied_run(tiny_run, models, tmp_path_factory):
+    workdir = make_workdir(tmp_path_factory.mktemp("applied"))
+    rows, configs = new_scans_config(tiny_run, workdir, models)
+    result = run_snakemake(workdir, configs=configs)
+    return workdir, rows, result.stdout + result.stderr
+
+
+def test_pretrained_models_are_applied_without_training(applied_run):
+    workdir, rows, output = applied_run
+    ran = planned_jobs(output)
+    assert ran, "no job table in the log"
+    assert not {"train_translator", "train_scorer", "train_autoencoder", "make_demo"} & set(ran)
+    # Only the sheet's scans are preprocessed: there are no train rows to preprocess.
+    assert ran["preprocess"] == ran["reconstruct"] == ran["anomaly_maps"] == len(rows)
+    assert not (workdir / "results/lung_ct/models").exists()
+    assert (workdir / "results/lung_ct/metrics/summary.tsv").exists()
+    assert (workdir / "results/lung_ct/figures/pr_curves.png").exists()
+
+
+def test_applied_models_give_the_training_runs_maps(applied_run, tiny_run):
+    # Same scans, same preprocessing, same models and seed: the same maps, bit for bit.
+    workdir, rows, _ = applied_run
+    for subject in rows["subject"]:
+        for method in ("arepas", "residual", "patch", "ae"):
+            rel = f"results/lung_ct/maps/{method}/{subject}_native.nii.gz"
+            applied = np.asarray(nib.load(workdir / rel).dataobj)
+            trained = np.asarray(nib.load(tiny_run / rel).dataobj)
+            assert np.array_equal(applied, trained), rel
+
+
+def test_model_for_other_preprocessing_is_refused(tiny_run, models, tmp_path):
+    workdir = make_workdir(tmp_path)
+    _, configs = new_scans_config(tiny_run, workdir, models)
+    other = tmp_path / "other_spacing.yaml"
+    other.write_text("datasets: {lung_ct: {spacing: [6.0, 6.0, 10.0]}}\n")
+    result = run_snakemake(workdir, "-n", configs=(*configs, str(other)), check=False)
+    assert result.returncode != 0
+    message = " ".join((result.stdout + result.stderr).split())
+    assert "dataset 'lung_ct'" in message
+    assert "datasets.lung_ct.spacing: model [7.0, 7.0, 10.0], config [6.0, 6.0, 10.0]" in message
+
+
+def test_missing_model_is_named(tiny_run, models, tmp_path):
+    partial = tmp_path / "partial"
+    shutil.copytree(models, partial)
+    (partial / "scorer.pt").unlink()
+    workdir = make_workdir(tmp_path / "run")
+    _, configs = new_scans_config(tiny_run, workdir, partial)
+    result = run_snakemake(workdir, "-n", configs=configs, check=False)
+    assert result.returncode != 0
+    assert "lacks ['scorer.pt']" in result.stdout + result.stderr
+
+
+def test_test_scans_without_healthy_val_scans_are_refused(tiny_run, models, tmp_path):
+    workdir = make_workdir(tmp_path)
+    _, configs = new_scans_config(tiny_run, workdir, models, splits=("test",))
+    result = run_snakemake(workdir, "-n", configs=configs, check=False)
+    assert result.returncode != 0
+    assert "no 'val' subjects" in result.stdout + result.stderr
+
+
+def test_predict_only_scans_need_neither_train_nor_val(tiny_run, models, tmp_path):
+    workdir = make_workdir(tmp_path)
+    rows, configs = new_scans_config(tiny_run, workdir, models, splits=("predict",))
+    result = run_snakemake(workdir, "-n", configs=configs)
+    planned = planned_jobs(result.stdout + result.stderr)
+    assert planned["anomaly_maps"] == len(rows) >= 1
+    assert "evaluate" not in planned

@@ -1,0 +1,160 @@
+"""The workflow on a real one-node SLURM cluster: `snakemake --profile slurm` submits every job
+with sbatch, and the results equal those of a local run.
+
+The cluster is Debian's slurm-wlm with accounting (slurmdbd on MariaDB), started by
+.ci/slurm/start.sh and stopped again afterwards. It needs root and apt; elsewhere the test is
+skipped, except in CI (CI=true), where it must run."""
+
+import copy
+import os
+import re
+import shutil
+import subprocess
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from test_incremental import (
+    REPO,
+    SNAKEMAKE,
+    TINY,
+    lung_sheet,
+    make_workdir,
+    planned_jobs,
+    shared_tiny_run,
+    snakemake_env,
+)
+
+pytestmark = pytest.mark.slow
+
+TRAINING_RULES = ("train_translator", "train_scorer", "train_autoencoder")
+
+
+def test_profile_slurm_is_found_from_the_repository_root_and_keeps_gpu_jobs_parallel():
+    # Snakemake resolves `--profile slurm` against the current folder and always adds the
+    # workflow profile profiles/default, whose keys win. It must add nothing but the GPU cap.
+    result = subprocess.run(
+        [*SNAKEMAKE, "--profile", "slurm", "--lint", "--configfile", TINY],
+        cwd=REPO, capture_output=True, text=True, env=snakemake_env(),
+    )
+    assert "Using profiles slurm and workflow specific profile profiles/default" in result.stderr
+    local = yaml.safe_load((REPO / "profiles/default/config.yaml").read_text())
+    assert local == {"resources": {"gpu": 1}}
+    shipped = yaml.safe_load((REPO / "slurm/config.yaml").read_text())
+    assert shipped["executor"] == "slurm" and shipped["retries"] >= 1
+    assert {"runtime", "mem_mb", "cpus_per_task"} <= set(shipped["default-resources"])
+    for rule in TRAINING_RULES:
+        assert {"runtime", "mem_mb"} <= set(shipped["set-resources"][rule])
+        assert "gpu" not in shipped["set-resources"][rule]  # the rules ask for one GPU
+    # That cap counts per machine: under SLURM, GPU jobs are not serialised by Snakemake.
+    common = (REPO / "workflow/rules/common.smk").read_text()
+    assert re.search(r'resource_scopes:\s*gpu="local"', common)
+
+
+def reason_to_skip() -> str | None:
+    if os.geteuid() != 0:
+        return "starting SLURM daemons needs root"
+    if not shutil.which("slurmctld") and not shutil.which("apt-get"):
+        return "SLURM is not installed and there is no apt-get to install it"
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory):
+    reason = reason_to_skip()
+    if reason and os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"the SLURM test must run in CI, but {reason}")
+    if reason:
+        pytest.skip(reason)
+    # This session's record of the daemons it started: stop.sh ends those and no others.
+    env = {**os.environ, "AREPAS_SLURM_STATE": str(tmp_path_factory.mktemp("slurm_state"))}
+    start = subprocess.run(
+        ["bash", str(REPO / ".ci/slurm/start.sh")], env=env, capture_output=True, text=True
+    )
+    try:
+        assert start.returncode == 0, f"SLURM did not start:\n{start.stdout}\n{start.stderr}"
+        yield
+    finally:
+        subprocess.run(["bash", str(REPO / ".ci/slurm/stop.sh")], env=env, check=False)
+
+
+def write_test_profile(workdir: Path) -> None:
+    """The shipped profile, with what this one CPU node needs: no GPUs, little memory."""
+    profile = yaml.safe_load((REPO / "slurm/config.yaml").read_text())
+    profile = copy.deepcopy(profile)  # the training rules share one mapping through an anchor
+    for rule in TRAINING_RULES:
+        profile["set-resources"][rule] = {**profile["set-resources"][rule], "gpu": 0}
+        profile["set-resources"][rule]["mem_mb"] = 1500
+    profile["default-resources"]["mem_mb"] = 1000
+    # Status checks start sooner, and sacct's view of each job stays available in its log.
+    profile["slurm-init-seconds-before-status-checks"] = 2
+    profile["slurm-keep-successful-logs"] = True
+    profile["latency-wait"] = 5
+    (workdir / "slurm").mkdir()
+    (workdir / "slurm/config.yaml").write_text(yaml.safe_dump(profile))
+
+
+@pytest.fixture(scope="module")
+def slurm_run(slurm_cluster, tmp_path_factory):
+    tiny_run = shared_tiny_run(tmp_path_factory)
+    workdir = make_workdir(tmp_path_factory.mktemp("slurm_run"))
+    write_test_profile(workdir)
+    config = lung_sheet(tiny_run, workdir)
+    started = datetime.now() - timedelta(minutes=1)
+    clock = time.monotonic()
+    result = subprocess.run(
+        [*SNAKEMAKE, "--profile", "slurm", "--configfile", TINY, str(config)],
+        cwd=workdir, env=snakemake_env(), capture_output=True, text=True, timeout=600,
+    )
+    minutes = (time.monotonic() - clock) / 60
+    assert result.returncode == 0, f"SLURM run failed:\n{result.stderr[-6000:]}"
+    print(f"tiny lung workflow through SLURM: {minutes:.1f} min")
+    return tiny_run, workdir, result.stderr, started
+
+
+def sacct_jobs(run_id: str, since: datetime) -> pd.DataFrame:
+    listing = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "--name", run_id, "-S", since.strftime("%Y-%m-%dT%H:%M:%S"),
+         "-o", "JobID,State,Comment"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rows = [line.split("|", 2) for line in listing.splitlines() if line]
+    return pd.DataFrame(rows, columns=["job_id", "state", "comment"])
+
+
+def test_every_job_went_through_sbatch(slurm_run):
+    _, workdir, log, started = slurm_run
+    assert "Using profiles slurm and workflow specific profile profiles/default" in log
+    run_id = next(line.split(":", 1)[1].strip() for line in log.splitlines()
+                  if line.startswith("SLURM run ID:"))
+    jobs = sacct_jobs(run_id, started)
+    assert (jobs["state"] == "COMPLETED").all(), jobs
+    # The executor names each job's rule in its comment: rule_<name>[_wildcards_<values>].
+    rules = jobs["comment"].str.extract(r"^rule_(.+?)(?:_wildcards_.*)?$")[0]
+    planned = planned_jobs(log)
+    submitted = {name: count for name, count in planned.items() if name != "all"}
+    assert rules.value_counts().to_dict() == submitted
+    assert set(TRAINING_RULES) <= set(submitted)
+    # sbatch wrote one log per job, named by its SLURM job id.
+    logs = {p.stem for p in (workdir / ".snakemake/slurm_logs").rglob("*.log")}
+    assert set(jobs["job_id"]) <= logs
+
+
+def test_results_equal_a_local_runs(slurm_run):
+    tiny_run, workdir, _, _ = slurm_run
+    rel = "results/lung_ct/metrics/summary.tsv"
+    assert (workdir / rel).read_text() == (tiny_run / rel).read_text()
+    rel = "results/lung_ct/metrics/per_subject.tsv"
+    assert (workdir / rel).read_text() == (tiny_run / rel).read_text()
+    maps = sorted((tiny_run / "results/lung_ct/maps").rglob("*_native.nii.gz"))
+    assert maps
+    for path in maps:
+        rel = path.relative_to(tiny_run)
+        local = np.asarray(nib.load(path).dataobj)
+        remote = np.asarray(nib.load(workdir / rel).dataobj)
+        assert np.array_equal(local, remote), f"{rel} differs between SLURM and local runs"
