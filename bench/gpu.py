@@ -10,17 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from arepas import edges, io, translator
-from bench import scoring, tables
+from bench import quality, scoring, tables
 
 FULL_SIZE = 256
 
 
 def _demo_slices(run_dir: Path, dataset: str = "lung_ct") -> tuple[np.ndarray, int, str]:
     """A test subject's slices upsampled to 256² and the demo training set's slice count."""
-    subjects = scoring.test_subjects(run_dir)[dataset]
+    from arepas import io
+
+    subjects = quality.test_subjects(run_dir)[dataset]
     rec = io.load_arrays(run_dir / "results" / dataset / "reconstruction" / f"{subjects[0]}.npz")
     real, _, _ = scoring.upsample(rec["slices"], rec["recon"], rec["roi"], FULL_SIZE)
     sheet = pd.read_csv(run_dir / "results" / "demo" / "subjects.tsv", sep="\t",
@@ -35,6 +35,8 @@ def _demo_slices(run_dir: Path, dataset: str = "lung_ct") -> tuple[np.ndarray, i
 
 
 def _train_step_seconds(slices: np.ndarray, settings, device: str) -> float:
+    from arepas import translator
+
     with tempfile.TemporaryDirectory(prefix="arepas-gpu-bench-") as tmp:
         _, history = translator.train_translator(
             slices, np.empty((0, *slices.shape[1:]), np.float32), settings, Path(tmp),
@@ -46,6 +48,11 @@ def _train_step_seconds(slices: np.ndarray, settings, device: str) -> float:
 
 
 def measure(run_dir: Path, threads: int, progress=print) -> dict:
+    # Imported here so that rendering the report needs no torch.
+    import torch
+
+    from arepas import edges, translator
+
     torch.set_num_threads(threads)
     real, n_train, subject = _demo_slices(run_dir)
     defaults = translator.TranslatorSettings()
@@ -130,6 +137,7 @@ def render(data: dict) -> str:
             ["device", "name", "s/step", "steps/epoch", "min/epoch", "inference s/slice",
              "s/subject"],
             rows,
+            left=2,
         )
     )
     if not data["cuda"]:

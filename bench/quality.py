@@ -89,6 +89,14 @@ def run_wall(run_dir: Path) -> tuple[float, str]:
     return busy, f"time with a job running; first start to last end {span / 60:.1f} min"
 
 
+def test_subjects(run_dir: Path) -> dict[str, list[str]]:
+    """Test subjects per dataset, from the run's demo subjects sheet."""
+    sheet = pd.read_csv(run_dir / "results" / "demo" / "subjects.tsv", sep="\t",
+                        keep_default_na=False)
+    test = sheet[sheet["split"] == "test"]
+    return {d: sorted(g["subject"]) for d, g in test.groupby("dataset")}
+
+
 def finished(run_dir: Path) -> bool:
     return (run_dir / "results" / "summary.tsv").exists()
 
@@ -117,15 +125,14 @@ def measure(
             continue
         workdir = make_seed_workdir(repo, runs_dir, seed)
         if finished(workdir) and (workdir / WALL_RECORD).exists():
-            progress(f"quality: seed {seed} already finished in {workdir}; reusing it")
-            reused = True
+            # An earlier seed run of this command (e.g. interrupted after it): keep its result.
+            progress(f"quality: seed {seed} already finished in {workdir}; using it")
         else:
             progress(f"quality: running the workflow with seed {seed} in {workdir}")
             record = run_workflow(workdir, cores, configfiles)
             progress(f"quality: seed {seed} ended with code {record['returncode']} "
                      f"after {record['wall_s']:.0f} s")
-            reused = False
-        runs.append({"dir": str(workdir), "seed": seed, "demo_seed": seed, "reused": reused})
+        runs.append({"dir": str(workdir), "seed": seed, "demo_seed": seed, "reused": False})
 
     summaries = {}
     for run in runs:
@@ -135,6 +142,9 @@ def measure(
         if finished(run_dir):
             run["wall_s"], run["wall_source"] = run_wall(run_dir)
             run["status"] = "finished"
+            records = tables.read_job_records(run_dir)
+            run["translator_s"] = float(records.loc[records["rule"] == "train_translator",
+                                                    "s"].sum())
             table = pd.read_csv(run_dir / "results" / "summary.tsv", sep="\t",
                                 keep_default_na=False, na_values=[""])
             summaries[label] = table
@@ -177,15 +187,19 @@ def render(data: dict) -> str:
             [
                 run["label"],
                 run["status"],
-                "reused" if run["reused"] else "run now",
+                "--reuse" if run["reused"] else "seed run",
                 tables.number(run["wall_s"] / 60, "{:.1f}") if run["status"] == "finished" else "",
+                tables.number(run.get("translator_s", float("nan")) / 60, "{:.1f}"),
                 run.get("wall_source", ""),
                 f"`{run['dir']}`",
             ]
         )
     lines.append(
         tables.markdown_table(
-            ["run", "status", "origin", "wall min", "wall time from", "directory"], run_rows
+            ["run", "status", "origin", "wall min", "translator training min", "wall time from",
+             "directory"],
+            run_rows,
+            align="lllrrll",
         )
     )
     for run in data["runs"]:
@@ -228,10 +242,11 @@ def render(data: dict) -> str:
             "+4.4 % (brain MRI) with its own data and thresholds.\n"
         )
         rows = []
-        for (dataset, column), group in changes.groupby(["dataset", "column"], sort=False):
+        for (dataset, column), group in changes.groupby(["dataset", "column"], sort=True):
             mean, sd = tables.mean_and_sd(group["relative_change"])
             per_run = ", ".join(
-                f"{r.run}: {100 * r.relative_change:+.1f} % vs {r.best_other}"
+                f"{r.run}: {tables.mean_sd(r.relative_change, float('nan'), percent=True)} "
+                f"vs {r.best_other}"
                 for r in group.itertuples()
             )
             published = PUBLISHED_RELATIVE_DICE.get(dataset)
@@ -247,7 +262,7 @@ def render(data: dict) -> str:
         lines.append(
             tables.markdown_table(
                 ["dataset", "Dice", "relative change (mean ± sd)", "per run", "paper"], rows,
-                left=2,
+                align="llrlr",
             )
         )
     return "\n".join(lines)

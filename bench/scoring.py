@@ -9,13 +9,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import torch
-from skimage.transform import resize
 
-from arepas import io, scorer
-from arepas.maps import patch_map_dense, patch_map_sampled
-from bench import tables
+from bench import quality, tables
 
 # The published inference scores 10,000 random 16x16 patch positions per slice
 # (/work/shared/method/AREPAS.md, "anomaly map").
@@ -45,6 +40,8 @@ def roi_correlation(a: np.ndarray, b: np.ndarray, roi: np.ndarray) -> float:
 
 def upsample(real, recon, roi, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Slices to size x size: bilinear for intensities, nearest for the ROI."""
+    from skimage.transform import resize
+
     shape = (len(real), size, size)
     real_up = resize(real, shape, order=1, preserve_range=True, anti_aliasing=False)
     recon_up = resize(recon, shape, order=1, preserve_range=True, anti_aliasing=False)
@@ -59,6 +56,10 @@ def dense_positions(size: int, patch_size: int, stride: int) -> int:
 
 def compare(model, real, recon, roi, strides, seed: int, repeats: int) -> list[dict]:
     """Time the sampled map and the dense map at each stride on the same slices."""
+    import torch
+
+    from arepas.maps import patch_map_dense, patch_map_sampled
+
     # First calls pay for allocator and kernel set-up; keep that out of both timings.
     patch_map_dense(model, real[:1], recon[:1], roi[:1], 1)
     patch_map_sampled(model, real[:1], recon[:1], roi[:1], 100, np.random.default_rng(seed))
@@ -89,20 +90,18 @@ def compare(model, real, recon, roi, strides, seed: int, repeats: int) -> list[d
     return rows
 
 
-def test_subjects(run_dir: Path) -> dict[str, list[str]]:
-    sheet = pd.read_csv(run_dir / "results" / "demo" / "subjects.tsv", sep="\t",
-                        keep_default_na=False)
-    test = sheet[sheet["split"] == "test"]
-    return {d: sorted(g["subject"]) for d, g in test.groupby("dataset")}
-
-
 def measure(
     run_dir: Path, threads: int, seed: int = 0, slices_full: int = 8, repeats: int = 3,
     progress=print,
 ) -> dict:
+    # Imported here so that rendering the report needs no torch.
+    import torch
+
+    from arepas import io, scorer
+
     torch.set_num_threads(threads)
     rows = []
-    for dataset, subjects in test_subjects(run_dir).items():
+    for dataset, subjects in quality.test_subjects(run_dir).items():
         models = run_dir / "results" / dataset / "models"
         recon_path = run_dir / "results" / dataset / "reconstruction" / f"{subjects[0]}.npz"
         if not (models / "scorer.pt").exists() or not recon_path.exists():
@@ -174,7 +173,8 @@ def render(data: dict) -> str:
         f"{data['repeats']} timings at the demo size and one at 256². Per scored patch: the "
         f"speed-up × dense positions / {PUBLISHED_PATCHES:,}; at 256² and stride 1 the dense "
         "pass scores almost six times as many patches as the sampling, which is why its "
-        "speed-up per slice is small although each patch costs far less.\n\n"
+        "speed-up per slice is small although each patch costs far less. On a shared machine "
+        "the all-core rows depend on what else runs (see the load average above).\n\n"
     )
     return text + tables.markdown_table(
         [

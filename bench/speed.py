@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import quality, scoring, tables
+from bench import quality, tables
 
 
 def measure(run_dir: Path) -> dict:
@@ -28,7 +28,7 @@ def measure(run_dir: Path) -> dict:
         "wall_source": source,
         "records": records.drop(columns=["source"]).to_dict("records"),
         "translator": translator,
-        "test_subjects": scoring.test_subjects(run_dir),
+        "test_subjects": quality.test_subjects(run_dir),
     }
 
 
