@@ -106,6 +106,7 @@ PidFile=/run/slurmdbd.pid
 CONF
   # slurmdbd refuses a config file that others can read (it holds the database password).
   chmod 600 /etc/slurm/slurmdbd.conf
+  touch "$STATE/wrote-config"
 fi
 
 if ! running munged; then
