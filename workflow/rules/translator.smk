@@ -16,7 +16,10 @@ rule train_translator:
     cache: "omit-software"
     conda:
         "../../envs/arepas.yaml"
-    threads: 2
+    # One thread per training job: on a 2-core machine the two datasets then train side by side,
+    # 1.4x the throughput of one job on two threads (0.24 vs 0.17 s per step, BENCHMARKS.md);
+    # CPU-only clusters raise it with --set-threads.
+    threads: 1
     resources:
         gpu=1,
     params:
