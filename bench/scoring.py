@@ -131,7 +131,7 @@ def measure(
             torch.set_num_threads(count)
             progress(f"scoring: {dataset}, {len(pick)} slices upsampled to {FULL_SIZE}^2, "
                      f"{count} thread(s)")
-            for row in compare(model, *big, [1, 2], seed, 1):
+            for row in compare(model, *big, [1, 2, 4], seed, 1):
                 rows.append({**common, "size": FULL_SIZE, "upsampled": True, **row})
         torch.set_num_threads(threads)
     return {"threads": threads, "repeats": repeats, "rows": rows}
