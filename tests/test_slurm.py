@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+import yte
 from test_incremental import (
     REPO,
     SNAKEMAKE,
@@ -35,23 +36,27 @@ pytestmark = pytest.mark.slow
 TRAINING_RULES = ("train_translator", "train_scorer", "train_autoencoder")
 
 
-def test_profile_slurm_is_found_from_the_repository_root_and_keeps_gpu_jobs_parallel():
+def test_profile_slurm_is_found_from_the_repository_root_and_keeps_gpu_jobs_parallel(monkeypatch):
+    from snakemake.cli import parse_args
+
     # Snakemake resolves `--profile slurm` against the current folder and always adds the
-    # workflow profile profiles/default, whose keys win. It must add nothing but the GPU cap.
-    result = subprocess.run(
-        [*SNAKEMAKE, "--profile", "slurm", "--lint", "--configfile", TINY],
-        cwd=REPO, capture_output=True, text=True, env=snakemake_env(),
-    )
-    assert "Using profiles slurm and workflow specific profile profiles/default" in result.stderr
-    local = yaml.safe_load((REPO / "profiles/default/config.yaml").read_text())
-    assert local == {"resources": {"gpu": 1}}
-    shipped = yaml.safe_load((REPO / "slurm/config.yaml").read_text())
-    assert shipped["executor"] == "slurm" and shipped["retries"] >= 1
-    assert {"runtime", "mem_mb", "cpus_per_task"} <= set(shipped["default-resources"])
+    # workflow profile profiles/default, whose keys win: it may set nothing but the GPU cap.
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    _, args = parse_args(["--profile", "slurm", "-n"])
+    assert args.executor == "slurm" and args.jobs >= 1 and args.retries >= 1
+    assert args.rerun_incomplete and args.latency_wait >= 5
+    assert {"runtime", "mem_mb", "cpus_per_task"} <= set(args.default_resources)
     for rule in TRAINING_RULES:
-        assert {"runtime", "mem_mb"} <= set(shipped["set-resources"][rule])
-        assert "gpu" not in shipped["set-resources"][rule]  # the rules ask for one GPU
-    # That cap counts per machine: under SLURM, GPU jobs are not serialised by Snakemake.
+        assert set(args.set_resources[rule]) == {"runtime", "mem_mb"}  # gpu=1 from the rule
+    assert {name: r.value for name, r in args.resources.items()} == {"gpu": 1}
+    with open(REPO / "profiles/default/config.yaml") as stream:
+        assert set(yte.process_yaml(stream, require_use_yte=True)) == {"resources"}
+    # No GPU: training jobs run on the CPUs, not one at a time.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    _, args = parse_args(["-n"])
+    assert args.resources["gpu"].value > 2
+    # The cap counts per machine: under SLURM, Snakemake does not serialise GPU jobs.
     common = (REPO / "workflow/rules/common.smk").read_text()
     assert re.search(r'resource_scopes:\s*gpu="local"', common)
 
