@@ -207,3 +207,25 @@ def save_torch(payload, path) -> None:
         handle.flush()
         # A checkpoint must survive a node crash right after the rename, not only a killed job.
         os.fsync(handle.fileno())
+
+
+def checkpoint_folder(root, setup: dict, *arrays: np.ndarray) -> Path:
+    """The folder for one training set-up under ``root``: a hash of ``setup`` (settings that a
+    resume may not change, the seed) and of the training arrays. A job rerun after a kill finds
+    its checkpoint there; a job rerun because its set-up changed starts afresh instead of
+    resuming from a model trained otherwise. Other set-ups' folders are removed as stale."""
+    import hashlib
+    import json
+    import shutil
+
+    digest = hashlib.sha256(json.dumps(setup, sort_keys=True, default=str).encode())
+    for array in arrays:
+        digest.update(str(array.shape).encode())
+        digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+    root, key = Path(root), digest.hexdigest()[:16]
+    for old in root.glob("*") if root.is_dir() else []:
+        if old.name != key and old.is_dir():
+            shutil.rmtree(old)
+        elif old.name != key:
+            old.unlink()
+    return root / key
