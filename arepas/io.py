@@ -229,3 +229,10 @@ def checkpoint_folder(root, setup: dict, *arrays: np.ndarray) -> Path:
         elif old.name != key:
             old.unlink()
     return root / key
+
+
+def concat_arrays(paths, *keys: str) -> tuple[np.ndarray, ...]:
+    """The named arrays of several .npz files (e.g. subjects' slice stacks), each joined along
+    its first axis; every file is read once."""
+    loaded = [load_arrays(p) for p in paths]
+    return tuple(np.concatenate([arrays[key] for arrays in loaded]) for key in keys)

@@ -13,10 +13,10 @@ from arepas import edges, io, scorer, translator
 torch.set_num_threads(snakemake.threads)
 device = "cuda" if torch.cuda.is_available() else "cpu"
 settings = scorer.ScorerSettings.from_dict(snakemake.params.settings)
-stacks = [io.load_arrays(p) for p in snakemake.input.train]
 # Only every slice_step-th slice is mined, so only those are reconstructed.
-real = np.concatenate([s["slices"] for s in stacks])[:: settings.slice_step]
-roi = np.concatenate([s["roi"] for s in stacks])[:: settings.slice_step]
+real, roi = (
+    a[:: settings.slice_step] for a in io.concat_arrays(snakemake.input.train, "slices", "roi")
+)
 generator, _, _ = translator.load_translator(snakemake.input.translator, device=device)
 recon = translator.translate(generator, edges.edge_maps(real), device=device)
 rng = np.random.default_rng(snakemake.params.seed)

@@ -5,20 +5,15 @@ sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
 start = time.perf_counter()
 
 
-import numpy as np
 import torch
 
 from arepas import io, translator
 
-
-def stack(paths):
-    return np.concatenate([io.load_arrays(p)["slices"] for p in paths])
-
-
 torch.set_num_threads(snakemake.threads)
 device = "cuda" if torch.cuda.is_available() else "cpu"
 settings = translator.TranslatorSettings.from_dict(snakemake.params.settings)
-train, val = stack(snakemake.input.train), stack(snakemake.input.val)
+(train,) = io.concat_arrays(snakemake.input.train, "slices")
+(val,) = io.concat_arrays(snakemake.input.val, "slices")
 print(f"{len(train)} training and {len(val)} validation slices of {train.shape[1]}^2 on {device}")
 checkpoints = io.checkpoint_folder(
     snakemake.params.checkpoint_dir,
