@@ -1,8 +1,11 @@
 """Anomaly maps of every method from slices, reconstructions and patch scores.
 
-AREPAS map (Mitic & Langs, MLMI 2025, arXiv 2509.12905; /work/shared/method/AREPAS.md): each patch's
-dissimilarity spread over its patch, overlaps averaged, min-max normalised per slice, multiplied
-pixel-wise by |reconstruction - input|.
+AREPAS map as the reference implementation builds it (Mitic & Langs, MLMI 2025, arXiv 2509.12905;
+cirmuw/arepas inference.py and utils.py; /work/shared/method/AREPAS.md): 10,000 random patch
+positions per slice (one draw from seed 42, the same on every slice), each patch's dissimilarity
+spread over its patch, overlaps averaged, uncovered pixels 0, then (h - min) / (max - min) over the
+whole slice, multiplied pixel-wise by |reconstruction - input|. Since some pixels are never
+covered, min is 0 in practice and the map is divided by the slice maximum.
 """
 
 from __future__ import annotations
@@ -15,8 +18,12 @@ from scipy import ndimage
 from arepas.scorer import (
     SiameseScorer,
     dense_patch_scores_batch,
-    sampled_patch_scores,
+    patch_scores_at,
+    random_positions,
 )
+
+# The reference draws its patch positions from numpy's default_rng(42) (utils.py).
+REFERENCE_SAMPLING_SEED = 42
 
 # Methods whose map is |reconstruction - input| of the translator; other residual methods come
 # through `extra_recons`.
@@ -127,13 +134,29 @@ def normalise_per_slice(maps: np.ndarray, roi: np.ndarray) -> np.ndarray:
     return out[0] if single else out
 
 
-NORMALISATIONS = ("slice", "volume", "none")
+def normalise_whole_slice(maps: np.ndarray) -> np.ndarray:
+    """Reference scaling: (h - min) / (max - min + 1e-8) over every pixel of each slice, ROI or
+    not, uncovered pixels (0) included."""
+    maps = np.asarray(maps, dtype=np.float32)
+    single = maps.ndim == 2
+    m = (maps[None] if single else maps).astype(np.float64)
+    low = m.min(axis=(1, 2), keepdims=True)
+    high = m.max(axis=(1, 2), keepdims=True)
+    out = ((m - low) / (high - low + 1e-8)).astype(np.float32)
+    return out[0] if single else out
 
 
-def normalise_patch_map(maps: np.ndarray, roi: np.ndarray, mode: str = "slice") -> np.ndarray:
-    """Scale a patch map (n, S, S) of one subject: 'slice' min-max per slice (published), 'volume'
-    min-max over the subject's whole ROI, 'none' the scorer's own [0, 1] probabilities. Per-slice
-    scaling lifts the most dissimilar patch of every slice to 1, lesion or not."""
+NORMALISATIONS = ("reference", "slice", "volume", "none")
+
+
+def normalise_patch_map(maps: np.ndarray, roi: np.ndarray, mode: str = "reference") -> np.ndarray:
+    """Scale a patch map (n, S, S) of one subject: 'reference' min-max over each whole slice (the
+    reference implementation; in practice a division by the slice maximum), 'slice' min-max
+    inside the ROI of each slice, 'volume' min-max over the subject's whole ROI, 'none' the
+    scorer's own [0, 1] probabilities. Per-slice scaling lifts the most dissimilar patch of every
+    slice to 1, lesion or not. Zero outside the ROI in every mode."""
+    if mode == "reference":
+        return np.where(roi, normalise_whole_slice(maps), 0.0).astype(np.float32)
     if mode == "slice":
         return normalise_per_slice(maps, roi)
     roi = np.asarray(roi, dtype=bool)
@@ -162,7 +185,7 @@ def anomaly_maps(
     methods: Sequence[str],
     median_size: int = 0,
     extra_recons: Mapping[str, np.ndarray] | None = None,
-    normalise: str = "slice",
+    normalise: str = "reference",
 ) -> dict[str, np.ndarray]:
     """Maps (n, S, S) per method; all zero outside the ROI.
 
@@ -223,13 +246,16 @@ def patch_map_dense(
     recon: np.ndarray,
     roi: np.ndarray,
     stride: int = 1,
-    normalise: str = "slice",
+    normalise: str | None = "reference",
 ) -> np.ndarray:
-    """Patch map (n, S, S) from dense scoring of every patch on the `stride` grid, scaled by
-    :func:`normalise_patch_map`."""
+    """Patch map (n, S, S) from scoring every patch on the `stride` grid, scaled by
+    :func:`normalise_patch_map` (None: the raw spread scores over the whole slice)."""
     grid = dense_patch_scores_batch(model, real, recon, stride)
     spread = spread_patch_scores(grid, int(stride), model.patch_size, real.shape[1:])
-    return normalise_patch_map(spread, roi, normalise)
+    return spread if normalise is None else normalise_patch_map(spread, roi, normalise)
+
+
+SAMPLE_POSITIONS = ("fixed", "per_slice")
 
 
 def patch_map_sampled(
@@ -239,14 +265,25 @@ def patch_map_sampled(
     roi: np.ndarray,
     n_patches: int = 10000,
     rng: np.random.Generator | None = None,
-    normalise: str = "slice",
+    normalise: str | None = "reference",
+    positions: str = "fixed",
 ) -> np.ndarray:
-    """Patch map (n, S, S) from the published random sampling of patch positions, scaled by
-    :func:`normalise_patch_map`."""
-    rng = np.random.default_rng(0) if rng is None else rng
+    """Patch map (n, S, S) from random patch positions, scaled by :func:`normalise_patch_map`.
+
+    positions='fixed' (reference): one draw of n_patches positions used on every slice;
+    'per_slice': a new draw for each slice. `rng` defaults to default_rng(42), the reference's.
+    normalise=None returns the raw spread scores over the whole slice.
+    """
+    if positions not in SAMPLE_POSITIONS:
+        raise ValueError(f"positions must be one of {SAMPLE_POSITIONS}, got {positions!r}")
+    rng = np.random.default_rng(REFERENCE_SAMPLING_SEED) if rng is None else rng
     real = np.asarray(real, dtype=np.float32)
+    shape = real.shape[1:]
     spread = np.zeros(real.shape, dtype=np.float32)
+    drawn = random_positions(n_patches, shape, model.patch_size, rng)
     for k in range(len(real)):
-        positions, scores = sampled_patch_scores(model, real[k], recon[k], n_patches, rng)
-        spread[k] = spread_patch_scores(scores, positions, model.patch_size, real.shape[1:])
-    return normalise_patch_map(spread, roi, normalise)
+        if positions == "per_slice" and k > 0:
+            drawn = random_positions(n_patches, shape, model.patch_size, rng)
+        scores = patch_scores_at(model, real[k], recon[k], drawn)
+        spread[k] = spread_patch_scores(scores, drawn, model.patch_size, shape)
+    return spread if normalise is None else normalise_patch_map(spread, roi, normalise)

@@ -1,10 +1,19 @@
-"""Siamese patch scorer: hard pair mining, network, training with stall detection, patch scoring.
+"""Siamese patch scorer: hard pair mining, network, training with restarts, patch scoring.
 
-Published defaults (Mitic & Langs, MLMI 2025, arXiv 2509.12905, reference implementation; see
-/work/shared/method/AREPAS.md): 16x16 patches, 256 per slice from every 3rd training slice, pairs
-kept above the 90th MSE percentile, contrastive loss with margin 1, RMSprop 1e-3, batch 1024,
-restart until one epoch passes 70 % training accuracy (up to 100 tries), then 10 epochs with 20 %
-held out, keeping the best held-out accuracy.
+Defaults are those of the authors' reference implementation (Mitic & Langs, MLMI 2025,
+arXiv 2509.12905; GitHub cirmuw/arepas, files model_siamese.py, train_siamese.py, preproc.py,
+utils.py; summarised in /work/shared/method/AREPAS.md): 16x16 patches; 256 random patches per
+slice from every 3rd sample of the augmented translator training set, anywhere in the slice; pairs
+kept above the 90th MSE percentile; embedding with zero-padded 4x4 convolutions (padding 2);
+contrastive loss with margin 1 on the sigmoid output p, end to end; RMSprop 1e-3, batch 1024;
+restart until the last batch of the warm-up epoch is above 70 % accuracy (up to 100 tries), then
+10 epochs with 20 % held out, keeping the best held-out accuracy.
+
+Options of this project (each a named setting, so ablations can compare them):
+``architecture="unpadded"`` (valid convolutions), ``loss="detached_head"`` (contrastive loss on the
+raw distance plus a separately trained sigmoid head), ``warmup_rule="epoch"`` (epoch-average
+accuracy), ``stall_accuracy`` (refuse a scorer whose best held-out accuracy is near chance),
+``mining_source="clean"`` and ``mining_region="roi"``.
 """
 
 from __future__ import annotations
@@ -26,9 +35,25 @@ from torch import nn
 
 from arepas.io import save_torch
 
-# A scorer whose best held-out accuracy is at or below this is indistinguishable from a coin flip
-# on balanced pairs; its maps would be noise times the residual.
+# Our stall rule (option `stall_accuracy`): a scorer whose best held-out accuracy is at or below
+# this is indistinguishable from a coin flip on balanced pairs; its maps would be noise times the
+# residual. The reference has no such rule.
 STALL_ACCURACY = 0.55
+
+ARCHITECTURES = ("reference", "unpadded")
+LOSSES = ("reference", "detached_head")
+WARMUP_RULES = ("last_batch", "epoch")
+MINING_SOURCES = ("augmented", "clean")
+MINING_REGIONS = ("slice", "roi")
+# What scorer files written before these settings existed were trained with.
+LEGACY_SETTINGS = {
+    "architecture": "unpadded",
+    "loss": "detached_head",
+    "warmup_rule": "epoch",
+    "stall_accuracy": STALL_ACCURACY,
+    "mining_source": "clean",
+    "mining_region": "roi",
+}
 
 
 @dataclass
@@ -45,11 +70,32 @@ class ScorerSettings:
     holdout: float = 0.2
     warmup_accuracy: float = 0.7
     max_restarts: int = 100
+    architecture: str = "reference"
+    loss: str = "reference"
+    warmup_rule: str = "last_batch"
+    # None: no stall rule after warm-up (reference); a number: refuse a best held-out accuracy at
+    # or below it (ours: 0.55).
+    stall_accuracy: float | None = None
+    mining_source: str = "augmented"
+    mining_region: str = "slice"
 
     def __post_init__(self) -> None:
-        if _feature_size(self.patch_size) < 1:
+        for name, choices in (
+            ("architecture", ARCHITECTURES),
+            ("loss", LOSSES),
+            ("warmup_rule", WARMUP_RULES),
+            ("mining_source", MINING_SOURCES),
+            ("mining_region", MINING_REGIONS),
+        ):
+            if getattr(self, name) not in choices:
+                raise ValueError(
+                    f"scorer setting {name}={getattr(self, name)!r} is not one of {choices}"
+                )
+        if self.patch_size < 1 or _feature_size(self.patch_size, self.padding) < 1:
             raise ValueError(
-                f"patch_size={self.patch_size} is too small for two 4x4 conv + 2x2 pool stages"
+                f"patch_size={self.patch_size} is too small for the {self.architecture} "
+                f"network (two 4x4 conv + 2x2 pool stages with padding {self.padding}); "
+                f"the smallest that works is {smallest_patch_size(self.architecture)}"
             )
         if not 0.0 < self.holdout < 1.0:
             raise ValueError(f"holdout must lie in (0, 1), got {self.holdout}")
@@ -60,6 +106,10 @@ class ScorerSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_restarts < 1:
             raise ValueError(f"max_restarts must be >= 1, got {self.max_restarts}")
+
+    @property
+    def padding(self) -> int:
+        return ARCHITECTURE_PADDING[self.architecture]
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> ScorerSettings:
@@ -113,6 +163,29 @@ def _single_cycle_permutation(n: int, rng: np.random.Generator) -> np.ndarray:
     return partner
 
 
+def mining_inputs(
+    slices: np.ndarray,
+    settings: ScorerSettings,
+    augmented: Callable[[], tuple[np.ndarray, np.ndarray]],
+    clean: Callable[[np.ndarray], np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Edge maps to reconstruct for mining, their target slices and each one's slice index.
+
+    mining_source='augmented' (reference): every slice_step-th sample of the translator's own
+    augmented training set, as `augmented()` returns it (with 3 copies per slice and no clean copy
+    that is each training slice once, from a blob-swapped edge map); 'clean': every
+    slice_step-th slice with its clean edge map, `clean(slices)`.
+    """
+    slices = np.asarray(slices, dtype=np.float32)
+    if settings.mining_source == "augmented":
+        inputs, targets = augmented()
+        per_slice = len(inputs) // max(len(slices), 1)
+        picked = np.arange(0, len(inputs), settings.slice_step)
+        return inputs[picked], targets[picked], picked // max(per_slice, 1)
+    picked = np.arange(0, len(slices), settings.slice_step)
+    return clean(slices[picked]), slices[picked], picked
+
+
 def mine_hard_pairs(
     real: np.ndarray,
     recon: np.ndarray,
@@ -121,6 +194,14 @@ def mine_hard_pairs(
     roi: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Hard positive/negative patch pairs from real slices and their reconstructions.
+
+    Every slice is sampled (the caller picks every slice_step-th one, see mining_inputs); patch
+    centres anywhere in the slice, or inside `roi` when given (mining_region='roi', ours).
+    Positions are drawn without replacement within a slice (the reference draws with
+    replacement; a repeated position would only duplicate a pair). Negatives pair each real
+    patch with the reconstruction of another place: the reference shuffles, which can leave a
+    patch with its own reconstruction under the label "dissimilar"; a single-cycle permutation
+    cannot.
 
     Returns patches_a (real), patches_b (reconstruction), labels (0 similar, 1 dissimilar),
     positions_a / positions_b as (slice, y, x) of each patch's top-left corner, the MSE of every
@@ -144,7 +225,7 @@ def mine_hard_pairs(
     )
     corners_y, corners_x = corners_y.ravel(), corners_x.ravel()
     picked_slices, picked_y, picked_x = [], [], []
-    for s in range(0, n, settings.slice_step):
+    for s in range(n):
         if roi is None:
             candidates = np.arange(corners_y.size)
         else:
@@ -195,12 +276,30 @@ def mine_hard_pairs(
 # ----------------------------------------------------------------------------------------------
 # network
 
+# Zero padding of both 4x4 convolutions: the reference pads by 2 (model_siamese.py), so each
+# 16x16 patch is embedded from all its pixels (16 -> 17 -> 8 -> 9 -> 4, 64 x 4 x 4 = 1,024
+# features); "unpadded" (ours) uses valid convolutions (16 -> 13 -> 6 -> 3 -> 1, 64 features), so
+# the embedding sees only the patch's top-left 13x13 pixels.
+ARCHITECTURE_PADDING = {"reference": 2, "unpadded": 0}
+_KERNEL = 4
 
-def _feature_size(patch_size: int) -> int:
+
+def _stage_size(size: int, padding: int) -> int:
+    # 4x4 convolution with `padding` on both sides, then 2x2 average pool (floor).
+    return (size + 2 * padding - _KERNEL + 1) // 2
+
+
+def _feature_size(patch_size: int, padding: int = 0) -> int:
     size = patch_size
     for _ in range(2):
-        size = (size - 3) // 2  # 4x4 valid conv, then 2x2 average pool (floor)
+        size = _stage_size(size, padding)
     return size
+
+
+def smallest_patch_size(architecture: str) -> int:
+    """Smallest patch side the given architecture can embed."""
+    padding = ARCHITECTURE_PADDING[architecture]
+    return next(p for p in range(1, 64) if _feature_size(p, padding) >= 1)
 
 
 def _pair_distance(emb_a: torch.Tensor, emb_b: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -211,34 +310,58 @@ def _pair_distance(emb_a: torch.Tensor, emb_b: torch.Tensor, dim: int = 1) -> to
 class SiameseScorer(nn.Module):
     """Shared patch embedding; dissimilarity = sigmoid(linear(batchnorm(distance)))."""
 
-    def __init__(self, patch_size: int = 16, embedding_dim: int = 10) -> None:
+    def __init__(
+        self,
+        patch_size: int = 16,
+        embedding_dim: int = 10,
+        architecture: str = "reference",
+        head_init: str = "default",
+    ) -> None:
         super().__init__()
+        if architecture not in ARCHITECTURE_PADDING:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
         self.patch_size = patch_size
-        self.feature_size = _feature_size(patch_size)
+        self.architecture = architecture
+        self.padding = ARCHITECTURE_PADDING[architecture]
+        self.feature_size = _feature_size(patch_size, self.padding)
         if self.feature_size < 1:
-            raise ValueError(f"patch_size={patch_size} is too small for this network")
-        self.input_norm = nn.BatchNorm2d(1, momentum=None)  # cumulative average: data are fixed
-        self.convs = nn.ModuleList([nn.Conv2d(1, 32, 4), nn.Conv2d(32, 64, 4)])
+            raise ValueError(f"patch_size={patch_size} is too small for the {architecture} network")
+        if architecture == "reference":
+            # torch's default running-average momentum, as in the reference.
+            self.input_norm = nn.BatchNorm2d(1)
+        else:
+            self.input_norm = nn.BatchNorm2d(1, momentum=None)  # cumulative average
+        self.convs = nn.ModuleList(
+            [
+                nn.Conv2d(1, 32, _KERNEL, padding=self.padding),
+                nn.Conv2d(32, 64, _KERNEL, padding=self.padding),
+            ]
+        )
         self.fc = nn.Linear(64 * self.feature_size**2, embedding_dim)
         self.head_norm = nn.BatchNorm1d(1)
         self.head_linear = nn.Linear(1, 1)
-        # Start the head as an increasing map of the standardised distance: dissimilarity must grow
-        # with distance, and a random negative slope would pin early accuracy below 50 % and waste
-        # restarts on a head that merely points the wrong way.
-        with torch.no_grad():
-            self.head_linear.weight.fill_(1.0)
-            self.head_linear.bias.zero_()
+        if head_init == "increasing":
+            # Ours (with loss="detached_head"): start the head as an increasing map of the
+            # standardised distance, so early accuracy is not pinned below 50 % by a random
+            # negative slope.
+            with torch.no_grad():
+                self.head_linear.weight.fill_(1.0)
+                self.head_linear.bias.zero_()
+        elif head_init != "default":
+            raise ValueError(f"head_init must be 'default' or 'increasing', got {head_init!r}")
 
     def embed(self, patches: torch.Tensor) -> torch.Tensor:
-        # Valid convolutions and floor pooling, as published: with 16x16 patches the embedding
-        # depends on the top-left 13x13 pixels only (16 -> 13 -> 6 -> 3 -> 1).
         x = self.input_norm(patches)
         for conv in self.convs:
             x = F.avg_pool2d(torch.tanh(conv(x)), 2)
         return torch.tanh(self.fc(x.flatten(1)))
 
     def distance(self, patches_a: torch.Tensor, patches_b: torch.Tensor) -> torch.Tensor:
-        # One batch through the shared embedding, so its input batch norm sees both sides.
+        if self.architecture == "reference":
+            # Two passes, as in the reference: in training the input batch norm normalises real
+            # and reconstructed patches with their own batch statistics.
+            return _pair_distance(self.embed(patches_a), self.embed(patches_b))
+        # Ours: one batch through the shared embedding, so its batch norm sees both sides.
         emb = self.embed(torch.cat([patches_a, patches_b]))
         return _pair_distance(*emb.split(patches_a.shape[0]))
 
@@ -246,13 +369,18 @@ class SiameseScorer(nn.Module):
         return self.head_linear(self.head_norm(distance.reshape(-1, 1))).reshape(distance.shape)
 
     def forward(self, patches_a: torch.Tensor, patches_b: torch.Tensor) -> torch.Tensor:
-        """Dissimilarity in (0, 1) of (N, 1, p, p) patch pairs; high = dissimilar."""
+        """Dissimilarity p in (0, 1) of (N, 1, p, p) patch pairs; high = dissimilar."""
         return torch.sigmoid(self.logit_from_distance(self.distance(patches_a, patches_b)))
 
 
 def build_siamese(settings: ScorerSettings) -> SiameseScorer:
     """A freshly initialised scorer for the settings' patch size and embedding size."""
-    return SiameseScorer(settings.patch_size, settings.embedding_dim)
+    return SiameseScorer(
+        settings.patch_size,
+        settings.embedding_dim,
+        settings.architecture,
+        head_init="increasing" if settings.loss == "detached_head" else "default",
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -260,7 +388,10 @@ def build_siamese(settings: ScorerSettings) -> SiameseScorer:
 
 
 def contrastive_loss(distance: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
-    """Label 0 (similar): d^2; label 1 (dissimilar): max(0, margin - d)^2; batch mean."""
+    """Label 0 (similar): d^2; label 1 (dissimilar): max(0, margin - d)^2; batch mean.
+
+    The reference applies it to the sigmoid output p (d = p); loss="detached_head" to the raw
+    embedding distance."""
     return torch.mean(
         (1.0 - labels) * distance**2 + labels * torch.clamp(margin - distance, min=0.0) ** 2
     )
@@ -277,6 +408,39 @@ def _predict(model: SiameseScorer, a: torch.Tensor, b: torch.Tensor, batch: int)
     return torch.cat(scores)
 
 
+def _is_dissimilar(score: torch.Tensor) -> torch.Tensor:
+    # The reference counts p >= 0.5 as "dissimilar".
+    return (score >= 0.5).float()
+
+
+@dataclass
+class _EpochResult:
+    loss: float
+    accuracy: float  # over all pairs of the epoch
+    last_batch_accuracy: float
+
+
+def _batch_loss(
+    model: SiameseScorer,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    y: torch.Tensor,
+    settings: ScorerSettings,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, dissimilarity score) of one batch under the settings' loss."""
+    distance = model.distance(a, b)
+    if settings.loss == "reference":
+        # End to end: the contrastive loss acts on p = sigmoid(linear(batchnorm(distance))).
+        score = torch.sigmoid(model.logit_from_distance(distance))
+        return contrastive_loss(score, y, settings.margin), score
+    # Ours: the embedding learns only from the contrastive loss on the distance; the head is a
+    # 1-D logistic calibration of the detached distance, trained with BCE.
+    logit = model.logit_from_distance(distance.detach())
+    loss = contrastive_loss(distance, y, settings.margin)
+    loss = loss + F.binary_cross_entropy_with_logits(logit, y)
+    return loss, torch.sigmoid(logit)
+
+
 def _train_epoch(
     model: SiameseScorer,
     optimiser: torch.optim.Optimizer,
@@ -285,28 +449,36 @@ def _train_epoch(
     labels: torch.Tensor,
     settings: ScorerSettings,
     generator: torch.Generator,
-) -> tuple[float, float]:
+) -> _EpochResult:
     model.train()
     order = torch.randperm(len(a), generator=generator)
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, correct, seen, last = 0.0, 0, 0, float("nan")
     for start in range(0, len(a), settings.batch_size):
         idx = order[start : start + settings.batch_size]
         if idx.numel() < 2:  # batch norm needs two samples for batch statistics
             continue
-        distance = model.distance(a[idx], b[idx])
-        # The embedding learns only from the published contrastive loss; the sigmoid head is a 1-D
-        # logistic calibration of the (detached) distance, trained with BCE so that score > 0.5
-        # means "dissimilar" and the restart rule's accuracy is meaningful.
-        logit = model.logit_from_distance(distance.detach())
-        loss = contrastive_loss(distance, labels[idx], settings.margin)
-        loss = loss + F.binary_cross_entropy_with_logits(logit, labels[idx])
+        loss, score = _batch_loss(model, a[idx], b[idx], labels[idx], settings)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
+        hits = int((_is_dissimilar(score.detach()) == labels[idx]).sum())
         total_loss += loss.item() * idx.numel()
-        correct += int(((logit > 0).float() == labels[idx]).sum())
+        correct += hits
         seen += idx.numel()
-    return total_loss / max(seen, 1), correct / max(seen, 1)
+        last = hits / idx.numel()
+    return _EpochResult(total_loss / max(seen, 1), correct / max(seen, 1), last)
+
+
+def _passes_warmup(result: _EpochResult, settings: ScorerSettings) -> tuple[bool, float]:
+    if settings.warmup_rule == "last_batch":
+        # Reference: the accuracy of the warm-up epoch's last batch must exceed the bar.
+        return result.last_batch_accuracy > settings.warmup_accuracy, result.last_batch_accuracy
+    return result.accuracy >= settings.warmup_accuracy, result.accuracy
+
+
+def _new_optimiser(model: SiameseScorer, settings: ScorerSettings) -> torch.optim.Optimizer:
+    # torch.optim.RMSprop defaults otherwise (alpha 0.99, eps 1e-8); lr 1e-3 as published.
+    return torch.optim.RMSprop(model.parameters(), lr=settings.lr)
 
 
 def train_scorer(
@@ -317,10 +489,12 @@ def train_scorer(
     seed: int,
     progress: Callable[[str], None] = print,
 ) -> tuple[SiameseScorer, pd.DataFrame]:
-    """Train with the published restart rule; keep the state with the best held-out accuracy.
+    """Train with the restart rule; keep the state with the best held-out accuracy.
 
-    History columns: try, epoch (0 = warm-up epoch), train_loss, train_acc, heldout_acc.
-    Raises StalledScorerError if no try passes warm-up or the best held-out accuracy is <= 0.55.
+    History columns: try, epoch (0 = warm-up epoch), train_loss, train_acc, heldout_acc,
+    warmup_acc (the accuracy the restart rule judged; warm-up rows only).
+    Raises StalledScorerError if no try passes warm-up, or if `stall_accuracy` is set and the
+    best held-out accuracy is at or below it.
     """
     a = torch.as_tensor(np.asarray(patches_a, dtype=np.float32)).unsqueeze(1)
     b = torch.as_tensor(np.asarray(patches_b, dtype=np.float32)).unsqueeze(1)
@@ -330,7 +504,9 @@ def train_scorer(
     if a.shape[-1] != settings.patch_size or a.shape[-2] != settings.patch_size:
         raise ValueError(f"patches are {tuple(a.shape[-2:])}, settings say {settings.patch_size}")
 
-    # One split for all tries, so warm-up epochs never see the held-out pairs.
+    # One split for all tries, so warm-up epochs never see the held-out pairs. (The reference
+    # warms up on all pairs and splits afterwards, so its held-out accuracy is measured partly
+    # on pairs the network has trained on; we keep them apart.)
     order = np.random.default_rng(seed).permutation(len(a))
     n_held = int(round(settings.holdout * len(a)))
     if n_held < 1 or len(a) - n_held < 2:
@@ -342,7 +518,7 @@ def train_scorer(
 
     def heldout_accuracy(model: SiameseScorer) -> float:
         scores = _predict(model, a_held, b_held, settings.batch_size)
-        return float(((scores > 0.5).float() == y_held).float().mean())
+        return float((_is_dissimilar(scores) == y_held).float().mean())
 
     rows: list[dict[str, float]] = []
     best_warmup, best_warmup_model = -1.0, None
@@ -350,41 +526,48 @@ def train_scorer(
         try_seed = _derived_seed(seed, attempt)
         torch.manual_seed(try_seed)
         model = build_siamese(settings)
-        # torch.optim.RMSprop defaults otherwise (alpha 0.99, eps 1e-8); lr 1e-3 as published.
-        optimiser = torch.optim.RMSprop(model.parameters(), lr=settings.lr)
         generator = torch.Generator().manual_seed(try_seed)
 
-        loss, acc = _train_epoch(model, optimiser, *train_set, settings, generator)
+        result = _train_epoch(
+            model, _new_optimiser(model, settings), *train_set, settings, generator
+        )
+        passed, judged = _passes_warmup(result, settings)
         held_acc = heldout_accuracy(model)
-        rows.append(_history_row(attempt, 0, loss, acc, held_acc))
-        if acc > best_warmup:
-            best_warmup, best_warmup_model = acc, copy.deepcopy(model).eval()
-        if acc < settings.warmup_accuracy:
+        rows.append(_history_row(attempt, 0, result.loss, result.accuracy, held_acc, judged))
+        if judged > best_warmup:
+            best_warmup, best_warmup_model = judged, copy.deepcopy(model).eval()
+        if not passed:
             progress(
-                f"scorer try {attempt + 1}/{settings.max_restarts}: warm-up accuracy {acc:.3f} "
-                f"< {settings.warmup_accuracy}, restarting"
+                f"scorer try {attempt + 1}/{settings.max_restarts}: warm-up accuracy "
+                f"{judged:.3f} ({settings.warmup_rule}) not above {settings.warmup_accuracy}, "
+                "restarting"
             )
             continue
-        progress(f"scorer try {attempt + 1}: warm-up accuracy {acc:.3f}, training on")
+        progress(f"scorer try {attempt + 1}: warm-up accuracy {judged:.3f}, training on")
 
-        best_acc, best_state = held_acc, copy.deepcopy(model.state_dict())
+        # A fresh optimiser for the main training, as in the reference.
+        optimiser = _new_optimiser(model, settings)
+        best_acc, best_state = -1.0, None
         for epoch in range(1, settings.epochs + 1):
-            loss, acc = _train_epoch(model, optimiser, *train_set, settings, generator)
+            result = _train_epoch(model, optimiser, *train_set, settings, generator)
             held_acc = heldout_accuracy(model)
-            rows.append(_history_row(attempt, epoch, loss, acc, held_acc))
+            rows.append(_history_row(attempt, epoch, result.loss, result.accuracy, held_acc))
             progress(
-                f"scorer epoch {epoch}/{settings.epochs}: loss {loss:.4f}, train acc {acc:.3f}, "
-                f"held-out acc {held_acc:.3f}"
+                f"scorer epoch {epoch}/{settings.epochs}: loss {result.loss:.4f}, "
+                f"train acc {result.accuracy:.3f}, held-out acc {held_acc:.3f}"
             )
             if held_acc > best_acc:
                 best_acc, best_state = held_acc, copy.deepcopy(model.state_dict())
         history = _history_frame(rows)
-        model.load_state_dict(best_state)
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        else:  # epochs == 0: the warm-up model is the result
+            best_acc = held_acc
         model.eval()
-        if best_acc <= STALL_ACCURACY:
+        if settings.stall_accuracy is not None and best_acc <= settings.stall_accuracy:
             raise StalledScorerError(
                 f"Siamese scorer stalled: best held-out accuracy {best_acc:.3f} <= "
-                f"{STALL_ACCURACY} after warm-up; its maps would be noise",
+                f"{settings.stall_accuracy} after warm-up; its maps would be noise",
                 history,
                 model,
             )
@@ -392,18 +575,21 @@ def train_scorer(
 
     history = _history_frame(rows)
     raise StalledScorerError(
-        f"Siamese scorer stalled: no try of {settings.max_restarts} reached the warm-up training "
-        f"accuracy {settings.warmup_accuracy} (best seen {best_warmup:.3f})",
+        f"Siamese scorer stalled: no try of {settings.max_restarts} reached the warm-up "
+        f"accuracy {settings.warmup_accuracy} ({settings.warmup_rule}; best seen "
+        f"{best_warmup:.3f})",
         history,
         best_warmup_model,
     )
 
 
-HISTORY_COLUMNS = ["try", "epoch", "train_loss", "train_acc", "heldout_acc"]
+HISTORY_COLUMNS = ["try", "epoch", "train_loss", "train_acc", "heldout_acc", "warmup_acc"]
 
 
-def _history_row(attempt: int, epoch: int, loss: float, acc: float, held: float) -> dict:
-    return dict(zip(HISTORY_COLUMNS, (attempt, epoch, loss, acc, held), strict=True))
+def _history_row(
+    attempt: int, epoch: int, loss: float, acc: float, held: float, warmup: float = float("nan")
+) -> dict:
+    return dict(zip(HISTORY_COLUMNS, (attempt, epoch, loss, acc, held, warmup), strict=True))
 
 
 def _history_frame(rows: list[dict[str, float]]) -> pd.DataFrame:
@@ -477,6 +663,17 @@ def dense_patch_scores_batch(
     if min(real.shape[1:]) < p:
         raise ValueError(f"slices {real.shape[1:]} are smaller than the patch size {p}")
     model.eval()
+    if model.padding:
+        # Padded patches have no shared dense form beyond the first stage: score the grid's
+        # positions exactly, slice by slice.
+        grid_y = (real.shape[1] - p) // stride + 1
+        grid_x = (real.shape[2] - p) // stride + 1
+        ys, xs = np.meshgrid(np.arange(grid_y) * stride, np.arange(grid_x) * stride, indexing="ij")
+        positions = np.stack([ys.ravel(), xs.ravel()], axis=1)
+        grids = [patch_scores_at(model, r, c, positions) for r, c in zip(real, recon, strict=True)]
+        if not grids:
+            return np.zeros((0, grid_y, grid_x), dtype=np.float32)
+        return np.stack(grids).reshape(len(real), grid_y, grid_x).astype(np.float32)
     out = []
     with torch.no_grad():
         for start in range(0, len(real), chunk_size):
@@ -499,30 +696,161 @@ def dense_patch_scores(
     return dense_patch_scores_batch(model, real_slice[None], recon_slice[None], stride)[0]
 
 
+def _tap_range(index: int, patch_size: int, padding: int) -> tuple[int, int]:
+    # Kernel rows [lo, hi) that a padded convolution's output `index` (patch coordinates) reads
+    # from inside the patch; the rest read the zero padding.
+    return max(0, padding - index), min(_KERNEL, patch_size + padding - index)
+
+
+def _masked_first_stage(
+    model: SiameseScorer, images: torch.Tensor
+) -> tuple[torch.Tensor, list[int], int]:
+    """First stage (input norm, conv1, tanh, 2x2 pool) of every patch of (B, H, W) images, shared.
+
+    A patch's zero padding hides the image around it, so the first convolution's border outputs
+    see only part of the kernel. Each distinct visible part of the kernel (a class) is run once
+    over the whole image; pooled maps then combine the classes a pooled entry mixes. Returns the
+    pooled maps channels-last (B, K, Hm, Wm, 32), the map key of each pooled row / column
+    position (patch coordinates) and the number of distinct keys per axis.
+    """
+    p, pad = model.patch_size, model.padding
+    conv = model.convs[0]
+    pooled_size = _stage_size(p, pad)
+    x = F.pad(model.input_norm(images[:, None]), (pad, pad, pad, pad))
+    ranges = sorted({_tap_range(i, p, pad) for i in range(2 * pooled_size)})
+    keys = [(_tap_range(2 * u, p, pad), _tap_range(2 * u + 1, p, pad)) for u in range(pooled_size)]
+    unique_keys = sorted(set(keys))
+    channels = conv.weight.shape[0]
+    # One convolution per visible row range, all column ranges stacked as output channels;
+    # results channels-last (B, H, W, C), the layout the gather reads.
+    activation: dict[tuple, torch.Tensor] = {}
+    for rows in ranges:
+        masks = torch.zeros(len(ranges), 1, _KERNEL, _KERNEL, dtype=conv.weight.dtype)
+        for c, cols in enumerate(ranges):
+            masks[c, 0, rows[0] : rows[1], cols[0] : cols[1]] = 1.0
+        weight = (conv.weight[None] * masks[:, None]).reshape(-1, 1, _KERNEL, _KERNEL)
+        stacked = torch.tanh(F.conv2d(x, weight, conv.bias.repeat(len(ranges))))
+        stacked = stacked.permute(0, 2, 3, 1)
+        for c, cols in enumerate(ranges):
+            activation[rows, cols] = stacked[..., c * channels : (c + 1) * channels]
+    height, width = x.shape[-2] - _KERNEL, x.shape[-1] - _KERNEL
+    pooled = torch.zeros((len(images), len(unique_keys) ** 2, height, width, channels))
+    for k, (row_key, col_key) in enumerate((r, c) for r in unique_keys for c in unique_keys):
+        for di in (0, 1):
+            for dj in (0, 1):
+                t = activation[row_key[di], col_key[dj]]
+                pooled[:, k] += t[:, di : di + height, dj : dj + width]
+    pooled *= 0.25
+    return pooled, [unique_keys.index(k) for k in keys], len(unique_keys)
+
+
+def _padded_embeddings(
+    model: SiameseScorer, images: np.ndarray, positions: np.ndarray, chunk_size: int
+) -> torch.Tensor:
+    """Embeddings (B, k, E) of the patches with top-left corners `positions` (k, 2) in each of
+    the (B, H, W) images, equal to model.embed on the cut-out patches (eval mode)."""
+    maps, key_index, n_keys = _masked_first_stage(model, torch.as_tensor(images))
+    n_images, n_maps, height, width, channels = maps.shape
+    rows = maps.reshape(-1, channels)
+    size = len(key_index)
+    offsets = 2 * torch.arange(size)
+    keys = torch.as_tensor(key_index)
+    # Row of pooled entry (u, v) of a patch at (y, x) in `rows`: map key(u) * n_keys + key(v),
+    # pixel (y + 2u, x + 2v); images follow one another.
+    entry = (keys[:, None] * n_keys + keys[None, :]) * (height * width)
+    entry = entry + offsets[:, None] * width + offsets[None, :]
+    image_start = torch.arange(n_images) * (n_maps * height * width)
+    pad = model.padding
+    second_size = _stage_size(size, pad)
+    pad_after = 2 * second_size - size + _KERNEL - 1 - pad
+    conv2 = model.convs[1]
+    pos = torch.as_tensor(positions, dtype=torch.int64)
+    out = torch.empty((n_images, len(pos), model.fc.out_features))
+    for start in range(0, len(pos), chunk_size):
+        chunk = pos[start : start + chunk_size]
+        corner = chunk[:, 0] * width + chunk[:, 1]
+        index = image_start[:, None, None, None] + corner[None, :, None, None] + entry[None, None]
+        pooled = rows.index_select(0, index.reshape(-1))
+        # Channels-last view: oneDNN's fastest layout for this small convolution.
+        pooled = pooled.reshape(-1, size, size, channels).permute(0, 3, 1, 2)
+        # Only the second convolution's outputs that the floor pooling keeps are computed.
+        y = F.conv2d(F.pad(pooled, (pad, pad_after, pad, pad_after)), conv2.weight, conv2.bias)
+        y = F.avg_pool2d(y.tanh_(), 2)
+        emb = torch.tanh(model.fc(y.flatten(1)))
+        out[:, start : start + len(chunk)] = emb.reshape(n_images, len(chunk), -1)
+    return out
+
+
+def patch_scores_at(
+    model: SiameseScorer,
+    real_slice: np.ndarray,
+    recon_slice: np.ndarray,
+    positions: np.ndarray,
+    chunk_size: int = 512,
+) -> np.ndarray:
+    """Dissimilarity (k,) of the patch pairs with top-left corners `positions` (k, 2) of one slice.
+
+    Equals the network on the cut-out patches (eval mode). For the padded (reference) network the
+    first stage is computed once per slice and shared by all patches, and each distinct position
+    is scored once.
+    """
+    real_slice = np.asarray(real_slice, dtype=np.float32)
+    recon_slice = np.asarray(recon_slice, dtype=np.float32)
+    positions = np.asarray(positions, dtype=np.int64).reshape(-1, 2)
+    p = model.patch_size
+    height, width = real_slice.shape
+    if recon_slice.shape != real_slice.shape:
+        raise ValueError(f"slices differ in shape: {real_slice.shape}, {recon_slice.shape}")
+    if len(positions) and (
+        positions.min() < 0
+        or positions[:, 0].max() > height - p
+        or positions[:, 1].max() > width - p
+    ):
+        raise ValueError(f"a patch position lies (partly) outside the {height}x{width} slice")
+    model.eval()
+    unique, inverse = np.unique(positions, axis=0, return_inverse=True)
+    with torch.no_grad():
+        if model.padding == 0:
+            zeros = np.zeros(len(unique), dtype=np.int64)
+            index = _patch_index(zeros, unique[:, 0], unique[:, 1], p)
+            a = torch.as_tensor(real_slice[None][index]).unsqueeze(1)
+            b = torch.as_tensor(recon_slice[None][index]).unsqueeze(1)
+            scores = _predict(model, a, b, chunk_size)
+        else:
+            pair = np.stack([real_slice, recon_slice])
+            emb_a, emb_b = _padded_embeddings(model, pair, unique, chunk_size)
+            scores = torch.sigmoid(model.logit_from_distance(_pair_distance(emb_a, emb_b)))
+    return scores.numpy().astype(np.float32)[inverse.reshape(-1)]
+
+
+def random_positions(
+    n_patches: int, shape: tuple[int, int], patch_size: int, rng: np.random.Generator
+) -> np.ndarray:
+    """n random top-left corners (n, 2), drawn with replacement as the reference does: all rows
+    first, then all columns."""
+    height, width = shape
+    ys = rng.integers(0, height - patch_size + 1, n_patches)
+    xs = rng.integers(0, width - patch_size + 1, n_patches)
+    return np.stack([ys, xs], axis=1)
+
+
 def sampled_patch_scores(
     model: SiameseScorer,
     real_slice: np.ndarray,
     recon_slice: np.ndarray,
     n_patches: int = 10000,
     rng: np.random.Generator | None = None,
-    batch_size: int = 4096,
+    positions: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Published inference: n random patch positions -> ((n, 2) top-left y, x; (n,) scores)."""
-    rng = np.random.default_rng(0) if rng is None else rng
+    """Published inference: random patch positions -> ((n, 2) top-left y, x; (n,) scores).
+
+    Positions are drawn from `rng` unless given (the reference uses one seeded draw for every
+    slice)."""
     real_slice = np.asarray(real_slice, dtype=np.float32)
-    recon_slice = np.asarray(recon_slice, dtype=np.float32)
-    p = model.patch_size
-    height, width = real_slice.shape
-    positions = np.stack(
-        [rng.integers(0, height - p + 1, n_patches), rng.integers(0, width - p + 1, n_patches)],
-        axis=1,
-    )
-    zeros = np.zeros(n_patches, dtype=np.int64)
-    index = _patch_index(zeros, positions[:, 0], positions[:, 1], p)
-    a = torch.as_tensor(real_slice[None][index]).unsqueeze(1)
-    b = torch.as_tensor(recon_slice[None][index]).unsqueeze(1)
-    scores = _predict(model, a, b, batch_size).numpy().astype(np.float32)
-    return positions, scores
+    if positions is None:
+        rng = np.random.default_rng(0) if rng is None else rng
+        positions = random_positions(n_patches, real_slice.shape, model.patch_size, rng)
+    return positions, patch_scores_at(model, real_slice, recon_slice, positions)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -547,7 +875,11 @@ def save_scorer(
 def load_scorer(path: str | os.PathLike) -> tuple[SiameseScorer, ScorerSettings, dict[str, Any]]:
     """Read a scorer written by save_scorer; the model is returned in eval mode."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    settings = ScorerSettings.from_dict(payload["settings"])
+    saved = dict(payload["settings"])
+    if "architecture" not in saved:
+        # Written before the reference network became the default: it is one of ours.
+        saved = {**LEGACY_SETTINGS, **saved}
+    settings = ScorerSettings.from_dict(saved)
     model = build_siamese(settings)
     model.load_state_dict(payload["state_dict"])
     model.eval()

@@ -8,10 +8,13 @@ from arepas.scorer import (
     SiameseScorer,
     StalledScorerError,
     build_siamese,
+    contrastive_loss,
     dense_patch_scores,
     dense_patch_scores_batch,
     load_scorer,
     mine_hard_pairs,
+    mining_inputs,
+    patch_scores_at,
     sampled_patch_scores,
     save_scorer,
     train_scorer,
@@ -33,18 +36,21 @@ def imperfect_reconstruction(rng: np.random.Generator, real: np.ndarray) -> np.n
     return np.clip(recon, -1, 1).astype(np.float32)
 
 
-def scrambled_model(patch_size: int, real: np.ndarray, recon: np.ndarray) -> SiameseScorer:
+def scrambled_model(
+    patch_size: int, real: np.ndarray, recon: np.ndarray, architecture: str = "reference"
+) -> SiameseScorer:
     """A random network with non-trivial input statistics and a head calibrated to the data,
     so that its scores spread over (0, 1) instead of sitting at one value."""
     torch.manual_seed(patch_size)
-    model = SiameseScorer(patch_size, 10)
+    model = SiameseScorer(patch_size, 10, architecture)
     p = patch_size
-    corners = range(0, real.shape[-1] - p + 1, 3)
+    rows = range(0, real.shape[-2] - p + 1, 3)
+    cols = range(0, real.shape[-1] - p + 1, 3)
     a = torch.as_tensor(
-        np.stack([r[y : y + p, x : x + p] for r in real for y in corners for x in corners])
+        np.stack([r[y : y + p, x : x + p] for r in real for y in rows for x in cols])
     )
     b = torch.as_tensor(
-        np.stack([r[y : y + p, x : x + p] for r in recon for y in corners for x in corners])
+        np.stack([r[y : y + p, x : x + p] for r in recon for y in rows for x in cols])
     )
     a, b = a[:, None], b[:, None]
     with torch.no_grad():
@@ -78,19 +84,131 @@ def test_settings_defaults_and_unknown_keys():
         0.7,
         100,
     )
+    # The reference implementation's choices are the defaults.
+    assert (s.architecture, s.loss, s.warmup_rule, s.stall_accuracy) == (
+        "reference",
+        "reference",
+        "last_batch",
+        None,
+    )
+    assert (s.mining_source, s.mining_region) == ("augmented", "slice")
     assert ScorerSettings.from_dict({"epochs": 3}).epochs == 3
     with pytest.raises(ValueError, match="unknown scorer setting.*'epoch'"):
         ScorerSettings.from_dict({"epoch": 3})
-    with pytest.raises(ValueError, match="too small"):
-        ScorerSettings(patch_size=8)
+    with pytest.raises(ValueError, match="too small for the unpadded network.*smallest.*13"):
+        ScorerSettings(patch_size=8, architecture="unpadded")
+    assert ScorerSettings(patch_size=8).padding == 2  # the padded network embeds 8x8 patches
+    with pytest.raises(ValueError, match="architecture='padded' is not one of"):
+        ScorerSettings(architecture="padded")
 
 
+class ReferenceSiamese(torch.nn.Module):
+    """The reference Siamese network as its description reads (AREPAS.md), written out layer by
+    layer, independently of arepas.scorer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn0 = torch.nn.BatchNorm2d(1)
+        self.conv1 = torch.nn.Conv2d(1, 32, 4, padding=2)
+        self.conv2 = torch.nn.Conv2d(32, 64, 4, padding=2)
+        self.fc = torch.nn.Linear(1024, 10)
+        self.bn = torch.nn.BatchNorm1d(1)
+        self.out = torch.nn.Linear(1, 1)
+
+    def embed(self, x):
+        x = torch.nn.functional.avg_pool2d(torch.tanh(self.conv1(self.bn0(x))), 2)
+        x = torch.nn.functional.avg_pool2d(torch.tanh(self.conv2(x)), 2)
+        return torch.tanh(self.fc(torch.flatten(x, 1)))
+
+    def forward(self, a, b):
+        d = torch.sqrt(
+            torch.clamp(((self.embed(a) - self.embed(b)) ** 2).sum(1, keepdim=True), 1e-12)
+        )
+        return torch.sigmoid(self.out(self.bn(d)))[:, 0]
+
+
+def test_default_network_is_the_reference_network():
+    model = build_siamese(ScorerSettings())
+    assert [tuple(c.weight.shape) for c in model.convs] == [(32, 1, 4, 4), (64, 32, 4, 4)]
+    assert [c.padding for c in model.convs] == [(2, 2), (2, 2)]
+    assert tuple(model.fc.weight.shape) == (10, 1024)
+    reference = ReferenceSiamese()
+    mine = model.state_dict()
+    reference.load_state_dict(
+        dict(
+            zip(reference.state_dict(), (mine[k] for k in mine), strict=True),
+        )
+    )
+    a, b = torch.randn(64, 1, 16, 16), torch.randn(64, 1, 16, 16) * 0.5
+    # Training mode (batch statistics, running averages with momentum 0.1) and eval mode agree.
+    for train in (True, False):
+        model.train(train)
+        reference.train(train)
+        torch.testing.assert_close(model(a, b), reference(a, b), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(model.input_norm.running_mean, reference.bn0.running_mean)
+    # The head starts at PyTorch's default initialisation, not a hand-set slope.
+    torch.manual_seed(3)
+    head = build_siamese(ScorerSettings()).head_linear
+    torch.manual_seed(3)
+    default = torch.nn.Linear(1, 1)
+    assert head.weight.item() != 1.0
+    torch.manual_seed(3)
+    fresh = build_siamese(ScorerSettings())
+    assert fresh.head_linear.weight.item() == head.weight.item()
+    assert default.weight.shape == head.weight.shape
+
+
+def test_unpadded_option_sees_only_the_top_left_of_a_patch():
+    model = build_siamese(ScorerSettings(architecture="unpadded")).eval()
+    assert tuple(model.fc.weight.shape) == (10, 64)
+    a = torch.randn(4, 1, 16, 16)
+    b = a.clone()
+    b[..., 13:, :] = 5.0  # outside the top-left 13x13 window
+    torch.testing.assert_close(model.embed(a), model.embed(b))
+    padded = build_siamese(ScorerSettings()).eval()
+    assert not torch.allclose(padded.embed(a), padded.embed(b))
+
+
+def test_reference_contrastive_loss_on_hand_computed_values():
+    p = torch.tensor([0.2, 0.9, 0.3, 1.0])
+    y = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    # (1-y) p^2 + y max(0, 1 - p)^2: 0.04, 0.81, 0.49, 0
+    expected = (0.04 + 0.81 + 0.49 + 0.0) / 4
+    assert contrastive_loss(p, y, 1.0).item() == pytest.approx(expected)
+
+
+def test_reference_loss_trains_embedding_and_head_end_to_end():
+    from arepas.scorer import _batch_loss
+
+    settings = ScorerSettings()
+    model = build_siamese(settings).train()
+    a, b = torch.randn(32, 1, 16, 16), torch.randn(32, 1, 16, 16)
+    y = (torch.arange(32) % 2).float()
+    loss, score = _batch_loss(model, a, b, y, settings)
+    manual = model(a, b)
+    torch.testing.assert_close(score, manual)
+    torch.testing.assert_close(loss, contrastive_loss(manual, y, 1.0))
+    loss.backward()
+    assert model.convs[0].weight.grad.abs().sum() > 0
+    assert model.head_linear.weight.grad.abs().sum() > 0
+    # Ours: the head's BCE does not reach the embedding (detached distance).
+    ours = ScorerSettings(loss="detached_head")
+    model = build_siamese(ours).train()
+    assert model.head_linear.weight.item() == 1.0
+    from arepas.scorer import _pair_distance
+
+    loss, _ = _batch_loss(model, a, b, y, ours)
+    distance = _pair_distance(*model.embed(torch.cat([a, b])).split(32))
+    assert loss.item() > contrastive_loss(distance, y, 1.0).item()
+
+
+@pytest.mark.parametrize("architecture", ["reference", "unpadded"])
 @pytest.mark.parametrize(("patch_size", "stride", "size"), [(16, 1, 40), (16, 4, 44), (20, 3, 45)])
-def test_dense_scores_equal_network_on_cut_out_patches(patch_size, stride, size):
+def test_dense_scores_equal_network_on_cut_out_patches(patch_size, stride, size, architecture):
     rng = np.random.default_rng(1)
     real = rng.uniform(-1, 1, (2, size, size)).astype(np.float32)
     recon = np.clip(real + rng.normal(0, 0.4, real.shape), -1, 1).astype(np.float32)
-    model = scrambled_model(patch_size, real, recon)
+    model = scrambled_model(patch_size, real, recon, architecture)
 
     dense = dense_patch_scores_batch(model, real, recon, stride)
     corners = np.arange(0, size - patch_size + 1, stride)
@@ -105,22 +223,43 @@ def test_dense_scores_equal_network_on_cut_out_patches(patch_size, stride, size)
     assert dense.std() > 0.05
 
 
-def test_sampled_scores_are_network_outputs_at_their_positions():
+@pytest.mark.parametrize("architecture", ["reference", "unpadded"])
+def test_sampled_scores_are_network_outputs_at_their_positions(architecture):
     rng = np.random.default_rng(2)
-    real = rng.uniform(-1, 1, (48, 48)).astype(np.float32)
+    real = rng.uniform(-1, 1, (48, 52)).astype(np.float32)
     recon = np.clip(real + rng.normal(0, 0.4, real.shape), -1, 1).astype(np.float32)
-    model = scrambled_model(16, real[None], recon[None])
+    model = scrambled_model(16, real[None], recon[None], architecture)
     positions, scores = sampled_patch_scores(model, real, recon, 500, np.random.default_rng(0))
     assert positions.shape == (500, 2) and scores.shape == (500,)
-    assert positions.min() >= 0 and positions.max() <= 48 - 16
-    dense = dense_patch_scores(model, real, recon, 1)
-    np.testing.assert_allclose(scores, dense[positions[:, 0], positions[:, 1]], atol=1e-5)
+    assert positions.min() >= 0 and positions[:, 0].max() <= 48 - 16
+    # Drawn as the reference draws them: all rows, then all columns, with replacement.
+    check = np.random.default_rng(0)
+    np.testing.assert_array_equal(positions[:, 0], check.integers(0, 33, 500))
+    np.testing.assert_array_equal(positions[:, 1], check.integers(0, 37, 500))
+    expected = cut_out_scores(model, real, recon, positions[:, 0], positions[:, 1])
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+    assert scores.std() > 0.05
+
+
+@pytest.mark.parametrize("patch_size", [16, 9, 6])
+def test_shared_padded_scoring_equals_the_network_for_odd_sizes(patch_size):
+    rng = np.random.default_rng(patch_size)
+    real = rng.uniform(-1, 1, (31, 29)).astype(np.float32)
+    recon = rng.uniform(-1, 1, (31, 29)).astype(np.float32)
+    model = scrambled_model(patch_size, real[None], recon[None])
+    positions = np.array([[0, 0], [31 - patch_size, 29 - patch_size], [3, 7], [3, 7], [10, 1]])
+    scores = patch_scores_at(model, real, recon, positions)
+    expected = cut_out_scores(model, real, recon, positions[:, 0], positions[:, 1])
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="outside"):
+        patch_scores_at(model, real, recon, np.array([[31 - patch_size + 1, 0]]))
 
 
 def mined_example(roi=None, seed=0):
     rng = np.random.default_rng(seed)
     real = smooth_slices(rng, 30)
     recon = imperfect_reconstruction(rng, real)
+    real, recon = real[::3], recon[::3]
     pairs = mine_hard_pairs(real, recon, ScorerSettings(), np.random.default_rng(7), roi=roi)
     return real, recon, pairs
 
@@ -128,7 +267,7 @@ def mined_example(roi=None, seed=0):
 def test_mining_keeps_exactly_the_top_decile():
     _, _, pairs = mined_example()
     mse = pairs["mined_mse"]
-    # Every 3rd of 30 slices, 256 patches each.
+    # 10 slices, 256 patches each.
     assert mse.size == 10 * 256
     threshold = float(pairs["threshold"])
     assert threshold == pytest.approx(np.percentile(mse, 90.0))
@@ -144,7 +283,7 @@ def test_positive_pairs_share_a_place_and_negatives_do_not():
     real, recon, pairs = mined_example()
     p = 16
     pos_a, pos_b, labels = pairs["positions_a"], pairs["positions_b"], pairs["labels"]
-    assert set(np.unique(pos_a[:, 0])) <= set(range(0, 30, 3))
+    assert set(np.unique(pos_a[:, 0])) <= set(range(10))
     for (s, y, x), patch in zip(pos_a, pairs["patches_a"], strict=True):
         np.testing.assert_array_equal(patch, real[s, y : y + p, x : x + p])
     for (s, y, x), patch in zip(pos_b, pairs["patches_b"], strict=True):
@@ -159,7 +298,7 @@ def test_positive_pairs_share_a_place_and_negatives_do_not():
 
 
 def test_mining_respects_roi_and_seed():
-    roi = np.zeros((30, 64, 64), dtype=bool)
+    roi = np.zeros((10, 64, 64), dtype=bool)
     roi[:, 10:40, 20:50] = True
     _, _, pairs = mined_example(roi=roi)
     centres = pairs["positions_a"][:, 1:] + 8
@@ -167,6 +306,31 @@ def test_mining_respects_roi_and_seed():
     _, _, again = mined_example(roi=roi)
     np.testing.assert_array_equal(pairs["patches_a"], again["patches_a"])
     np.testing.assert_array_equal(pairs["positions_a"], again["positions_a"])
+
+
+def test_mining_inputs_are_every_third_augmented_training_sample():
+    slices = np.arange(6 * 4 * 4, dtype=np.float32).reshape(6, 4, 4)
+    # A stand-in for the translator's training set: 3 augmented copies per slice, no clean one.
+    aug_inputs = np.repeat(slices, 3, axis=0) + np.tile([100.0, 200.0, 300.0], 6)[:, None, None]
+    aug_targets = np.repeat(slices, 3, axis=0)
+    calls = []
+
+    def clean(s):
+        calls.append(len(s))
+        return -s
+
+    edges, targets, slice_of = mining_inputs(
+        slices, ScorerSettings(), lambda: (aug_inputs, aug_targets), clean
+    )
+    np.testing.assert_array_equal(slice_of, np.arange(6))
+    np.testing.assert_array_equal(targets, slices)
+    np.testing.assert_array_equal(edges, slices + 100.0)  # each slice once, first copy
+    assert calls == []
+    edges, targets, slice_of = mining_inputs(
+        slices, ScorerSettings(mining_source="clean"), lambda: (aug_inputs, aug_targets), clean
+    )
+    np.testing.assert_array_equal(slice_of, [0, 3])
+    np.testing.assert_array_equal(edges, -slices[[0, 3]])
 
 
 def random_label_pairs(n: int, seed: int = 0):
@@ -177,26 +341,46 @@ def random_label_pairs(n: int, seed: int = 0):
     return a, b, labels
 
 
-def test_stall_detection_when_no_try_passes_warm_up():
+@pytest.mark.parametrize("rule", ["last_batch", "epoch"])
+def test_stall_detection_when_no_try_passes_warm_up(rule):
     a, b, labels = random_label_pairs(1000)
-    settings = ScorerSettings(max_restarts=3)
+    settings = ScorerSettings(max_restarts=3, warmup_rule=rule)
     messages = []
     with pytest.raises(StalledScorerError, match="no try of 3.*best seen") as info:
         train_scorer(a, b, labels, settings, seed=0, progress=messages.append)
     history = info.value.history
     assert list(history["try"]) == [0, 1, 2]
-    assert (history["train_acc"] < 0.7).all()
+    assert (history["warmup_acc"] <= 0.7).all()
+    if rule == "epoch":
+        np.testing.assert_array_equal(history["warmup_acc"], history["train_acc"])
     assert len(messages) == 3
+
+
+def test_warm_up_judges_the_last_batch_by_default():
+    from arepas.scorer import _EpochResult, _passes_warmup
+
+    result = _EpochResult(loss=0.1, accuracy=0.6, last_batch_accuracy=0.75)
+    assert _passes_warmup(result, ScorerSettings()) == (True, 0.75)
+    assert _passes_warmup(result, ScorerSettings(warmup_rule="epoch")) == (False, 0.6)
+    # Strictly above the bar, as in the reference.
+    edge = _EpochResult(loss=0.1, accuracy=0.7, last_batch_accuracy=0.7)
+    assert not _passes_warmup(edge, ScorerSettings())[0]
+    assert _passes_warmup(edge, ScorerSettings(warmup_rule="epoch"))[0]
 
 
 def test_stall_detection_on_held_out_accuracy():
     # Warm-up disabled so the try proceeds; random labels cannot generalise to held-out pairs.
-    a, b, labels = random_label_pairs(4000, seed=1)
-    settings = ScorerSettings(warmup_accuracy=0.0, epochs=2)
+    a, b, labels = random_label_pairs(2500, seed=1)
+    settings = ScorerSettings(warmup_accuracy=0.0, epochs=2, stall_accuracy=0.55)
     with pytest.raises(StalledScorerError, match="held-out accuracy") as info:
         train_scorer(a, b, labels, settings, seed=0, progress=lambda _: None)
     assert info.value.history["heldout_acc"].max() <= 0.55
     assert list(info.value.history["epoch"]) == [0, 1, 2]
+    # Without the stall rule (reference), the same run returns its best model.
+    model, history = train_scorer(
+        a, b, labels, ScorerSettings(warmup_accuracy=0.0, epochs=1), 0, lambda _: None
+    )
+    assert history["heldout_acc"].max() <= 0.6 and not model.training
 
 
 def test_training_learns_pairs_and_round_trips(tmp_path):
@@ -208,7 +392,14 @@ def test_training_learns_pairs_and_round_trips(tmp_path):
     model, history = train_scorer(
         pairs["patches_a"], pairs["patches_b"], pairs["labels"], settings, 0, lambda _: None
     )
-    assert list(history.columns) == ["try", "epoch", "train_loss", "train_acc", "heldout_acc"]
+    assert list(history.columns) == [
+        "try",
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "heldout_acc",
+        "warmup_acc",
+    ]
     assert history["heldout_acc"].max() > 0.9
     assert not model.training
 
@@ -245,3 +436,34 @@ def test_build_siamese_shapes():
     assert model.embed(x).shape == (5, 6)
     score = model(x, x + 0.5)
     assert score.shape == (5,) and torch.all((score > 0) & (score < 1))
+
+
+def test_scorer_files_from_before_the_reference_defaults_load_as_ours(tmp_path):
+    from arepas.io import save_torch
+
+    legacy = ScorerSettings(architecture="unpadded", loss="detached_head")
+    model = build_siamese(legacy)
+    old_settings = {
+        k: v
+        for k, v in legacy.to_dict().items()
+        if k
+        not in (
+            "architecture",
+            "loss",
+            "warmup_rule",
+            "stall_accuracy",
+            "mining_source",
+            "mining_region",
+        )
+    }
+    path = tmp_path / "old.pt"
+    save_torch(
+        {"state_dict": model.state_dict(), "settings": old_settings, "meta_json": "{}"}, path
+    )
+    loaded, settings, _ = load_scorer(path)
+    assert (settings.architecture, settings.loss, settings.mining_source) == (
+        "unpadded",
+        "detached_head",
+        "clean",
+    )
+    assert settings.stall_accuracy == 0.55

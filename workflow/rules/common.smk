@@ -17,6 +17,29 @@ SHEET_DIR = Path(config["subjects"]).parent
 PRETRAINED = {
     name: s["pretrained"] for name, s in DATASETS.items() if s.get("pretrained")
 }
+
+
+def check_network_settings():
+    """Translator and scorer settings of every dataset, checked before any job runs: a misspelt
+    key or a combination the networks cannot run stops the workflow here, naming the key."""
+    from arepas.scorer import ScorerSettings
+    from arepas.translator import TranslatorSettings
+
+    for name, settings in DATASETS.items():
+        for section, build in (("translator", TranslatorSettings), ("scorer", ScorerSettings)):
+            try:
+                built = build.from_dict(settings.get(section) or {})
+            except (TypeError, ValueError) as error:
+                raise WorkflowError(f"config datasets.{name}.{section}: {error}") from None
+            if section == "scorer" and built.patch_size > settings["slice_size"]:
+                raise WorkflowError(
+                    f"config datasets.{name}.scorer.patch_size: {built.patch_size} is larger "
+                    f"than the slices (datasets.{name}.slice_size = {settings['slice_size']})"
+                )
+
+
+check_network_settings()
+
 PREPROCESSING_KEYS = (
     "modality",
     "spacing",

@@ -29,13 +29,21 @@ if {"arepas", "patch"} & set(methods):
         print(f"WARNING: patch maps come from a stalled scorer: {meta['stalled']}")
     if options["scoring"] == "dense":
         patch = patch_map_dense(
-            model, rec["slices"], rec["recon"], rec["roi"], options["stride"], normalise="none"
+            model, rec["slices"], rec["recon"], rec["roi"], options["stride"], normalise=None
         )
     else:
-        rng = np.random.default_rng(snakemake.params.seed)
         patch = patch_map_sampled(
-            model, rec["slices"], rec["recon"], rec["roi"], options["n_patches"], rng, "none"
+            model,
+            rec["slices"],
+            rec["recon"],
+            rec["roi"],
+            options["n_patches"],
+            np.random.default_rng(options["sampling_seed"]),
+            positions=options["positions"],
+            normalise=None,
         )
+    # Uncovered pixels stay 0 and the scaling runs in anomaly_maps, over the whole slice for
+    # `reference`; the map is zero outside the ROI only after that.
 extra = {}
 if "ae" in methods:
     from arepas import autoencoder

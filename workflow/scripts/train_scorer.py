@@ -1,4 +1,3 @@
-import dataclasses
 import sys
 import time
 
@@ -8,22 +7,33 @@ start = time.perf_counter()
 import numpy as np
 import torch
 
-from arepas import edges, io, scorer, translator
+from arepas import io, scorer, translator
 
 torch.set_num_threads(snakemake.threads)
 device = "cuda" if torch.cuda.is_available() else "cpu"
 settings = scorer.ScorerSettings.from_dict(snakemake.params.settings)
-# Only every slice_step-th slice is mined, so only those are reconstructed.
-real, roi = (
-    a[:: settings.slice_step] for a in io.concat_arrays(snakemake.input.train, "slices", "roi")
+real, roi = io.concat_arrays(snakemake.input.train, "slices", "roi")
+generator, translator_settings, _ = translator.load_translator(
+    snakemake.input.translator, device=device
 )
-generator, _, _ = translator.load_translator(snakemake.input.translator, device=device)
-recon = translator.translate(generator, edges.edge_maps(real), device=device)
-rng = np.random.default_rng(snakemake.params.seed)
+edges, targets, slice_of = scorer.mining_inputs(
+    real,
+    settings,
+    augmented=lambda: translator.training_pairs(real, translator_settings, snakemake.params.seed),
+    clean=lambda slices: translator.edges_for(translator_settings, slices),
+)
+recon = translator.translate(generator, edges, device=device)
 pairs = scorer.mine_hard_pairs(
-    real, recon, dataclasses.replace(settings, slice_step=1), rng, roi=roi
+    targets,
+    recon,
+    settings,
+    np.random.default_rng(snakemake.params.seed),
+    roi=roi[slice_of] if settings.mining_region == "roi" else None,
 )
-print(f"mined {len(pairs['labels'])} hard pairs from {len(real)} healthy training slices")
+print(
+    f"mined {len(pairs['labels'])} hard pairs from {len(targets)} reconstructions "
+    f"({settings.mining_source} edges, {settings.mining_region}) of {len(real)} training slices"
+)
 meta = {"n_pairs": len(pairs["labels"]), "stalled": ""}
 try:
     model, history = scorer.train_scorer(
