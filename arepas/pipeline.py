@@ -51,13 +51,16 @@ def preprocess_subject(
     template: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     transform_dir: str | Path | None = None,
     seed: int = 0,
+    dataset: str = "?",
 ) -> dict:
     """Native scan -> working grid (RAS-aligned or template space), ROI, intensities, slices.
 
     Returns arrays for the outputs and a JSON-able ``mapping`` that tells how to go back to the
-    native grid.
+    native grid and which bias-field correction the intensities had.
     """
     modality = settings["modality"]
+    # Before any work: a CT dataset asking for N4 is a config error, whatever the subject.
+    bias = prep.bias_correction_settings(modality, settings["intensity"], dataset)
     check_subject_data(subject, paths, image, lesion, roi, modality)
     axis = prep.SLICE_AXES[settings.get("slice_axis", "axial")]
     transform = settings.get("registration", {}).get("transform", "none")
@@ -103,7 +106,8 @@ def preprocess_subject(
             **description,
         }
 
-    working = forward(image, cval=outside)
+    # CT finds its lung mask on the working image; MRI's working image waits for N4, below.
+    working = forward(image, cval=outside) if modality == "ct" else None
     if roi is not None:
         roi_w = forward(roi.astype(np.float32)) > 0.5
         roi_native = roi
@@ -134,6 +138,20 @@ def preprocess_subject(
                 "the computed ROI is empty; check the intensities or give an ROI mask",
             )
         roi_native = inverse_mask(roi_w)
+    if modality == "ct":
+        mapping["bias_correction"] = bias  # always none: refused above otherwise
+    else:
+        # N4 on the native grid, before any interpolation and before the percentiles, fitted
+        # inside the brain only (scalp, fat and air would mislead its histogram sharpening). The
+        # brain mask is the given ROI or, after registration, the template's mapped back here;
+        # registration itself saw the uncorrected scan, which its Mattes mutual-information
+        # metric tolerates for a smooth field. The working image is the corrected scan moved
+        # with the same transforms.
+        corrected, facts = prep.correct_bias(image, affine, roi_native, bias)
+        if facts["method"] == "n4":
+            facts["mask"] = "roi" if roi is not None else "template"
+        mapping["bias_correction"] = facts
+        working = forward(corrected, cval=0.0)
     lesion_w = (
         forward(lesion.astype(np.float32)) > 0.5 if lesion is not None else np.zeros(shape, bool)
     )

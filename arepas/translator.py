@@ -1,10 +1,26 @@
 """Edge-to-image translator: pix2pixHD-style generator, conditional PatchGAN, training, inference.
 
-Published defaults (AREPAS reference implementation, Mitic & Langs, MLMI 2025, arXiv 2509.12905;
-summarised in shared/method/AREPAS.md): global generator with 64 base channels, 2 downsamplings,
-9 residual blocks with dropout 0.5; spectral-norm PatchGAN 64-128-256-512-1 on (edges, image);
-G loss = BCE adversarial + 100 x L1 + 1 x VGG19 feature L2 (up to relu3_3); D loss = BCE with real
-label 0.9 + 1 x gradient penalty on real/fake interpolates; Adam 2e-4, betas (0.5, 0.999), batch 8.
+The defaults reproduce the AREPAS reference implementation (Mitic & Langs, MLMI 2025,
+arXiv 2509.12905; github.com/cirmuw/arepas; summarised in shared/method/AREPAS.md): a global
+generator with 64 base channels, 2 downsamplings, 9 residual blocks with dropout 0.5 and affine
+instance norms; a spectral-norm PatchGAN 64-128-256-512-1 on (edges, image); PyTorch's default
+weight initialisation; Adam 2e-4, betas (0.5, 0.999), batch 8. Each step updates the generator
+first (G loss = BCE adversarial + 100 x L1), then the discriminator on a fresh fake generated
+without gradients (D loss = BCE with real label 0.9 + BCE with fake label 0, summed, + 1 x gradient
+penalty on real/fake interpolates). Training pairs are 3 blob-swap augmented OpenCV Canny edge maps
+per slice, no clean copy. The reference also computes a VGG19 relu3_3 L2 term, but entirely
+without gradients, so it does not change the generator's update; "none" reproduces that.
+
+Options that are ours, not the reference's (each a TranslatorSettings field):
+- gan_step="discriminator_first": discriminator step first (BCE terms halved), then the generator
+  against the updated discriminator on the same fake, as in pix2pix / pix2pixHD.
+- init="normal_0.02": pix2pix's N(0, 0.02) conv weights with zero bias.
+- affine_norm=False: instance norms without learnable scale and shift.
+- perceptual="vgg19" (a VGG19 relu3_3 L2 term that does give a gradient; weights from a local
+  file, nothing is downloaded) or "feature_matching" (pix2pixHD's discriminator feature L1).
+- edge_detector="skimage", augment_clean=True, swap_style="clean_source": the edge maps and
+  augmentation this project used before matching the reference (see arepas.edges).
+Model files written before these options existed load with the values they were trained with.
 """
 
 from __future__ import annotations
@@ -26,14 +42,31 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from arepas.edges import augmented_training_set, edge_maps
+from arepas.edges import EDGE_DETECTORS, SWAP_STYLES, augmented_training_set, edge_maps
 from arepas.io import save_torch
 
-PERCEPTUAL_CHOICES = ("feature_matching", "vgg19", "none")
+PERCEPTUAL_CHOICES = ("none", "vgg19", "feature_matching")
+GAN_STEP_CHOICES = ("reference", "discriminator_first")
+INIT_CHOICES = ("default", "normal_0.02")
+# d_loss is the discriminator's BCE part as optimised (summed for "reference", halved for
+# "discriminator_first"); the gradient penalty is logged unweighted in gp.
 HISTORY_COLUMNS = ["epoch", "step", "g_adv", "g_l1", "g_perc", "d_loss", "gp", "val_l1", "seconds"]
 CHECKPOINT_NAME = "last.pt"
-_CHECKPOINT_FORMAT = "arepas-translator-checkpoint-1"
-_MODEL_FORMAT = "arepas-translator-1"
+_CHECKPOINT_FORMAT = "arepas-translator-checkpoint-2"
+_MODEL_FORMAT = "arepas-translator-2"
+# Format 1 files predate the settings below; they were trained with these values.
+_LEGACY_CHECKPOINT_FORMAT = "arepas-translator-checkpoint-1"
+_LEGACY_MODEL_FORMAT = "arepas-translator-1"
+_LEGACY_SETTINGS = {
+    "edge_detector": "skimage",
+    "augment_clean": True,
+    "swap_style": "clean_source",
+    "gan_step": "discriminator_first",
+    "init": "normal_0.02",
+    "affine_norm": False,
+    # Always saved by format 1; the fallback is that format's default.
+    "perceptual": "feature_matching",
+}
 # Settings that may change between an interrupted run and its resumption without changing results.
 _RESUME_FREE_SETTINGS = ("epochs", "num_threads")
 _STEP_LOG_EVERY = 50
@@ -41,7 +74,10 @@ _STEP_LOG_EVERY = 50
 
 @dataclass(frozen=True)
 class TranslatorSettings:
-    """Translator architecture and training settings; defaults are the published values."""
+    """Translator architecture and training settings; defaults are the reference implementation's.
+
+    The module docstring lists the options that depart from the reference.
+    """
 
     base_channels: int = 64
     n_downsampling: int = 2
@@ -54,13 +90,20 @@ class TranslatorSettings:
     # The reference defaults do not fix an epoch count; the workflow config sets it per dataset.
     epochs: int = 100
     lambda_l1: float = 100.0
-    # The published loss is "vgg19"; it needs ImageNet weights on disk, which cannot be fetched at
-    # run time, so pix2pixHD's discriminator feature matching is the default stand-in.
-    perceptual: str = "feature_matching"
+    # The reference's VGG19 term carries no gradient, so its effective loss has none ("none").
+    # "vgg19" needs ImageNet weights on disk (vgg19_weights): nothing is fetched at run time.
+    perceptual: str = "none"
     lambda_perceptual: float = 1.0
     vgg19_weights: str | None = None
     lambda_gp: float = 1.0
     real_label: float = 0.9
+    gan_step: str = "reference"
+    init: str = "default"
+    affine_norm: bool = True
+    edge_detector: str = "opencv"
+    # The reference trains on the augmented copies only; True adds each slice's clean edge map.
+    augment_clean: bool = False
+    swap_style: str = "reference"
     augment_copies: int = 3
     augment_swaps: int = 20
     # bfloat16 autocast on CUDA only; ignored on CPU.
@@ -72,16 +115,29 @@ class TranslatorSettings:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         if len(self.betas) != 2:
             raise ValueError(f"betas must have two values, got {self.betas}")
-        if self.perceptual not in PERCEPTUAL_CHOICES:
-            raise ValueError(
-                f"perceptual must be one of {PERCEPTUAL_CHOICES}, got {self.perceptual!r}"
-            )
+        for name, choices in (
+            ("perceptual", PERCEPTUAL_CHOICES),
+            ("gan_step", GAN_STEP_CHOICES),
+            ("init", INIT_CHOICES),
+            ("edge_detector", EDGE_DETECTORS),
+            ("swap_style", SWAP_STYLES),
+        ):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        for name in ("affine_norm", "augment_clean"):
+            # A quoted "false" in a config would otherwise count as true.
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("base_channels", "disc_channels", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("n_downsampling", "n_blocks", "epochs", "augment_copies", "augment_swaps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if not self.augment_clean and self.augment_copies == 0:
+            raise ValueError(
+                "augment_copies is 0 and augment_clean is false: there would be no training pairs"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -105,27 +161,39 @@ class TranslatorSettings:
         return 2**self.n_downsampling
 
 
+def _saved_settings(values: dict[str, Any], legacy: bool) -> TranslatorSettings:
+    # Format 1 files have no entry for the newer settings and were trained with their old values.
+    if legacy:
+        values = {**_LEGACY_SETTINGS, **values}
+    return TranslatorSettings.from_dict(values)
+
+
 # --------------------------------------------------------------------------------------------
 # Networks
 
 
-def _init_weights(module: nn.Module) -> None:
-    # pix2pix / pix2pixHD initialise conv weights from N(0, 0.02) with zero bias.
-    if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
+def _init_weights(module: nn.Module, init: str) -> None:
+    # "default" keeps what PyTorch's layer constructors drew (the reference does no more);
+    # "normal_0.02" is pix2pix / pix2pixHD's N(0, 0.02) conv weights with zero bias.
+    if init == "normal_0.02" and isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
         nn.init.normal_(module.weight, 0.0, 0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
 
 
+def _norm(channels: int, affine: bool) -> nn.Module:
+    return nn.InstanceNorm2d(channels, affine=affine)
+
+
 class ResidualBlock(nn.Module):
     """pix2pixHD residual block: (pad, conv3, IN, ReLU, dropout, pad, conv3, IN) + identity."""
 
-    def __init__(self, channels: int, dropout: float) -> None:
+    def __init__(self, channels: int, dropout: float, affine_norm: bool = True) -> None:
         super().__init__()
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(1),
             nn.Conv2d(channels, channels, kernel_size=3),
-            nn.InstanceNorm2d(channels),
+            _norm(channels, affine_norm),
             nn.ReLU(inplace=True),
         ]
         if dropout > 0:
@@ -133,7 +201,7 @@ class ResidualBlock(nn.Module):
         layers += [
             nn.ReflectionPad2d(1),
             nn.Conv2d(channels, channels, kernel_size=3),
-            nn.InstanceNorm2d(channels),
+            _norm(channels, affine_norm),
         ]
         self.body = nn.Sequential(*layers)
 
@@ -148,27 +216,30 @@ class EdgeToImageGenerator(nn.Module):
         super().__init__()
         self.size_multiple = settings.size_multiple
         base = settings.base_channels
+        affine = settings.affine_norm
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(3),
             nn.Conv2d(1, base, kernel_size=7),
-            nn.InstanceNorm2d(base),
+            _norm(base, affine),
             nn.ReLU(inplace=True),
         ]
         channels = base
         for _ in range(settings.n_downsampling):
             layers += [
                 nn.Conv2d(channels, 2 * channels, kernel_size=3, stride=2, padding=1),
-                nn.InstanceNorm2d(2 * channels),
+                _norm(2 * channels, affine),
                 nn.ReLU(inplace=True),
             ]
             channels *= 2
-        layers += [ResidualBlock(channels, settings.dropout) for _ in range(settings.n_blocks)]
+        layers += [
+            ResidualBlock(channels, settings.dropout, affine) for _ in range(settings.n_blocks)
+        ]
         for _ in range(settings.n_downsampling):
             layers += [
                 nn.ConvTranspose2d(
                     channels, channels // 2, kernel_size=3, stride=2, padding=1, output_padding=1
                 ),
-                nn.InstanceNorm2d(channels // 2),
+                _norm(channels // 2, affine),
                 nn.ReLU(inplace=True),
             ]
             channels //= 2
@@ -195,12 +266,13 @@ class PatchDiscriminator(nn.Module):
         channels = in_channels
         for width, stride in zip(widths, strides, strict=True):
             conv = nn.Conv2d(channels, width, kernel_size=4, stride=stride, padding=1)
-            _init_weights(conv)
+            # Before spectral_norm, which then starts its power iteration from these weights.
+            _init_weights(conv, settings.init)
             blocks.append(nn.Sequential(spectral_norm(conv), nn.LeakyReLU(0.2, inplace=True)))
             channels = width
         self.blocks = nn.ModuleList(blocks)
         head = nn.Conv2d(channels, 1, kernel_size=4, stride=1, padding=1)
-        _init_weights(head)
+        _init_weights(head, settings.init)
         self.head = spectral_norm(head)
 
     def forward_features(self, pair: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -219,7 +291,7 @@ class PatchDiscriminator(nn.Module):
 def build_generator(settings: TranslatorSettings) -> nn.Module:
     """pix2pixHD global generator (edges, 1 channel -> image, 1 channel, tanh)."""
     generator = EdgeToImageGenerator(settings)
-    generator.apply(_init_weights)
+    generator.apply(lambda module: _init_weights(module, settings.init))
     return generator
 
 
@@ -373,10 +445,11 @@ def _torch_runtime(settings: TranslatorSettings, device: torch.device) -> Iterat
 def _check_resumable(
     state: dict[str, Any], settings: TranslatorSettings, seed: int, fingerprint: str, path: Path
 ) -> None:
-    if state.get("format") != _CHECKPOINT_FORMAT:
+    if state.get("format") not in (_CHECKPOINT_FORMAT, _LEGACY_CHECKPOINT_FORMAT):
         raise ValueError(f"{path} is not a translator checkpoint")
+    legacy = state["format"] == _LEGACY_CHECKPOINT_FORMAT
     saved = {k: v for k, v in state["settings"].items() if k not in _RESUME_FREE_SETTINGS}
-    saved = TranslatorSettings.from_dict({**saved, "epochs": settings.epochs}).to_dict()
+    saved = _saved_settings({**saved, "epochs": settings.epochs}, legacy).to_dict()
     current = settings.to_dict()
     differing = sorted(
         k for k in current if k not in _RESUME_FREE_SETTINGS and current[k] != saved[k]
@@ -393,6 +466,32 @@ def _check_resumable(
         raise ValueError(f"cannot resume from {path}: it used seed {state['seed']}, not {seed}")
     if state["data"] != fingerprint:
         raise ValueError(f"cannot resume from {path}: it was trained on different slices")
+
+
+def edges_for(settings: TranslatorSettings, slices: np.ndarray) -> np.ndarray:
+    """Edge maps of slices (n, S, S) with the detector a translator with these settings expects."""
+    return edge_maps(slices, detector=settings.edge_detector)
+
+
+def training_pairs(
+    train_slices: np.ndarray, settings: TranslatorSettings, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (edge input, target slice) pairs train_translator trains on for this seed.
+
+    Each (m, S, S) float32, m = n x (copies + 1 if augment_clean else copies). The set depends
+    only on the slices, the settings and the seed, so a resumed run, or anything mining pairs
+    from the same set (the patch scorer), gets the same one.
+    """
+    train = _as_slices(train_slices, settings, "train_slices")
+    return augmented_training_set(
+        train,
+        np.random.default_rng(seed),
+        copies=settings.augment_copies,
+        n_swaps=settings.augment_swaps,
+        include_clean=settings.augment_clean,
+        swap_style=settings.swap_style,
+        detector=settings.edge_detector,
+    )
 
 
 def train_translator(
@@ -450,13 +549,8 @@ def train_translator(
                 )
 
         # The augmented set depends only on the seed, so a resumed run rebuilds the same one.
-        inputs, targets = augmented_training_set(
-            train,
-            np.random.default_rng(seed),
-            copies=settings.augment_copies,
-            n_swaps=settings.augment_swaps,
-        )
-        val_edges = edge_maps(val) if val is not None else None
+        inputs, targets = training_pairs(train, settings, seed)
+        val_edges = edges_for(settings, val) if val is not None else None
         inputs_t = torch.from_numpy(inputs).unsqueeze(1)
         targets_t = torch.from_numpy(targets).unsqueeze(1)
         steps_per_epoch = -(-len(inputs) // settings.batch_size)
@@ -530,32 +624,76 @@ def _train_step(
     settings: TranslatorSettings,
     use_amp: bool,
 ) -> dict[str, float]:
+    """One update of both networks, in the order settings.gan_step names; returns the losses."""
     autocast = torch.autocast(device_type=edges.device.type, dtype=torch.bfloat16, enabled=use_amp)
-    real_pair = torch.cat([edges, real], dim=1)
-
-    # Discriminator: label-smoothed BCE (real 0.9, fake 0) plus the interpolate gradient penalty.
     with autocast:
         fake = generator(edges)
-        real_logits = discriminator(real_pair)
-        fake_logits = discriminator(torch.cat([edges, fake.detach()], dim=1))
-        d_bce = 0.5 * (
+    if settings.gan_step == "reference":
+        # The generator plays the discriminator as it was before this step ...
+        g_losses = _generator_update(
+            discriminator, vgg, opt_g, edges, real, fake, settings, autocast
+        )
+        # ... then the discriminator sees a new fake from the updated generator, which is still in
+        # train mode, so the fake also has a new dropout mask.
+        with torch.no_grad(), autocast:
+            fresh = generator(edges)
+        d_losses = _discriminator_update(
+            discriminator, opt_d, edges, real, fresh, settings, autocast, bce_scale=1.0
+        )
+    else:
+        # pix2pix order: halving the two BCE terms halves the discriminator's BCE gradient.
+        d_losses = _discriminator_update(
+            discriminator, opt_d, edges, real, fake.detach(), settings, autocast, bce_scale=0.5
+        )
+        g_losses = _generator_update(
+            discriminator, vgg, opt_g, edges, real, fake, settings, autocast
+        )
+    return {**g_losses, **d_losses}
+
+
+def _discriminator_update(
+    discriminator: nn.Module,
+    opt_d: torch.optim.Optimizer,
+    edges: torch.Tensor,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    settings: TranslatorSettings,
+    autocast: torch.autocast,
+    bce_scale: float,
+) -> dict[str, float]:
+    """One discriminator step on label-smoothed BCE (real 0.9, fake 0) + the gradient penalty."""
+    with autocast:
+        real_logits = discriminator(torch.cat([edges, real], dim=1)).float()
+        fake_logits = discriminator(torch.cat([edges, fake], dim=1)).float()
+        d_bce = bce_scale * (
             F.binary_cross_entropy_with_logits(
-                real_logits.float(), torch.full_like(real_logits.float(), settings.real_label)
+                real_logits, torch.full_like(real_logits, settings.real_label)
             )
-            + F.binary_cross_entropy_with_logits(
-                fake_logits.float(), torch.zeros_like(fake_logits.float())
-            )
+            + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
         )
         gp = (
-            gradient_penalty(discriminator, edges, real, fake.detach())
+            gradient_penalty(discriminator, edges, real, fake)
             if settings.lambda_gp > 0
             else torch.zeros((), device=edges.device)
         )
     opt_d.zero_grad(set_to_none=True)
     (d_bce + settings.lambda_gp * gp).backward()
     opt_d.step()
+    return {"d_loss": float(d_bce.detach()), "gp": float(gp.detach())}
 
-    # Generator: fool the updated discriminator, stay close in L1, match perceptual features.
+
+def _generator_update(
+    discriminator: nn.Module,
+    vgg: nn.Module | None,
+    opt_g: torch.optim.Optimizer,
+    edges: torch.Tensor,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    settings: TranslatorSettings,
+    autocast: torch.autocast,
+) -> dict[str, float]:
+    """One generator step on BCE adversarial (fake labelled real) + L1 + the perceptual term."""
+    # Frozen, the discriminator's parameters collect no gradient they would not use.
     for parameter in discriminator.parameters():
         parameter.requires_grad_(False)
     try:
@@ -569,9 +707,12 @@ def _train_step(
             g_l1 = F.l1_loss(fake.float(), real)
             if settings.perceptual == "feature_matching":
                 with torch.no_grad():
-                    real_features, _ = discriminator.forward_features(real_pair)
+                    real_features, _ = discriminator.forward_features(
+                        torch.cat([edges, real], dim=1)
+                    )
                 g_perc = feature_matching_loss(fake_features, real_features)
             elif settings.perceptual == "vgg19":
+                # Only the target's features are constant: the term's gradient reaches the fake.
                 with torch.no_grad():
                     real_vgg = vgg(real)
                 g_perc = F.mse_loss(vgg(fake).float(), real_vgg.float())
@@ -584,13 +725,10 @@ def _train_step(
     finally:
         for parameter in discriminator.parameters():
             parameter.requires_grad_(True)
-
     return {
         "g_adv": float(g_adv.detach()),
         "g_l1": float(g_l1.detach()),
         "g_perc": float(g_perc.detach()),
-        "d_loss": float(d_bce.detach()),
-        "gp": float(gp.detach()),
     }
 
 
@@ -661,11 +799,16 @@ def save_translator(
 def load_translator(
     path: str | os.PathLike, device: str = "cpu"
 ) -> tuple[nn.Module, TranslatorSettings, dict[str, Any]]:
-    """Read a translator written by save_translator: (generator in eval mode, settings, meta)."""
+    """Read a translator written by save_translator: (generator in eval mode, settings, meta).
+
+    Files from before the reference-matching options get the values they were trained with
+    (_LEGACY_SETTINGS), so their edges are computed and their generator built as in training.
+    """
     payload = torch.load(path, map_location=device, weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != _MODEL_FORMAT:
+    formats = (_MODEL_FORMAT, _LEGACY_MODEL_FORMAT)
+    if not isinstance(payload, dict) or payload.get("format") not in formats:
         raise ValueError(f"{path} is not a translator file written by save_translator")
-    settings = TranslatorSettings.from_dict(payload["settings"])
+    settings = _saved_settings(payload["settings"], payload["format"] == _LEGACY_MODEL_FORMAT)
     generator = build_generator(settings)
     generator.load_state_dict(payload["generator"])
     generator.to(device)

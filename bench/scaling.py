@@ -114,16 +114,16 @@ def stage_preprocess(folder: Path, run_dir: Path) -> dict:
 def stage_reconstruct(folder: Path, run_dir: Path) -> dict:
     import nibabel as nib
 
-    from arepas import edges, io, translator
+    from arepas import io, translator
     from arepas.preprocessing import SliceGeometry, assemble_volume
 
     clock = _Clock()
     stack = io.load_arrays(folder / "slices.npz")
-    model, _, _ = translator.load_translator(
+    model, settings, _ = translator.load_translator(
         run_dir / "results" / DATASET / "models" / "translator.pt"
     )
     clock.lap("load")
-    edge_maps = edges.edge_maps(stack["slices"])
+    edge_maps = translator.edges_for(settings, stack["slices"])
     clock.lap("edges")
     recon = translator.translate(model, edge_maps)
     clock.lap("translate")

@@ -39,7 +39,11 @@ def test_defaults_are_filled_in():
         },
     }
     validate(config, SCHEMA)
-    assert config["maps"]["normalise"] == "slice"
+    # The reference implementation's patch map: sampled positions, one seed-42 draw, whole-slice
+    # scaling.
+    assert config["maps"]["normalise"] == "reference"
+    assert config["maps"]["scoring"] == "sampled"
+    assert (config["maps"]["positions"], config["maps"]["sampling_seed"]) == ("fixed", 42)
     assert config["datasets"]["x"]["registration"]["transform"] == "none"
     assert config["scorer_stall"] == "error"
 

@@ -112,3 +112,106 @@ def test_slices_extract_and_assemble_round_trip():
     assert np.corrcoef(back[inner], volume[inner])[0, 1] > 0.98
     assert np.all(back[:, :, :2] == 0)
     assert prep.SliceGeometry.from_array(geometry.as_array()) == geometry
+
+
+def _biased_brain(shape=(40, 48, 40), spacing=3.0):
+    """A T1-like toy brain: an inner class (100) inside an outer one (60), times a smooth bias
+    field of about -30 %..+28 %, with 1 % noise; returns image, affine, brain mask, classes."""
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = -spacing * (np.array(shape) - 1) / 2
+    world = [(np.arange(n) - (n - 1) / 2) * spacing for n in shape]
+    x, y, z = np.meshgrid(*world, indexing="ij")
+    radius = np.sqrt((x / 55) ** 2 + (y / 65) ** 2 + (z / 55) ** 2)
+    brain, inner = radius < 1.0, radius < 0.6
+    tissue = np.where(inner, 100.0, np.where(brain, 60.0, 0.0))
+    u, v, w = x / 60, y / 60, z / 60
+    bias = np.exp(0.25 * u - 0.15 * v + 0.1 * w + 0.12 * u * v - 0.1 * w**2)
+    noise = np.random.default_rng(0).normal(0.0, 1.0, shape)
+    image = (tissue * bias + noise).astype(np.float32)
+    return image, affine, brain, [inner, brain & ~inner]
+
+
+def _spread(image, classes):
+    """Coefficient of variation of each tissue class."""
+    return [float(image[c].std() / image[c].mean()) for c in classes]
+
+
+def test_n4_removes_a_smooth_bias_field_and_repeats_exactly():
+    image, affine, brain, classes = _biased_brain()
+    bias = prep.bias_correction_settings("mri", {})
+    assert bias == {"method": "n4", "shrink_factor": 4}
+    corrected, facts = prep.correct_bias(image, affine, brain, bias)
+    before, after = _spread(image, classes), _spread(corrected, classes)
+    # Measured: 0.080 -> 0.015 and 0.145 -> 0.025; the noise (1 %) is the floor.
+    for b, a in zip(before, after, strict=True):
+        assert a < 0.5 * b, (before, after)
+    lo, hi = facts["field_range_in_mask"]
+    assert facts["method"] == "n4" and lo < 0.9 and hi > 1.1
+    # Same input, same output, to the bit (one ITK thread).
+    again, _ = prep.correct_bias(image, affine, brain, bias)
+    assert np.array_equal(again, corrected)
+
+
+def test_no_bias_correction_leaves_the_image_untouched():
+    image, affine, brain, _ = _biased_brain((12, 12, 12))
+    bias = prep.bias_correction_settings("mri", {"bias_correction": "none"})
+    out, facts = prep.correct_bias(image, affine, brain, bias)
+    assert out is image and facts == {"method": "none"}
+    assert prep.bias_correction_settings("ct", {"window": [-1000, 200]}) == {"method": "none"}
+
+
+def test_ct_refuses_n4_naming_the_dataset_and_key():
+    with pytest.raises(ValueError, match=r"datasets\.lung_ct\.intensity\.bias_correction") as e:
+        prep.bias_correction_settings("ct", {"bias_correction": "n4"}, "lung_ct")
+    assert "MRI only" in str(e.value) and "'lung_ct'" in str(e.value)
+    with pytest.raises(ValueError, match=r"datasets\.brain\.intensity\.n4_shrink_factor"):
+        prep.bias_correction_settings("mri", {"n4_shrink_factor": 0}, "brain")
+    # The subject step refuses it too, before any work on the scan.
+    from arepas import pipeline
+
+    settings = {"modality": "ct", "spacing": [2, 2, 2], "slice_size": 32}
+    settings["intensity"] = {"bias_correction": "n4"}
+    hu = np.full((8, 8, 8), -1000.0, np.float32)
+    with pytest.raises(ValueError, match=r"datasets\.lung_ct\.intensity\.bias_correction"):
+        pipeline.preprocess_subject(
+            "s", {"image": "s.nii"}, hu, np.eye(4), None, None, settings, dataset="lung_ct"
+        )
+
+
+def test_preprocess_subject_runs_n4_on_mri_and_records_it():
+    from arepas import pipeline
+
+    image, affine, brain, _ = _biased_brain((24, 28, 24), 5.0)
+    settings = {"modality": "mri", "spacing": [5, 5, 5], "slice_size": 32}
+    results = {}
+    for method in ("n4", "none"):
+        settings["intensity"] = {"percentiles": [1, 99], "bias_correction": method}
+        results[method] = pipeline.preprocess_subject(
+            "s", {"image": "s.nii"}, image, affine, None, brain, settings, dataset="brain"
+        )
+    recorded = results["n4"]["mapping"]["bias_correction"]
+    assert recorded["method"] == "n4" and recorded["mask"] == "roi"
+    assert recorded["shrink_factor"] == 4
+    assert results["none"]["mapping"]["bias_correction"] == {"method": "none"}
+    roi = results["none"]["roi"]
+    assert not np.array_equal(results["n4"]["working"][roi], results["none"]["working"][roi])
+
+
+def test_schema_takes_the_bias_correction_keys():
+    from pathlib import Path
+
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    schema = str(Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml")
+    dataset = {"modality": "mri", "spacing": [3, 3, 3], "slice_size": 64}
+    dataset["intensity"] = {"bias_correction": "n4", "n4_shrink_factor": 2}
+    config = {"subjects": "s.tsv", "datasets": {"brain": dataset}}
+    validate(config, schema)
+    # Old configs keep working: nothing is added to `intensity`, the code fills the defaults.
+    dataset["intensity"] = {"percentiles": [1, 99]}
+    validate(config, schema)
+    assert dataset["intensity"] == {"percentiles": [1, 99]}
+    dataset["intensity"] = {"bias_correction": "n3"}
+    with pytest.raises(WorkflowError, match="n3"):
+        validate(config, schema)

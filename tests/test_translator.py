@@ -1,9 +1,12 @@
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+from arepas import translator
 from arepas.edges import edge_maps
 from arepas.translator import (
     CHECKPOINT_NAME,
@@ -13,9 +16,12 @@ from arepas.translator import (
     build_discriminator,
     build_generator,
     build_vgg19_features,
+    edges_for,
+    gradient_penalty,
     load_translator,
     save_translator,
     train_translator,
+    training_pairs,
     translate,
 )
 
@@ -25,6 +31,16 @@ SIZE = 32
 TINY = TranslatorSettings(
     base_channels=8, n_blocks=1, disc_channels=8, batch_size=4, epochs=3, num_threads=1
 )
+# What this project did before its defaults followed the reference implementation.
+LEGACY_OPTIONS = {
+    "edge_detector": "skimage",
+    "augment_clean": True,
+    "swap_style": "clean_source",
+    "gan_step": "discriminator_first",
+    "init": "normal_0.02",
+    "affine_norm": False,
+    "perceptual": "feature_matching",
+}
 
 
 def shape_slices(n: int, seed: int) -> np.ndarray:
@@ -50,6 +66,9 @@ def test_defaults_are_the_published_values():
     assert (s.lr, s.betas, s.batch_size) == (2e-4, (0.5, 0.999), 8)
     assert (s.lambda_l1, s.lambda_perceptual, s.lambda_gp, s.real_label) == (100, 1, 1, 0.9)
     assert (s.augment_copies, s.augment_swaps) == (3, 20)
+    assert (s.gan_step, s.init, s.perceptual) == ("reference", "default", "none")
+    assert s.affine_norm is True
+    assert (s.edge_detector, s.augment_clean, s.swap_style) == ("opencv", False, "reference")
 
 
 def test_from_dict_rejects_unknown_keys_and_normalises_betas():
@@ -60,6 +79,20 @@ def test_from_dict_rejects_unknown_keys_and_normalises_betas():
         TranslatorSettings.from_dict({"n_block": 4})
     with pytest.raises(ValueError, match="perceptual"):
         TranslatorSettings(perceptual="lpips")
+    for name, bad in (
+        ("gan_step", "generator_first"),
+        ("init", "xavier"),
+        ("edge_detector", "sobel"),
+        ("swap_style", "random"),
+        ("affine_norm", "false"),
+        ("augment_clean", 1),
+    ):
+        with pytest.raises(ValueError, match=name):
+            TranslatorSettings(**{name: bad})
+    assert TranslatorSettings(**LEGACY_OPTIONS).gan_step == "discriminator_first"
+    with pytest.raises(ValueError, match="no training pairs"):
+        TranslatorSettings(augment_copies=0)
+    assert TranslatorSettings(augment_copies=0, augment_clean=True).augment_copies == 0
 
 
 def test_generator_keeps_the_size_and_stays_in_range():
@@ -106,6 +139,143 @@ def test_published_discriminator_layout():
     assert all(hasattr(c, "parametrizations") for c in convs)
 
 
+def _conv_weights(module: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(weight, bias) of every Conv2d; the unnormalised weight behind spectral norm."""
+    pairs = []
+    for conv in module.modules():
+        if isinstance(conv, torch.nn.Conv2d):
+            parametrized = getattr(conv, "parametrizations", None)
+            weight = parametrized.weight.original if parametrized else conv.weight
+            pairs.append((weight.detach(), conv.bias.detach()))
+    return pairs
+
+
+def test_default_init_is_pytorchs_and_normal_init_is_an_option():
+    torch.manual_seed(0)
+    for network in (build_generator(TINY), build_discriminator(TINY)):
+        for weight, bias in _conv_weights(network):
+            # PyTorch's kaiming_uniform(a=sqrt(5)): std 1 / sqrt(3 fan_in), 0.03 to 0.1 here.
+            expected = 1.0 / np.sqrt(3 * weight[0].numel())
+            assert abs(float(weight.std()) - expected) < 0.2 * expected
+            assert bool(torch.all(bias != 0))
+    normal = dataclasses.replace(TINY, init="normal_0.02")
+    for network in (build_generator(normal), build_discriminator(normal)):
+        pairs = _conv_weights(network)
+        pooled = torch.cat([weight.flatten() for weight, _ in pairs])
+        assert abs(float(pooled.std()) - 0.02) < 0.001
+        assert all(bool(torch.all(bias == 0)) for _, bias in pairs)
+
+
+def test_instance_norms_are_affine_unless_switched_off():
+    def norms(settings):
+        generator = build_generator(settings)
+        return [m for m in generator.modules() if isinstance(m, torch.nn.InstanceNorm2d)]
+
+    # Stem, 2 downsamplings, 2 per residual block, 2 upsamplings.
+    assert len(norms(TINY)) == 1 + 2 + 2 + 2
+    assert all(n.weight is not None and n.bias is not None for n in norms(TINY))
+    plain = norms(dataclasses.replace(TINY, affine_norm=False))
+    assert len(plain) == 7 and all(n.weight is None and n.bias is None for n in plain)
+
+
+def _step_batch(settings: TranslatorSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    slices = shape_slices(2, 20)
+    edges = torch.from_numpy(edges_for(settings, slices)).unsqueeze(1)
+    return edges, torch.from_numpy(slices).unsqueeze(1)
+
+
+def _fresh_networks(settings: TranslatorSettings, lr: float = 0.01):
+    # Plain SGD, so that parameter changes are proportional to the gradients; Adam's first step
+    # is close to lr x sign(gradient) and would hide differences in the loss.
+    torch.manual_seed(0)
+    generator, discriminator = build_generator(settings), build_discriminator(settings)
+    generator.train()
+    discriminator.train()
+    opt_g = torch.optim.SGD(generator.parameters(), lr=lr)
+    opt_d = torch.optim.SGD(discriminator.parameters(), lr=lr)
+    return generator, discriminator, opt_g, opt_d
+
+
+def _library_step(settings: TranslatorSettings, vgg=None):
+    generator, discriminator, opt_g, opt_d = _fresh_networks(settings)
+    edges, real = _step_batch(settings)
+    torch.manual_seed(1)
+    losses = translator._train_step(
+        generator, discriminator, vgg, opt_g, opt_d, edges, real, settings, use_amp=False
+    )
+    return generator, discriminator, losses
+
+
+def _bce(logits: torch.Tensor, label: float) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, label))
+
+
+def _hand_step(settings: TranslatorSettings, generator_first: bool):
+    """One step written out: G loss adv + 100 x L1 (no perceptual term), D loss BCE(real, 0.9) +
+    BCE(fake, 0) (halved when the discriminator goes first) + gradient penalty."""
+    generator, discriminator, opt_g, opt_d = _fresh_networks(settings)
+    edges, real = _step_batch(settings)
+    logged = {}
+
+    def generator_update(fake):
+        g_adv = _bce(discriminator(torch.cat([edges, fake], dim=1)), 1.0)
+        g_l1 = (fake - real).abs().mean()
+        opt_g.zero_grad()
+        (g_adv + 100.0 * g_l1).backward()
+        opt_g.step()
+        logged.update(g_adv=g_adv.item(), g_l1=g_l1.item())
+
+    def discriminator_update(fake, scale):
+        d_bce = scale * (
+            _bce(discriminator(torch.cat([edges, real], dim=1)), 0.9)
+            + _bce(discriminator(torch.cat([edges, fake], dim=1)), 0.0)
+        )
+        gp = gradient_penalty(discriminator, edges, real, fake)
+        opt_d.zero_grad()
+        (d_bce + gp).backward()
+        opt_d.step()
+        logged.update(d_loss=d_bce.item(), gp=gp.item())
+
+    torch.manual_seed(1)
+    fake = generator(edges)
+    if generator_first:
+        generator_update(fake)
+        with torch.no_grad():
+            fresh = generator(edges)
+        discriminator_update(fresh, 1.0)
+    else:
+        discriminator_update(fake.detach(), 0.5)
+        generator_update(fake)
+    return generator, discriminator, logged
+
+
+def _assert_same_parameters(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        torch.testing.assert_close(x, y, msg=name)
+
+
+def _differs(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    pairs = zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    return any(not torch.allclose(x, y) for x, y in pairs)
+
+
+@pytest.mark.parametrize("gan_step", ["reference", "discriminator_first"])
+def test_train_step_order_and_losses_match_a_hand_written_step(gan_step):
+    settings = dataclasses.replace(TINY, gan_step=gan_step)
+    generator, discriminator, losses = _library_step(settings)
+    reference = gan_step == "reference"
+    hand_g, hand_d, hand_losses = _hand_step(settings, generator_first=reference)
+    _assert_same_parameters(generator, hand_g)
+    _assert_same_parameters(discriminator, hand_d)
+    assert losses["g_perc"] == 0.0
+    for key, value in hand_losses.items():
+        assert losses[key] == pytest.approx(value, rel=1e-5), key
+    # The other order gives other networks: the generator sees the pre- or post-step
+    # discriminator, and the discriminator a fresh or the same fake.
+    other_g, other_d, _ = _hand_step(settings, generator_first=not reference)
+    assert _differs(generator, other_g) and _differs(discriminator, other_d)
+
+
 def test_vgg19_needs_a_local_weights_file(tmp_path):
     with pytest.raises(ValueError, match="vgg19_weights"):
         build_vgg19_features(None)
@@ -138,6 +308,68 @@ def test_vgg19_loads_a_torchvision_style_state_dict_and_trains(tmp_path):
     assert history["g_perc"].iloc[0] > 0
 
 
+def test_training_pairs_follow_the_settings_and_the_seed():
+    slices = shape_slices(3, 21)
+    inputs, targets = training_pairs(slices, TINY, seed=4)
+    # Reference: three augmented copies per slice and no clean copy.
+    assert inputs.shape == targets.shape == (9, SIZE, SIZE)
+    np.testing.assert_array_equal(targets, np.repeat(slices, 3, axis=0))
+    clean = edges_for(TINY, slices)
+    assert not any(np.array_equal(inputs[i], clean[i // 3]) for i in range(9))
+    again, _ = training_pairs(slices, TINY, seed=4)
+    np.testing.assert_array_equal(inputs, again)
+    assert not np.array_equal(inputs, training_pairs(slices, TINY, seed=5)[0])
+    legacy = dataclasses.replace(TINY, **LEGACY_OPTIONS)
+    legacy_inputs, legacy_targets = training_pairs(slices, legacy, seed=4)
+    assert legacy_inputs.shape == (12, SIZE, SIZE)
+    np.testing.assert_array_equal(legacy_inputs[::4], edge_maps(slices, detector="skimage"))
+    np.testing.assert_array_equal(legacy_targets, np.repeat(slices, 4, axis=0))
+
+
+def test_train_translator_trains_on_training_pairs(tmp_path, monkeypatch):
+    seen = []
+
+    def record(generator, discriminator, vgg, opt_g, opt_d, edges, real, settings, use_amp):
+        seen.append(torch.cat([edges, real], dim=1).numpy().copy())
+        return dict.fromkeys(("g_adv", "g_l1", "g_perc", "d_loss", "gp"), 0.0)
+
+    monkeypatch.setattr(translator, "_train_step", record)
+    slices = shape_slices(3, 22)
+    settings = dataclasses.replace(TINY, epochs=1)
+    train_translator(slices, slices[:0], settings, tmp_path, seed=6, progress=lambda _: None)
+    inputs, targets = training_pairs(slices, settings, seed=6)
+    trained = np.concatenate(seen)
+    expected = np.stack([inputs, targets], axis=1)
+    assert trained.shape == expected.shape
+    # The same pairs, in the epoch's shuffled order.
+    assert sorted(pair.tobytes() for pair in trained) == sorted(pair.tobytes() for pair in expected)
+
+
+def test_vgg19_term_gives_the_generator_a_gradient(tmp_path):
+    torch.manual_seed(0)
+    state = {k: torch.randn_like(v) * 0.05 for k, v in VGG19Relu33().state_dict().items()}
+    path = tmp_path / "vgg19.pth"
+    torch.save({k: v for k, v in state.items() if k.startswith("features.")}, path)
+    vgg = build_vgg19_features(path)
+    settings = dataclasses.replace(TINY, perceptual="vgg19", vgg19_weights=str(path))
+    with_term, _, losses = _library_step(settings, vgg)
+    assert losses["g_perc"] > 0
+    without, _, _ = _library_step(dataclasses.replace(settings, lambda_perceptual=0.0), vgg)
+    # Were the term computed without gradient, as in the reference, both steps would be equal.
+    assert _differs(with_term, without)
+
+
+def test_legacy_options_train_on_clean_and_augmented_pairs(tmp_path):
+    settings = dataclasses.replace(TINY, epochs=1, **LEGACY_OPTIONS)
+    _, history = train_translator(
+        shape_slices(2, 23), shape_slices(1, 24), settings, tmp_path, seed=0, progress=print
+    )
+    # 2 slices x (1 clean + 3 augmented) = 8 pairs, batch 4: 2 steps.
+    assert history["step"].tolist() == [2]
+    assert history["g_perc"].iloc[0] > 0
+    assert np.all(np.isfinite(history[["g_adv", "g_l1", "d_loss", "gp", "val_l1"]].to_numpy()))
+
+
 def test_tiny_training_lowers_the_l1(tmp_path):
     train, val = shape_slices(6, 1), shape_slices(2, 2)
     torch.manual_seed(0)
@@ -147,8 +379,8 @@ def test_tiny_training_lowers_the_l1(tmp_path):
     generator, history = train_translator(train, val, TINY, tmp_path, seed=0, progress=lines.append)
     assert list(history.columns) == HISTORY_COLUMNS
     assert history["epoch"].tolist() == [1, 2, 3]
-    # 6 slices x (1 clean + 3 augmented) = 24 pairs, batch 4: 6 steps per epoch.
-    assert history["step"].tolist() == [6, 12, 18]
+    # 6 slices x 3 augmented copies = 18 pairs, batch 4: 5 steps per epoch.
+    assert history["step"].tolist() == [5, 10, 15]
     assert history["g_l1"].iloc[-1] < history["g_l1"].iloc[0]
     assert history["val_l1"].iloc[-1] < start_l1
     assert np.all(np.isfinite(history[["g_adv", "g_perc", "d_loss", "gp"]].to_numpy()))
@@ -257,3 +489,50 @@ def test_save_and_load_round_trip(tmp_path):
     with pytest.raises(TypeError, match="JSON"):
         save_translator(tmp_path / "bad.pt", generator, settings, {"x": object()})
     assert not (tmp_path / "bad.pt").exists()
+
+
+def _legacy_settings_dict() -> dict:
+    # What a model or checkpoint file written before the reference-matching options held.
+    saved = dataclasses.replace(TINY, **LEGACY_OPTIONS).to_dict()
+    for name in LEGACY_OPTIONS:
+        if name != "perceptual":
+            del saved[name]
+    return saved
+
+
+def test_old_model_files_load_with_the_options_they_were_trained_with(tmp_path):
+    saved = {**_legacy_settings_dict(), "perceptual": "none"}
+    torch.manual_seed(0)
+    generator = build_generator(dataclasses.replace(TINY, **LEGACY_OPTIONS))
+    path = tmp_path / "translator.pt"
+    torch.save(
+        {
+            "format": "arepas-translator-1",
+            "generator": generator.state_dict(),
+            "settings": saved,
+            "meta_json": json.dumps({"preprocessing": {"slice_size": SIZE}}),
+        },
+        path,
+    )
+    loaded, settings, meta = load_translator(path)
+    assert settings == dataclasses.replace(TINY, **{**LEGACY_OPTIONS, "perceptual": "none"})
+    assert meta == {"preprocessing": {"slice_size": SIZE}}
+    slices = shape_slices(2, 25)
+    edges = edges_for(settings, slices)
+    np.testing.assert_array_equal(edges, edge_maps(slices, detector="skimage"))
+    np.testing.assert_array_equal(translate(loaded, edges), translate(generator, edges))
+    torch.save({"format": "arepas-translator-0", "settings": saved}, tmp_path / "older.pt")
+    with pytest.raises(ValueError, match="not a translator file"):
+        load_translator(tmp_path / "older.pt")
+
+
+def test_old_checkpoints_are_compared_with_their_legacy_settings(tmp_path):
+    torch.save(
+        {"format": "arepas-translator-checkpoint-1", "settings": _legacy_settings_dict()},
+        tmp_path / CHECKPOINT_NAME,
+    )
+    settings = dataclasses.replace(TINY, epochs=1, perceptual="feature_matching")
+    with pytest.raises(ValueError, match="gan_step: checkpoint 'discriminator_first'"):
+        train_translator(
+            shape_slices(2, 26), shape_slices(0, 0), settings, tmp_path, seed=0, progress=print
+        )

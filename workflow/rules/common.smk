@@ -21,16 +21,22 @@ PRETRAINED = {
 
 def check_network_settings():
     """Translator and scorer settings of every dataset, checked before any job runs: a misspelt
-    key or a combination the networks cannot run stops the workflow here, naming the key."""
+    key or a combination the networks cannot run stops the workflow here, naming the key.
+    """
     from arepas.scorer import ScorerSettings
     from arepas.translator import TranslatorSettings
 
     for name, settings in DATASETS.items():
-        for section, build in (("translator", TranslatorSettings), ("scorer", ScorerSettings)):
+        for section, build in (
+            ("translator", TranslatorSettings),
+            ("scorer", ScorerSettings),
+        ):
             try:
                 built = build.from_dict(settings.get(section) or {})
             except (TypeError, ValueError) as error:
-                raise WorkflowError(f"config datasets.{name}.{section}: {error}") from None
+                raise WorkflowError(
+                    f"config datasets.{name}.{section}: {error}"
+                ) from None
             if section == "scorer" and built.patch_size > settings["slice_size"]:
                 raise WorkflowError(
                     f"config datasets.{name}.scorer.patch_size: {built.patch_size} is larger "
@@ -39,6 +45,20 @@ def check_network_settings():
 
 
 check_network_settings()
+
+
+def check_intensity_settings():
+    """Bias-field correction only where it means something (MRI), refused at workflow start."""
+    from arepas.preprocessing import bias_correction_settings
+
+    for name, settings in DATASETS.items():
+        try:
+            bias_correction_settings(settings["modality"], settings["intensity"], name)
+        except ValueError as error:
+            raise WorkflowError(str(error)) from None
+
+
+check_intensity_settings()
 
 PREPROCESSING_KEYS = (
     "modality",

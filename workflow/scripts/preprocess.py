@@ -35,6 +35,7 @@ result = pipeline.preprocess_subject(
     template=template,
     transform_dir=out_dir,
     seed=snakemake.params.seed,
+    dataset=snakemake.wildcards.dataset,
 )
 w_affine = result["working_affine"]
 io.save_volume(snakemake.output.working, result["working"], w_affine)
@@ -48,6 +49,7 @@ print(
     f"{len(stack['indices'])} slices of {stack['slices'].shape[1]}^2, "
     f"ROI {int(result['roi'].sum())} voxels"
 )
+print(f"{subject}: bias-field correction {result['mapping']['bias_correction']}")
 with io.atomic_path(snakemake.output.mapping) as tmp:
     tmp.write_text(
         json.dumps(
