@@ -14,13 +14,14 @@ from arepas.io import atomic_path
 from bench import machine, quality, tables
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("quality", "speed", "scoring", "scaling", "gpu")
+SECTIONS = ("quality", "speed", "scoring", "scaling", "gpu", "refscoring")
 TITLES = {
     "quality": "1. Quality over seeds",
     "speed": "2. Speed per rule and stage",
     "scoring": "3. Patch scoring: dense against the published sampling",
     "scaling": "4. Scaling with the native volume",
     "gpu": "5. GPU",
+    "refscoring": "6. Patch scoring as the reference implementation does it, at 256²",
 }
 # The published slice size (/work/shared/method/AREPAS.md, "slices": 256 x 256).
 PUBLISHED_SLICE = 256
@@ -115,6 +116,10 @@ def measure_section(name: str, args: argparse.Namespace) -> dict:
         from bench import gpu
 
         return gpu.measure(args.run, args.threads)
+    if name == "refscoring":
+        from bench import refscoring
+
+        return refscoring.measure(args.threads)
     raise ValueError(name)
 
 
@@ -229,6 +234,11 @@ def budget_rows(sections: dict[str, dict]) -> list[list[str]]:
             f"the stages), peak {largest['peak_mb'] / 1024:.2f} GiB",
             "pass" if ok_time == ok_memory == "pass" else "FAIL",
         ])
+    refscoring = sections.get("refscoring", {}).get("data")
+    if refscoring:
+        from bench import refscoring as reference_scoring
+
+        rows.append(reference_scoring.budget_row(refscoring))
     return rows
 
 
@@ -315,7 +325,7 @@ def render(sections: dict[str, dict], run_dir: Path) -> str:
         )
         module = __import__(f"bench.{name}", fromlist=["render"])
         lines.append(module.render(record["data"]))
-    lines += ["## 6. What the CPU demo trades away", ""]
+    lines += ["## 7. What the CPU demo trades away", ""]
     config_path = run_dir / "config" / "config.yaml"
     if config_path.exists():
         config = yaml.safe_load(config_path.read_text())
