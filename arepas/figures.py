@@ -1,4 +1,5 @@
-"""Figures for the report: per-subject panels, PR curves, Dice per subject, training logs.
+"""Figures for the report: per-subject panels, PR curves, Dice per subject, training logs,
+the translator's edge-reliance check.
 
 Figures are built with matplotlib's object API (no pyplot state), so they render with the Agg
 canvas whatever backend the caller has and are freed as soon as they go out of scope.
@@ -172,6 +173,40 @@ def training_curves(history: pd.DataFrame, x: str, ys: Sequence[str], title: str
     return fig
 
 
+def edge_reliance_panel(examples: Mapping[str, np.ndarray], title: str) -> Figure:
+    """Does the translator use its edges? One healthy val slice per row; columns: input, its
+    edges, reconstruction from those edges, reconstruction from another subject's edges at the
+    same slice index, and the training mean image there. L1 inside the ROI is in the titles.
+
+    `examples` holds what `arepas.diagnostics.edge_reliance_examples` returns.
+    """
+    rows = len(examples["input"])
+    if rows == 0:
+        raise ValueError("examples holds no slice")
+    grey = {"cmap": "gray", "vmin": INTENSITY_WINDOW[0], "vmax": INTENSITY_WINDOW[1]}
+    fig = Figure(figsize=(11, 0.6 + 2.2 * rows), layout="constrained")
+    axes = fig.subplots(rows, 5, squeeze=False)
+    for row in range(rows):
+        target = np.asarray(examples["input"][row], dtype=np.float32)
+        roi = np.asarray(examples["roi"][row], dtype=bool)
+        own, other, mean = (examples[k][row] for k in ("recon_own", "recon_other", "mean_image"))
+        mean_title = "training mean image" + _roi_l1(mean, target, roi)
+        if not examples["has_mean_image"][row]:
+            mean_title = "no training slice\nat this index"
+        panels = [
+            (target, f"input\nslice index {int(examples['slice_index'][row])}", grey),
+            (examples["edges"][row], "its edges", {"cmap": "gray"}),
+            (own, f"recon, its edges{_roi_l1(own, target, roi)}", grey),
+            (other, f"recon, other subject's edges{_roi_l1(other, target, roi)}", grey),
+            (mean, mean_title, grey),
+        ]
+        for ax, (image, label, style) in zip(axes[row], panels, strict=True):
+            _image(fig, ax, image, label, colourbar=False, **style)
+            ax.title.set_fontsize("small")
+    fig.suptitle(title)
+    return fig
+
+
 def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> None:
     """Write the figure atomically (temporary file, then rename) and release it."""
     path = Path(path)
@@ -201,6 +236,13 @@ def _image(fig: Figure, ax: Axes, image: np.ndarray, title: str, colourbar: bool
     ax.set_yticks([])
     if colourbar:
         fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+
+
+def _roi_l1(image: np.ndarray, target: np.ndarray, roi: np.ndarray) -> str:
+    # Panel-title suffix: the image's L1 against the input inside the ROI.
+    if not roi.any():
+        return ""
+    return f"\nL1 in ROI {np.abs(np.asarray(image, dtype=np.float32) - target)[roi].mean():.3f}"
 
 
 def _positive_max(*maps: np.ndarray) -> float:

@@ -49,12 +49,16 @@ def test_every_stage_writes_its_outputs(tiny_run):
     sheet = pd.read_csv(results / "demo" / "subjects.tsv", sep="\t", keep_default_na=False)
     assert set(sheet["dataset"]) == {"lung_ct", "brain_t1"}
     for dataset in ("lung_ct", "brain_t1"):
+        models = results / dataset / "models"
         for name in ("translator.pt", "scorer.pt", "autoencoder.pt", "translator_history.tsv"):
-            assert (results / dataset / "models" / name).stat().st_size > 0
+            assert (models / name).stat().st_size > 0
+        reliance = pd.read_csv(models / "translator_edge_reliance.tsv", sep="\t")
+        assert reliance.loc[0, "verdict"] in ("uses edges", "ignores edges")
         summary = pd.read_csv(results / dataset / "metrics" / "summary.tsv", sep="\t")
         assert sorted(summary["method"]) == ["ae", "arepas", "patch", "residual"]
         assert summary["auroc"].between(0, 1).all()
-        for figure in ("pr_curves", "dice_per_subject", "translator_training", "scorer_training"):
+        figures = ("pr_curves", "dice_per_subject", "translator_training", "scorer_training")
+        for figure in (*figures, "translator_edge_reliance"):
             assert (results / dataset / "figures" / f"{figure}.png").stat().st_size > 0
     assert "arepas" in (results / "summary.md").read_text()
     # Every rule leaves a log, and rules without between-workflow caching a benchmark.

@@ -47,13 +47,24 @@ rule dataset_figures:
 
 
 # Training curves are separate rules: a dataset with pretrained models has none to draw.
+# The translator's rule also draws its edge-reliance check, which needs the trained model.
 rule translator_figure:
     input:
-        "results/{dataset}/models/translator_history.tsv",
+        history="results/{dataset}/models/translator_history.tsv",
+        edge_reliance="results/{dataset}/models/translator_edge_reliance.tsv",
+        model="results/{dataset}/models/translator.pt",
+        train=lambda wc: preprocessed(wc.dataset, subjects_of(wc.dataset, ["train"])),
+        val=lambda wc: preprocessed(wc.dataset, subjects_of(wc.dataset, ["val"])),
     output:
-        report(
+        curves=report(
             "results/{dataset}/figures/translator_training.png",
             caption="../report/translator_training.rst",
+            category="2. Translator",
+            subcategory="{dataset}",
+        ),
+        edge_reliance=report(
+            "results/{dataset}/figures/translator_edge_reliance.png",
+            caption="../report/translator_edge_reliance_figure.rst",
             category="2. Translator",
             subcategory="{dataset}",
         ),

@@ -10,6 +10,13 @@ rule train_translator:
             category="2. Translator",
             subcategory="{dataset}",
         ),
+        # Does the translator use its edges? Checked on healthy val slices after training.
+        edge_reliance=report(
+            "results/{dataset}/models/translator_edge_reliance.tsv",
+            caption="../report/translator_edge_reliance.rst",
+            category="2. Translator",
+            subcategory="{dataset}",
+        ),
         usage="results/{dataset}/models/translator_usage.tsv",
     log:
         "logs/{dataset}/train_translator.log",

@@ -1,3 +1,4 @@
+import math
 import sys
 import time
 
@@ -7,13 +8,15 @@ start = time.perf_counter()
 
 import torch
 
-from arepas import io, translator
+from arepas import diagnostics, io, translator
 
 torch.set_num_threads(snakemake.threads)
 device = "cuda" if torch.cuda.is_available() else "cpu"
 settings = translator.TranslatorSettings.from_dict(snakemake.params.settings)
-(train,) = io.concat_arrays(snakemake.input.train, "slices")
-(val,) = io.concat_arrays(snakemake.input.val, "slices")
+dataset = snakemake.wildcards.dataset
+# ROIs, slice indices and subjects serve the edge-reliance check after training.
+train, train_roi, train_index, _ = diagnostics.load_slice_stacks(snakemake.input.train)
+val, val_roi, val_index, val_subject = diagnostics.load_slice_stacks(snakemake.input.val)
 print(f"{len(train)} training and {len(val)} validation slices of {train.shape[1]}^2 on {device}")
 checkpoints = io.checkpoint_folder(
     snakemake.params.checkpoint_dir,
@@ -36,9 +39,42 @@ model, history = translator.train_translator(
     device=device,
     progress=print,
 )
+
+# Does the translator rebuild slices from their edges, or draw an average slice whatever the
+# edges? A user must see this before trusting any map made with it.
+reliance = diagnostics.edge_reliance(
+    model,
+    settings,
+    val_slices=val,
+    val_subject_ids=val_subject,
+    val_slice_index=val_index,
+    val_roi=val_roi,
+    train_slices=train,
+    train_slice_index=train_index,
+    train_roi=train_roi,
+    device=device,
+)
+reliance_table = diagnostics.edge_reliance_table(reliance, dataset)
+verdict = reliance_table.loc[0, "verdict"]
+print(
+    f"edge reliance on healthy val slices ({verdict}): "
+    + ", ".join(f"{key} {reliance[key]:.4g}" for key in diagnostics.RELIANCE_KEYS)
+)
+warning = diagnostics.edge_reliance_warning(reliance, dataset)
+if warning:
+    print(warning)
+# JSON has no NaN: a reference that could not be formed is stored as null.
+stored = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in reliance.items()}
 translator.save_translator(
-    snakemake.output.model, model, settings, meta={"preprocessing": snakemake.params.preprocessing}
+    snakemake.output.model,
+    model,
+    settings,
+    meta={
+        "preprocessing": snakemake.params.preprocessing,
+        "edge_reliance": {**stored, "verdict": verdict},
+    },
 )
 io.save_table(snakemake.output.history, history)
+io.save_table(snakemake.output.edge_reliance, reliance_table)
 # Cached rules cannot have a benchmark directive, so they record their own resource use.
 io.save_table(snakemake.output.usage, io.resource_usage(start))
