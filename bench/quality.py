@@ -266,3 +266,68 @@ def render(data: dict) -> str:
             )
         )
     return "\n".join(lines)
+
+
+def render_comparison(current: dict, previous: dict, previous_label: str) -> str:
+    """Best Dice per dataset and method of the current quality runs beside a stored earlier set
+    of runs (another code version), and arepas's relative change over the best other method."""
+    now = {k: pd.DataFrame(v) for k, v in current["summaries"].items()}
+    before = {k: pd.DataFrame(v) for k, v in previous["summaries"].items()}
+    if not now or not before:
+        return "Nothing to compare: one of the two sets has no finished run.\n"
+    a_now, a_before = tables.aggregate_quality(now), tables.aggregate_quality(before)
+    merged = a_now.merge(a_before, on=["dataset", "method"], how="outer", suffixes=("", "_prev"))
+    rows = []
+    for row in merged.sort_values(["dataset", "method"]).itertuples():
+        rows.append(
+            [
+                row.dataset,
+                row.method,
+                tables.mean_sd(row.best_dice_mean_prev, row.best_dice_sd_prev),
+                tables.number(row.runs_prev, "{:.0f}"),
+                tables.mean_sd(row.best_dice_mean, row.best_dice_sd),
+                tables.number(row.runs, "{:.0f}"),
+                tables.mean_sd(row.honest_dice_mean_prev, row.honest_dice_sd_prev),
+                tables.mean_sd(row.honest_dice_mean, row.honest_dice_sd),
+            ]
+        )
+    text = [
+        f"Best Dice and Dice at the validation threshold of every method, {previous_label} "
+        "(left of each pair, runs stored in `bench/measurements/quality_previous.json`) beside "
+        "the current defaults, the reference implementation's (right, section 1). Mean ± sd "
+        "over runs.\n",
+        tables.markdown_table(
+            [
+                "dataset",
+                "method",
+                "best Dice, previous",
+                "runs",
+                "best Dice, reference defaults",
+                "runs",
+                "val-threshold Dice, previous",
+                "val-threshold Dice, reference defaults",
+            ],
+            rows,
+            left=2,
+        ),
+    ]
+    change_rows = []
+    for label, sets in (("previous", before), ("reference defaults", now)):
+        changes = tables.relative_changes(sets, columns=("best_dice",))
+        for dataset, group in changes.groupby("dataset", sort=True):
+            mean, sd = tables.mean_and_sd(group["relative_change"])
+            others = ", ".join(sorted(set(group["best_other"])))
+            change_rows.append(
+                [dataset, label, tables.mean_sd(mean, sd, percent=True), others, len(group)]
+            )
+    text.append(
+        "Relative best-Dice change of `arepas` over the best other method of the same run:\n"
+    )
+    text.append(
+        tables.markdown_table(
+            ["dataset", "code", "arepas vs best other", "best other", "runs"],
+            sorted(change_rows),
+            left=2,
+        )
+    )
+    return "\n".join(text)

@@ -14,7 +14,7 @@ from arepas.io import atomic_path
 from bench import machine, quality, tables
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("quality", "speed", "scoring", "scaling", "gpu", "refscoring")
+SECTIONS = ("quality", "speed", "scoring", "scaling", "gpu", "refscoring", "translator_speed")
 TITLES = {
     "quality": "1. Quality over seeds",
     "speed": "2. Speed per rule and stage",
@@ -22,7 +22,12 @@ TITLES = {
     "scaling": "4. Scaling with the native volume",
     "gpu": "5. GPU",
     "refscoring": "6. Patch scoring as the reference implementation does it, at 256²",
+    "translator_speed": "7. Translator training step: threads, memory layout, compile, crops",
 }
+# What quality_previous.json measured: the code before the reference implementation's settings
+# became the defaults (unpadded scorer, detached head, clean-edge ROI mining, per-slice ROI
+# scaling, dense scoring, discriminator-first GAN step, clean copy in the augmented set).
+PREVIOUS_VARIANT = "the previous defaults (commit 623ef19: our scorer and translator variants)"
 # The published slice size (/work/shared/method/AREPAS.md, "slices": 256 x 256).
 PUBLISHED_SLICE = 256
 
@@ -120,6 +125,10 @@ def measure_section(name: str, args: argparse.Namespace) -> dict:
         from bench import refscoring
 
         return refscoring.measure(args.threads)
+    if name == "translator_speed":
+        from bench import translator_speed
+
+        return translator_speed.measure(args.threads)
     raise ValueError(name)
 
 
@@ -325,7 +334,18 @@ def render(sections: dict[str, dict], run_dir: Path) -> str:
         )
         module = __import__(f"bench.{name}", fromlist=["render"])
         lines.append(module.render(record["data"]))
-    lines += ["## 7. What the CPU demo trades away", ""]
+        previous = REPO / "bench" / "measurements" / "quality_previous.json"
+        if name == "quality" and previous.exists():
+            lines += ["### Reference defaults against the previous variant", ""]
+            lines.append(
+                quality.render_comparison(
+                    record["data"],
+                    json.loads(previous.read_text())["data"],
+                    PREVIOUS_VARIANT,
+                )
+            )
+    # Numbered after the measured sections, however many there are.
+    lines += [f"## {len(SECTIONS) + 1}. What the CPU demo trades away", ""]
     config_path = run_dir / "config" / "config.yaml"
     if config_path.exists():
         config = yaml.safe_load(config_path.read_text())
