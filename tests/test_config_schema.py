@@ -67,3 +67,46 @@ def test_bad_configs_are_rejected(mutate, fragment):
     with pytest.raises(WorkflowError) as err:
         validate(config, SCHEMA)
     assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "scorer, fragment",
+    [
+        (
+            {"architecture": "unpadded", "patch_size": 8},
+            "datasets.lung_ct.scorer: patch_size=8 is too small for the unpadded network",
+        ),
+        ({"patch_size": 80}, "datasets.lung_ct.scorer.patch_size: 80 is larger than the slices"),
+        ({"archtecture": "unpadded"}, "datasets.lung_ct.scorer: unknown scorer setting"),
+        ({"loss": "bce"}, "datasets.lung_ct.scorer: scorer setting loss='bce' is not one of"),
+    ],
+)
+def test_scorer_settings_the_network_cannot_run_stop_the_workflow_at_start(
+    tmp_path, scorer, fragment
+):
+    import subprocess
+    import sys
+
+    repo = REPO
+    config = yaml.safe_load((repo / "config" / "config.yaml").read_text())
+    config["datasets"]["lung_ct"]["scorer"] = scorer
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--nolock",
+            "--cores",
+            "1",
+            "--configfile",
+            str(bad),
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert fragment in result.stdout + result.stderr
