@@ -148,6 +148,7 @@ def measure(
             table = pd.read_csv(run_dir / "results" / "summary.tsv", sep="\t",
                                 keep_default_na=False, na_values=[""])
             summaries[label] = table
+            run["edge_reliance"] = edge_reliance_rows(run_dir)
         else:
             run["wall_s"], run["wall_source"] = float("nan"), ""
             log = run_dir / "bench_snakemake.log"
@@ -159,6 +160,63 @@ def measure(
         "summaries": {k: v.to_dict("records") for k, v in summaries.items()},
         "configfiles": configfiles,
     }
+
+
+def edge_reliance_rows(run_dir: Path) -> list[dict]:
+    """Each dataset's translator edge-reliance table of a finished run (empty for runs made
+    before translators reported it)."""
+    rows = []
+    for path in sorted((run_dir / "results").glob("*/models/translator_edge_reliance.tsv")):
+        rows += pd.read_csv(path, sep="\t").to_dict("records")
+    return rows
+
+
+# Issue 12's target: own-edge L1 at most 0.7 x another subject's edges and 0.7 x the training
+# mean image (registered datasets).
+EDGE_RELIANCE_TARGET = 0.7
+
+
+def render_edge_reliance(data: dict) -> str:
+    """Edge reliance of every run's translators, mean ± sd over runs per dataset."""
+    records = [
+        {**row, "run": run["label"]}
+        for run in data["runs"]
+        for row in run.get("edge_reliance", [])
+    ]
+    if not records:
+        return "No run reported its translators' edge reliance.\n"
+    frame = pd.DataFrame(records)
+    columns = [
+        ("l1_own_edges", "L1 own edges"),
+        ("l1_other_edges", "L1 other subject's edges"),
+        ("l1_mean_image", "L1 training mean image"),
+        ("l1_roi_mean", "L1 ROI mean"),
+        ("own_over_other", "own / other"),
+        ("own_over_mean_image", "own / mean image"),
+        ("pearson_own", "correlation"),
+    ]
+    rows = []
+    for dataset, group in frame.groupby("dataset", sort=True):
+        cells = [dataset, len(group)]
+        for column, _ in columns:
+            cells.append(tables.mean_sd(*tables.mean_and_sd(group[column].astype(float))))
+        worst = group[["own_over_other", "own_over_mean_image"]].astype(float).max(axis=1)
+        met = int((worst <= EDGE_RELIANCE_TARGET).sum())
+        cells.append(f"{met} of {len(group)}")
+        rows.append(cells)
+    text = (
+        "How much the demo translators rely on their edges, on the healthy validation slices "
+        "inside the ROI (`results/<dataset>/models/translator_edge_reliance.tsv` of each run): "
+        "L1 of the reconstruction from the slice's own edges, from another healthy subject's "
+        "edges at the same slice index, of the training subjects' mean image at that index and "
+        "of the slice's own ROI mean (both edge-free). Target: own ≤ "
+        f"{EDGE_RELIANCE_TARGET} × other and ≤ {EDGE_RELIANCE_TARGET} × mean image.\n\n"
+    )
+    return text + tables.markdown_table(
+        ["dataset", "runs", *(title for _, title in columns), "runs meeting the target"],
+        rows,
+        left=1,
+    )
 
 
 def _unique_label(label: str, taken) -> str:

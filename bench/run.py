@@ -334,6 +334,9 @@ def render(sections: dict[str, dict], run_dir: Path) -> str:
         )
         module = __import__(f"bench.{name}", fromlist=["render"])
         lines.append(module.render(record["data"]))
+        if name == "quality":
+            lines += ["### Does the translator use its edges?", ""]
+            lines.append(quality.render_edge_reliance(record["data"]))
         previous = REPO / "bench" / "measurements" / "quality_previous.json"
         if name == "quality" and previous.exists():
             lines += ["### Reference defaults against the previous variant", ""]
