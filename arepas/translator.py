@@ -20,6 +20,8 @@ Options that are ours, not the reference's (each a TranslatorSettings field):
   file, nothing is downloaded) or "feature_matching" (pix2pixHD's discriminator feature L1).
 - edge_detector="skimage", augment_clean=True, swap_style="clean_source": the edge maps and
   augmentation this project used before matching the reference (see arepas.edges).
+- crop_size: train on a random crop_size x crop_size window of each pair (a new position every
+  epoch) instead of the whole slice, for speed on large slices; inference uses whole slices.
 Model files written before these options existed load with the values they were trained with.
 """
 
@@ -110,6 +112,9 @@ class TranslatorSettings:
     amp: bool = False
     # None leaves torch's thread count alone.
     num_threads: int | None = None
+    # Ours, not the reference's: train on random crop_size x crop_size crops of each pair (one
+    # position per pair and epoch) instead of whole slices; inference stays on whole slices.
+    crop_size: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
@@ -140,6 +145,24 @@ class TranslatorSettings:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.crop_size is not None:
+            self._check_crop_size()
+
+    def _check_crop_size(self) -> None:
+        crop = self.crop_size
+        # bool is an int subclass: a `crop_size: true` in a config must not mean 1.
+        if isinstance(crop, bool) or not isinstance(crop, int) or crop < 1:
+            raise ValueError(f"crop_size must be a positive integer or null, got {crop!r}")
+        if crop % self.size_multiple:
+            raise ValueError(
+                f"crop_size must be a multiple of {self.size_multiple} (2 ** n_downsampling) "
+                f"for the generator to return the crop's size, got {crop}"
+            )
+        if discriminator_grid(crop) < 1:
+            raise ValueError(
+                f"crop_size {crop} is too small: the discriminator gives no patch logit below "
+                f"{_SMALLEST_DISCRIMINATOR_INPUT} pixels a side"
+            )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TranslatorSettings:
@@ -159,6 +182,22 @@ class TranslatorSettings:
     def size_multiple(self) -> int:
         """Slice sides must be a multiple of this for the generator to return the same size."""
         return 2**self.n_downsampling
+
+
+# (kernel, stride, padding) of the PatchGAN's convolutions, head included; see PatchDiscriminator.
+_DISCRIMINATOR_CONVS = ((4, 2, 1), (4, 2, 1), (4, 2, 1), (4, 1, 1), (4, 1, 1))
+
+
+def discriminator_grid(side: int) -> int:
+    """Side of the PatchGAN's logit grid for side x side inputs (< 1: the input is too small)."""
+    for kernel, stride, padding in _DISCRIMINATOR_CONVS:
+        if side + 2 * padding < kernel:
+            return 0
+        side = (side + 2 * padding - kernel) // stride + 1
+    return side
+
+
+_SMALLEST_DISCRIMINATOR_INPUT = next(s for s in range(1, 1024) if discriminator_grid(s) >= 1)
 
 
 def _saved_settings(values: dict[str, Any], legacy: bool) -> TranslatorSettings:
@@ -494,6 +533,33 @@ def training_pairs(
     )
 
 
+# Third entry of the crop generator's seed, so crops draw from a stream apart from the batch order.
+_CROP_STREAM = 1
+
+
+def crop_corners(seed: int, epoch: int, n: int, side: int, size: int) -> np.ndarray:
+    """Top-left (row, column) of each training pair's size x size crop in an epoch, (n, 2).
+
+    A function of (seed, epoch) alone, like the batch order, so a resumed run crops as an
+    uninterrupted one; pair i keeps its corner wherever the shuffle puts it.
+    """
+    rng = np.random.default_rng([seed, epoch, _CROP_STREAM])
+    return rng.integers(0, side - size + 1, size=(n, 2))
+
+
+def crop_pairs(
+    edges: torch.Tensor, real: torch.Tensor, corners: np.ndarray, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same size x size window of each pair: (b, 1, S, S) -> (b, 1, size, size)."""
+    windows = [
+        (slice(None), slice(int(top), int(top) + size), slice(int(left), int(left) + size))
+        for top, left in corners
+    ]
+    cropped_edges = torch.stack([e[w] for e, w in zip(edges, windows, strict=True)])
+    cropped_real = torch.stack([r[w] for r, w in zip(real, windows, strict=True)])
+    return cropped_edges, cropped_real
+
+
 def train_translator(
     train_slices: np.ndarray,
     val_slices: np.ndarray,
@@ -512,6 +578,11 @@ def train_translator(
     val = _as_slices(val_slices, settings, "val_slices") if len(val_slices) else None
     if len(train) == 0:
         raise ValueError("train_slices is empty")
+    side = train.shape[1]
+    if settings.crop_size is not None and settings.crop_size > side:
+        raise ValueError(
+            f"crop_size {settings.crop_size} is larger than the {side} x {side} training slices"
+        )
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_path = checkpoint_dir / CHECKPOINT_NAME
     torch_device = torch.device(device)
@@ -562,13 +633,19 @@ def train_translator(
             # of (seed, epoch) alone, so resuming reproduces an uninterrupted run.
             torch.manual_seed(_epoch_seed(seed, epoch))
             order = np.random.default_rng([seed, epoch]).permutation(len(inputs))
+            corners = None
+            if settings.crop_size is not None:
+                corners = crop_corners(seed, epoch, len(inputs), side, settings.crop_size)
             generator.train()
             discriminator.train()
             sums = dict.fromkeys(("g_adv", "g_l1", "g_perc", "d_loss", "gp"), 0.0)
             for first in range(0, len(order), settings.batch_size):
-                index = torch.from_numpy(order[first : first + settings.batch_size])
-                edges = inputs_t[index].to(torch_device)
-                real = targets_t[index].to(torch_device)
+                batch = order[first : first + settings.batch_size]
+                index = torch.from_numpy(batch)
+                edges, real = inputs_t[index], targets_t[index]
+                if corners is not None:
+                    edges, real = crop_pairs(edges, real, corners[batch], settings.crop_size)
+                edges, real = edges.to(torch_device), real.to(torch_device)
                 losses = _train_step(
                     generator, discriminator, vgg, opt_g, opt_d, edges, real, settings, use_amp
                 )

@@ -127,6 +127,7 @@ def test_discriminator_gives_patch_logits(size, patches):
     features, logits = discriminator.forward_features(pair)
     assert logits.shape == (2, 1, patches, patches)
     assert [f.shape[1] for f in features] == [8, 16, 32, 64]
+    assert translator.discriminator_grid(size) == patches
     assert torch.equal(discriminator.eval()(pair), discriminator.forward_features(pair)[1])
 
 
@@ -448,6 +449,127 @@ def test_resume_refuses_a_checkpoint_from_other_settings_seed_or_data(tmp_path):
         train_translator(train, val, settings, tmp_path, seed=2, progress=lambda _: None)
     with pytest.raises(ValueError, match="different slices"):
         train_translator(train[::-1], val, settings, tmp_path, seed=1, progress=lambda _: None)
+
+
+CROP = 24
+
+
+def test_crop_size_is_checked_naming_the_key(tmp_path):
+    assert TranslatorSettings().crop_size is None
+    assert TranslatorSettings.from_dict({"crop_size": CROP}).crop_size == CROP
+    # Not a multiple of 4 (two downsamplings), too small for a discriminator patch, not a size.
+    for bad in (30, 20, 0, -8, True, 24.0, "24"):
+        with pytest.raises(ValueError, match="crop_size"):
+            TranslatorSettings(crop_size=bad)
+    # One downsampling: multiples of 2 are enough.
+    assert TranslatorSettings(n_downsampling=1, crop_size=26).crop_size == 26
+    too_big = dataclasses.replace(TINY, crop_size=SIZE + 4, epochs=1)
+    with pytest.raises(ValueError, match=f"crop_size {SIZE + 4} is larger than the {SIZE} x"):
+        train_translator(shape_slices(2, 0), shape_slices(0, 0), too_big, tmp_path, seed=0)
+    assert not (tmp_path / CHECKPOINT_NAME).exists()
+
+
+def _recorded_crops(tmp_path, monkeypatch, seed: int) -> list[np.ndarray]:
+    seen = []
+
+    def record(generator, discriminator, vgg, opt_g, opt_d, edges, real, settings, use_amp):
+        seen.append(torch.cat([edges, real], dim=1).numpy().copy())
+        return dict.fromkeys(("g_adv", "g_l1", "g_perc", "d_loss", "gp"), 0.0)
+
+    monkeypatch.setattr(translator, "_train_step", record)
+    settings = dataclasses.replace(TINY, epochs=2, crop_size=CROP)
+    folder = tmp_path / f"seed{seed}-{len(list(tmp_path.iterdir()))}"
+    train_translator(
+        shape_slices(3, 22),
+        shape_slices(0, 0),
+        settings,
+        folder,
+        seed=seed,
+        progress=lambda _: None,
+    )
+    return seen
+
+
+def test_crop_training_steps_on_windows_of_the_training_pairs(tmp_path, monkeypatch):
+    seen = _recorded_crops(tmp_path, monkeypatch, seed=6)
+    inputs, targets = training_pairs(shape_slices(3, 22), TINY, seed=6)
+    pairs = np.stack([inputs, targets], axis=1)
+    # 9 pairs, batch 4: 3 steps per epoch, 2 epochs.
+    assert [batch.shape for batch in seen] == [
+        (4, 2, CROP, CROP),
+        (4, 2, CROP, CROP),
+        (1, 2, CROP, CROP),
+    ] * 2
+    # Every CROP x CROP window of every pair: (pair, channel, top, left, CROP, CROP).
+    windows = np.lib.stride_tricks.sliding_window_view(pairs, (CROP, CROP), axis=(2, 3))
+    found = []
+    for crop in np.concatenate(seen):
+        same = (windows == crop[None, :, None, None]).all(axis=(1, 4, 5))
+        assert same.any(), "a crop is no window of any training pair"
+        found.append(tuple(int(v) for v in np.argwhere(same)[0]))
+    # Every pair once per epoch, at positions that change from pair to pair.
+    assert (
+        sorted(i for i, _, _ in found[:9]) == sorted(i for i, _, _ in found[9:]) == list(range(9))
+    )
+    assert len({(top, left) for _, top, left in found}) > 3
+    again = _recorded_crops(tmp_path, monkeypatch, seed=6)
+    assert all(np.array_equal(a, b) for a, b in zip(seen, again, strict=True))
+    other = _recorded_crops(tmp_path, monkeypatch, seed=7)
+    assert not all(np.array_equal(a, b) for a, b in zip(seen, other, strict=True))
+
+
+def test_crop_corners_depend_on_seed_and_epoch_only():
+    corners = translator.crop_corners(3, 2, 100, SIZE, CROP)
+    assert corners.shape == (100, 2)
+    assert corners.min() == 0 and corners.max() == SIZE - CROP
+    np.testing.assert_array_equal(corners, translator.crop_corners(3, 2, 100, SIZE, CROP))
+    assert not np.array_equal(corners, translator.crop_corners(3, 3, 100, SIZE, CROP))
+    # A crop as large as the slice is the whole slice.
+    assert not translator.crop_corners(3, 2, 10, SIZE, SIZE).any()
+
+
+def test_crop_training_resumes_like_an_uninterrupted_run(tmp_path):
+    train, val = shape_slices(4, 3), shape_slices(2, 4)
+    settings = dataclasses.replace(TINY, epochs=2, crop_size=CROP)
+    straight, straight_history = train_translator(
+        train, val, settings, tmp_path / "straight", seed=7, progress=lambda _: None
+    )
+    interrupted = tmp_path / "interrupted"
+    first_epoch = dataclasses.replace(settings, epochs=1)
+    train_translator(train, val, first_epoch, interrupted, seed=7, progress=lambda _: None)
+    # A checkpoint trained on other crops (here whole slices) is no start for this run.
+    for other in (None, 28):
+        with pytest.raises(ValueError, match=f"crop_size: checkpoint {CROP} vs now {other}"):
+            train_translator(
+                train,
+                val,
+                dataclasses.replace(settings, crop_size=other),
+                interrupted,
+                seed=7,
+                progress=lambda _: None,
+            )
+    resumed, resumed_history = train_translator(
+        train, val, settings, interrupted, seed=7, progress=lambda _: None
+    )
+    values = [c for c in HISTORY_COLUMNS if c != "seconds"]
+    np.testing.assert_array_equal(
+        resumed_history[values].to_numpy(), straight_history[values].to_numpy()
+    )
+    for (name, a), (_, b) in zip(
+        straight.state_dict().items(), resumed.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    # Trained on crops, the generator still translates whole slices.
+    assert translate(straight, edges_for(settings, val)).shape == val.shape
+    whole, _ = train_translator(
+        train,
+        val,
+        dataclasses.replace(settings, crop_size=None),
+        tmp_path / "whole",
+        seed=7,
+        progress=lambda _: None,
+    )
+    assert _differs(straight, whole)
 
 
 def test_different_seeds_give_different_generators(tmp_path):
