@@ -702,46 +702,85 @@ def _tap_range(index: int, patch_size: int, padding: int) -> tuple[int, int]:
     return max(0, padding - index), min(_KERNEL, patch_size + padding - index)
 
 
+def _visible_mask(rows: tuple[int, int], cols: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    mask = torch.zeros(_KERNEL, _KERNEL, dtype=dtype)
+    mask[rows[0] : rows[1], cols[0] : cols[1]] = 1.0
+    return mask
+
+
+def _first_stage_plan(model: SiameseScorer) -> tuple[list[tuple], list[tuple], list[tuple]]:
+    """(key of each pooled row / column position, pooled keys computed densely, pooled keys
+    computed per patch). A pooled key pairs the visible kernel parts of the two convolution
+    outputs a pooled entry averages. Keys that occur at one pooled row and one pooled column only
+    (the patch's corners) are cheaper per patch than as maps over the whole image."""
+    p, pad = model.patch_size, model.padding
+    size = _stage_size(p, pad)
+    keys = [(_tap_range(2 * u, p, pad), _tap_range(2 * u + 1, p, pad)) for u in range(size)]
+    single = {k for k in keys if keys.count(k) == 1}
+    unique = sorted(set(keys))
+    pairs = [(r, c) for r in unique for c in unique]
+    dense = [k for k in pairs if not (k[0] in single and k[1] in single)]
+    per_patch = [k for k in pairs if k[0] in single and k[1] in single]
+    return keys, dense, per_patch
+
+
 def _masked_first_stage(
-    model: SiameseScorer, images: torch.Tensor
-) -> tuple[torch.Tensor, list[int], int]:
-    """First stage (input norm, conv1, tanh, 2x2 pool) of every patch of (B, H, W) images, shared.
+    model: SiameseScorer, x: torch.Tensor, dense_keys: list[tuple]
+) -> torch.Tensor:
+    """First stage (conv1, tanh, 2x2 pool) of every patch of the normalised, zero-padded images
+    x (B, 1, H, W), for the pooled keys in `dense_keys`, shared by all patches.
 
     A patch's zero padding hides the image around it, so the first convolution's border outputs
-    see only part of the kernel. Each distinct visible part of the kernel (a class) is run once
-    over the whole image; pooled maps then combine the classes a pooled entry mixes. Returns the
-    pooled maps channels-last (B, K, Hm, Wm, 32), the map key of each pooled row / column
-    position (patch coordinates) and the number of distinct keys per axis.
+    see only part of the kernel. Each visible part of the kernel (a class) that a dense key needs
+    is run once over the whole image; a pooled map averages the classes its key mixes. Returns
+    the pooled maps channels-last (B, K, Hm, Wm, 32), the layout the gather reads.
     """
-    p, pad = model.patch_size, model.padding
     conv = model.convs[0]
-    pooled_size = _stage_size(p, pad)
-    x = F.pad(model.input_norm(images[:, None]), (pad, pad, pad, pad))
-    ranges = sorted({_tap_range(i, p, pad) for i in range(2 * pooled_size)})
-    keys = [(_tap_range(2 * u, p, pad), _tap_range(2 * u + 1, p, pad)) for u in range(pooled_size)]
-    unique_keys = sorted(set(keys))
-    channels = conv.weight.shape[0]
-    # One convolution per visible row range, all column ranges stacked as output channels;
-    # results channels-last (B, H, W, C), the layout the gather reads.
-    activation: dict[tuple, torch.Tensor] = {}
-    for rows in ranges:
-        masks = torch.zeros(len(ranges), 1, _KERNEL, _KERNEL, dtype=conv.weight.dtype)
-        for c, cols in enumerate(ranges):
-            masks[c, 0, rows[0] : rows[1], cols[0] : cols[1]] = 1.0
-        weight = (conv.weight[None] * masks[:, None]).reshape(-1, 1, _KERNEL, _KERNEL)
-        stacked = torch.tanh(F.conv2d(x, weight, conv.bias.repeat(len(ranges))))
-        stacked = stacked.permute(0, 2, 3, 1)
-        for c, cols in enumerate(ranges):
-            activation[rows, cols] = stacked[..., c * channels : (c + 1) * channels]
     height, width = x.shape[-2] - _KERNEL, x.shape[-1] - _KERNEL
-    pooled = torch.zeros((len(images), len(unique_keys) ** 2, height, width, channels))
-    for k, (row_key, col_key) in enumerate((r, c) for r in unique_keys for c in unique_keys):
-        for di in (0, 1):
-            for dj in (0, 1):
-                t = activation[row_key[di], col_key[dj]]
-                pooled[:, k] += t[:, di : di + height, dj : dj + width]
-    pooled *= 0.25
-    return pooled, [unique_keys.index(k) for k in keys], len(unique_keys)
+    if not dense_keys:
+        # Small patches: every pooled entry is computed per patch; one placeholder map.
+        return torch.zeros((x.shape[0], 1, height, width, conv.weight.shape[0]))
+    classes = sorted({(r[di], c[dj]) for r, c in dense_keys for di in (0, 1) for dj in (0, 1)})
+    activation: dict[tuple, torch.Tensor] = {}
+    channels = conv.weight.shape[0]
+    # All classes in one convolution, stacked as output channels.
+    weight = torch.cat([conv.weight * _visible_mask(r, c, conv.weight.dtype) for r, c in classes])
+    stacked = F.conv2d(x, weight, conv.bias.repeat(len(classes))).tanh_()
+    for n, key in enumerate(classes):
+        activation[key] = stacked[:, n * channels : (n + 1) * channels]
+    pooled = torch.empty((x.shape[0], len(dense_keys), height, width, channels))
+    for k, (row_key, col_key) in enumerate(dense_keys):
+        if row_key[0] == row_key[1] and col_key[0] == col_key[1]:
+            total = F.avg_pool2d(activation[row_key[0], col_key[0]], 2, stride=1)
+        else:
+            total = 0
+            for di in (0, 1):
+                for dj in (0, 1):
+                    t = activation[row_key[di], col_key[dj]]
+                    total = total + t[..., di : di + height, dj : dj + width]
+            total = total * 0.25
+        pooled[:, k].copy_(total.permute(0, 2, 3, 1))
+    return pooled
+
+
+def _pooled_entry_per_patch(
+    model: SiameseScorer, x: torch.Tensor, positions: torch.Tensor, u: int, v: int, key: tuple
+) -> torch.Tensor:
+    """Pooled first-stage entry (u, v) of the patches at `positions` (k, 2) in the normalised,
+    zero-padded images x (B, 1, H, W): (B, k, 32)."""
+    conv = model.convs[0]
+    row_key, col_key = key
+    width = x.shape[-1]
+    flat = x.reshape(x.shape[0], -1)
+    taps = (torch.arange(_KERNEL)[:, None] * width + torch.arange(_KERNEL)[None, :]).reshape(-1)
+    total = 0
+    for di in (0, 1):
+        for dj in (0, 1):
+            weight = conv.weight * _visible_mask(row_key[di], col_key[dj], conv.weight.dtype)
+            top = (positions[:, 0] + 2 * u + di) * width + positions[:, 1] + 2 * v + dj
+            windows = flat[:, top[:, None] + taps[None, :]]  # (B, k, 16)
+            total = total + torch.tanh(windows @ weight.reshape(weight.shape[0], -1).T + conv.bias)
+    return total * 0.25
 
 
 def _padded_embeddings(
@@ -749,28 +788,41 @@ def _padded_embeddings(
 ) -> torch.Tensor:
     """Embeddings (B, k, E) of the patches with top-left corners `positions` (k, 2) in each of
     the (B, H, W) images, equal to model.embed on the cut-out patches (eval mode)."""
-    maps, key_index, n_keys = _masked_first_stage(model, torch.as_tensor(images))
+    pad = model.padding
+    images = torch.as_tensor(images)
+    x = F.pad(model.input_norm(images[:, None]), (pad, pad, pad, pad))
+    keys, dense_keys, per_patch_keys = _first_stage_plan(model)
+    maps = _masked_first_stage(model, x, dense_keys)
     n_images, n_maps, height, width, channels = maps.shape
     rows = maps.reshape(-1, channels)
-    size = len(key_index)
+    size = len(keys)
     offsets = 2 * torch.arange(size)
-    keys = torch.as_tensor(key_index)
-    # Row of pooled entry (u, v) of a patch at (y, x) in `rows`: map key(u) * n_keys + key(v),
-    # pixel (y + 2u, x + 2v); images follow one another.
-    entry = (keys[:, None] * n_keys + keys[None, :]) * (height * width)
-    entry = entry + offsets[:, None] * width + offsets[None, :]
+    pos = torch.as_tensor(positions, dtype=torch.int64)
+    # Row of pooled entry (u, v) of a patch at (y, x) in `rows`: its key's map, pixel
+    # (y + 2u, x + 2v); images follow one another. Entries computed per patch point at map 0
+    # and are overwritten.
+    map_of = torch.tensor(
+        [[dense_keys.index((r, c)) if (r, c) in dense_keys else 0 for c in keys] for r in keys]
+    )
+    entry = map_of * (height * width) + offsets[:, None] * width + offsets[None, :]
     image_start = torch.arange(n_images) * (n_maps * height * width)
-    pad = model.padding
+    corners = [
+        (u, v, _pooled_entry_per_patch(model, x, pos, u, v, (keys[u], keys[v])))
+        for u in range(size)
+        for v in range(size)
+        if (keys[u], keys[v]) in per_patch_keys
+    ]
     second_size = _stage_size(size, pad)
     pad_after = 2 * second_size - size + _KERNEL - 1 - pad
     conv2 = model.convs[1]
-    pos = torch.as_tensor(positions, dtype=torch.int64)
     out = torch.empty((n_images, len(pos), model.fc.out_features))
     for start in range(0, len(pos), chunk_size):
         chunk = pos[start : start + chunk_size]
         corner = chunk[:, 0] * width + chunk[:, 1]
         index = image_start[:, None, None, None] + corner[None, :, None, None] + entry[None, None]
-        pooled = rows.index_select(0, index.reshape(-1))
+        pooled = rows.index_select(0, index.reshape(-1)).reshape(n_images, -1, size, size, channels)
+        for u, v, values in corners:
+            pooled[:, :, u, v] = values[:, start : start + len(chunk)]
         # Channels-last view: oneDNN's fastest layout for this small convolution.
         pooled = pooled.reshape(-1, size, size, channels).permute(0, 3, 1, 2)
         # Only the second convolution's outputs that the floor pooling keeps are computed.

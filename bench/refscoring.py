@@ -38,7 +38,7 @@ def _slice_pair(seed: int) -> tuple[np.ndarray, np.ndarray]:
     return real, np.clip(recon, -1, 1).astype(np.float32)
 
 
-def measure(threads: int, repeats: int = 3, seed: int = 0, progress=print) -> dict:
+def measure(threads: int, repeats: int = 5, seed: int = 0, progress=print) -> dict:
     import torch
 
     from arepas import scorer
