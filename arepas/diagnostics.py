@@ -89,6 +89,24 @@ def load_slice_stacks(
     return tuple(np.concatenate(parts) for parts in (slices, roi, index, subject))
 
 
+def load_check_slices(
+    train_paths: Sequence[str | Path], val_paths: Sequence[str | Path]
+) -> dict[str, np.ndarray]:
+    """The training and validation stacks the check compares, keyed by the keyword arguments of
+    edge_reliance and edge_reliance_examples (pass them with **)."""
+    train, train_roi, train_index, _ = load_slice_stacks(train_paths)
+    val, val_roi, val_index, val_subject = load_slice_stacks(val_paths)
+    return {
+        "val_slices": val,
+        "val_subject_ids": val_subject,
+        "val_slice_index": val_index,
+        "val_roi": val_roi,
+        "train_slices": train,
+        "train_slice_index": train_index,
+        "train_roi": train_roi,
+    }
+
+
 def _find_rows(pool_keys: np.ndarray, wanted_keys: np.ndarray) -> np.ndarray:
     # For each wanted key the first pool row holding it (stable sort: smallest row), else -1.
     if len(pool_keys) == 0:

@@ -43,6 +43,16 @@ LEGACY_OPTIONS = {
 }
 
 
+def assert_same_training(model_a, history_a, model_b, history_b) -> None:
+    """Two trainings gave bit-identical histories (but their timings) and weights."""
+    values = [c for c in HISTORY_COLUMNS if c != "seconds"]
+    np.testing.assert_array_equal(history_a[values].to_numpy(), history_b[values].to_numpy())
+    for (name, a), (_, b) in zip(
+        model_a.state_dict().items(), model_b.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
 def shape_slices(n: int, seed: int) -> np.ndarray:
     """Discs and squares of random grey levels on a -1 background."""
     rng = np.random.default_rng(seed)
@@ -413,14 +423,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
     )
     assert any("resuming" in line and "epoch 1" in line for line in lines)
     assert resumed_history["epoch"].tolist() == [1, 2]
-    values = [c for c in HISTORY_COLUMNS if c != "seconds"]
-    np.testing.assert_array_equal(
-        resumed_history[values].to_numpy(), straight_history[values].to_numpy()
-    )
-    for (name, a), (_, b) in zip(
-        straight.state_dict().items(), resumed.state_dict().items(), strict=True
-    ):
-        assert torch.equal(a, b), name
+    assert_same_training(resumed, resumed_history, straight, straight_history)
     assert sorted(p.name for p in interrupted.iterdir()) == [CHECKPOINT_NAME]
 
 
@@ -551,14 +554,7 @@ def test_crop_training_resumes_like_an_uninterrupted_run(tmp_path):
     resumed, resumed_history = train_translator(
         train, val, settings, interrupted, seed=7, progress=lambda _: None
     )
-    values = [c for c in HISTORY_COLUMNS if c != "seconds"]
-    np.testing.assert_array_equal(
-        resumed_history[values].to_numpy(), straight_history[values].to_numpy()
-    )
-    for (name, a), (_, b) in zip(
-        straight.state_dict().items(), resumed.state_dict().items(), strict=True
-    ):
-        assert torch.equal(a, b), name
+    assert_same_training(resumed, resumed_history, straight, straight_history)
     # Trained on crops, the generator still translates whole slices.
     assert translate(straight, edges_for(settings, val)).shape == val.shape
     whole, _ = train_translator(

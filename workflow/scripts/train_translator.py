@@ -15,8 +15,8 @@ device = "cuda" if torch.cuda.is_available() else "cpu"
 settings = translator.TranslatorSettings.from_dict(snakemake.params.settings)
 dataset = snakemake.wildcards.dataset
 # ROIs, slice indices and subjects serve the edge-reliance check after training.
-train, train_roi, train_index, _ = diagnostics.load_slice_stacks(snakemake.input.train)
-val, val_roi, val_index, val_subject = diagnostics.load_slice_stacks(snakemake.input.val)
+check_slices = diagnostics.load_check_slices(snakemake.input.train, snakemake.input.val)
+train, val = check_slices["train_slices"], check_slices["val_slices"]
 print(f"{len(train)} training and {len(val)} validation slices of {train.shape[1]}^2 on {device}")
 checkpoints = io.checkpoint_folder(
     snakemake.params.checkpoint_dir,
@@ -42,18 +42,7 @@ model, history = translator.train_translator(
 
 # Does the translator rebuild slices from their edges, or draw an average slice whatever the
 # edges? A user must see this before trusting any map made with it.
-reliance = diagnostics.edge_reliance(
-    model,
-    settings,
-    val_slices=val,
-    val_subject_ids=val_subject,
-    val_slice_index=val_index,
-    val_roi=val_roi,
-    train_slices=train,
-    train_slice_index=train_index,
-    train_roi=train_roi,
-    device=device,
-)
+reliance = diagnostics.edge_reliance(model, settings, **check_slices, device=device)
 reliance_table = diagnostics.edge_reliance_table(reliance, dataset)
 verdict = reliance_table.loc[0, "verdict"]
 print(

@@ -21,19 +21,8 @@ if hasattr(snakemake.output, "edge_reliance"):
 
     torch.set_num_threads(snakemake.threads)
     model, settings, _ = translator.load_translator(snakemake.input.model)
-    train, train_roi, train_index, _ = diagnostics.load_slice_stacks(snakemake.input.train)
-    val, val_roi, val_index, val_subject = diagnostics.load_slice_stacks(snakemake.input.val)
-    examples = diagnostics.edge_reliance_examples(
-        model,
-        settings,
-        val_slices=val,
-        val_subject_ids=val_subject,
-        val_slice_index=val_index,
-        val_roi=val_roi,
-        train_slices=train,
-        train_slice_index=train_index,
-        train_roi=train_roi,
-    )
+    check_slices = diagnostics.load_check_slices(snakemake.input.train, snakemake.input.val)
+    examples = diagnostics.edge_reliance_examples(model, settings, **check_slices)
     check = pd.read_csv(snakemake.input.edge_reliance, sep="\t").iloc[0]
     title = (
         f"{dataset}: translator {check['verdict']} (healthy val, L1 own / other edges "
