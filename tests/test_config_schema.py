@@ -1,6 +1,8 @@
 """The config schema accepts the shipped configs and rejects the common mistakes."""
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,27 +71,11 @@ def test_bad_configs_are_rejected(mutate, fragment):
     assert fragment in str(err.value)
 
 
-@pytest.mark.parametrize(
-    "scorer, fragment",
-    [
-        (
-            {"architecture": "unpadded", "patch_size": 8},
-            "datasets.lung_ct.scorer: patch_size=8 is too small for the unpadded network",
-        ),
-        ({"patch_size": 80}, "datasets.lung_ct.scorer.patch_size: 80 is larger than the slices"),
-        ({"archtecture": "unpadded"}, "datasets.lung_ct.scorer: unknown scorer setting"),
-        ({"loss": "bce"}, "datasets.lung_ct.scorer: scorer setting loss='bce' is not one of"),
-    ],
-)
-def test_scorer_settings_the_network_cannot_run_stop_the_workflow_at_start(
-    tmp_path, scorer, fragment
-):
-    import subprocess
-    import sys
-
-    repo = REPO
-    config = yaml.safe_load((repo / "config" / "config.yaml").read_text())
-    config["datasets"]["lung_ct"]["scorer"] = scorer
+def refused_at_start(tmp_path, section: str, settings: dict) -> str:
+    """Dry-run the workflow on the shipped config with lung_ct's `section` settings updated;
+    the run must fail, and its output (which should name the key) is returned."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["datasets"]["lung_ct"][section].update(settings)
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(config))
     result = subprocess.run(
@@ -104,9 +90,41 @@ def test_scorer_settings_the_network_cannot_run_stop_the_workflow_at_start(
             "--configfile",
             str(bad),
         ],
-        cwd=repo,
+        cwd=REPO,
         capture_output=True,
         text=True,
     )
     assert result.returncode != 0
-    assert fragment in result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "section, settings, fragment",
+    [
+        (
+            "scorer",
+            {"architecture": "unpadded", "patch_size": 8},
+            "datasets.lung_ct.scorer: patch_size=8 is too small for the unpadded network",
+        ),
+        (
+            "scorer",
+            {"patch_size": 80},
+            "datasets.lung_ct.scorer.patch_size: 80 is larger than the slices",
+        ),
+        ("scorer", {"archtecture": "unpadded"}, "datasets.lung_ct.scorer: unknown scorer setting"),
+        (
+            "scorer",
+            {"loss": "bce"},
+            "datasets.lung_ct.scorer: scorer setting loss='bce' is not one of",
+        ),
+        (
+            "translator",
+            {"crop_size": 96},
+            "datasets.lung_ct.translator.crop_size: 96 is larger than the slices",
+        ),
+    ],
+)
+def test_network_settings_that_cannot_run_stop_the_workflow_at_start(
+    tmp_path, section, settings, fragment
+):
+    assert fragment in refused_at_start(tmp_path, section, settings)

@@ -26,10 +26,11 @@ def check_network_settings():
     from arepas.scorer import ScorerSettings
     from arepas.translator import TranslatorSettings
 
+    # Each section's setting that is a window of the slice, and so may not exceed it.
     for name, settings in DATASETS.items():
-        for section, build in (
-            ("translator", TranslatorSettings),
-            ("scorer", ScorerSettings),
+        for section, build, window in (
+            ("translator", TranslatorSettings, "crop_size"),
+            ("scorer", ScorerSettings, "patch_size"),
         ):
             try:
                 built = build.from_dict(settings.get(section) or {})
@@ -37,9 +38,10 @@ def check_network_settings():
                 raise WorkflowError(
                     f"config datasets.{name}.{section}: {error}"
                 ) from None
-            if section == "scorer" and built.patch_size > settings["slice_size"]:
+            size = getattr(built, window)
+            if size is not None and size > settings["slice_size"]:
                 raise WorkflowError(
-                    f"config datasets.{name}.scorer.patch_size: {built.patch_size} is larger "
+                    f"config datasets.{name}.{section}.{window}: {size} is larger "
                     f"than the slices (datasets.{name}.slice_size = {settings['slice_size']})"
                 )
 
