@@ -287,3 +287,27 @@ def patch_map_sampled(
         scores = patch_scores_at(model, real[k], recon[k], drawn)
         spread[k] = spread_patch_scores(scores, drawn, model.patch_size, shape)
     return spread if normalise is None else normalise_patch_map(spread, roi, normalise)
+
+
+def raw_patch_map(
+    model: SiameseScorer,
+    real: np.ndarray,
+    recon: np.ndarray,
+    roi: np.ndarray,
+    options: Mapping,
+) -> np.ndarray:
+    """Unscaled patch map (n, S, S) as the `maps` config asks: `scoring` dense (at `stride`) or
+    sampled (`n_patches`, `positions`, `sampling_seed`). The scaling happens in
+    :func:`anomaly_maps`, where `reference` scales over the whole slice before the ROI cut."""
+    if options["scoring"] == "dense":
+        return patch_map_dense(model, real, recon, roi, options["stride"], normalise=None)
+    return patch_map_sampled(
+        model,
+        real,
+        recon,
+        roi,
+        options["n_patches"],
+        np.random.default_rng(options["sampling_seed"]),
+        positions=options["positions"],
+        normalise=None,
+    )

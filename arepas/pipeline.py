@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -197,3 +198,34 @@ def to_native(
     from arepas import registration as reg
 
     return reg.apply_inverse(volume, w_affine, native_shape, native_affine, mapping, transform_dir)
+
+
+# Method `arepas_clean`: AREPAS as this project built it before it followed the reference code,
+# kept as a method of its own because it did better on the lung demo (BENCHMARKS.md).
+CLEAN_METHOD = "arepas_clean"
+CLEAN_MAPS = {"scoring": "dense", "stride": 1, "normalise": "slice"}
+
+
+def clean_method_settings(dataset: Mapping, maps: Mapping, overrides: Mapping) -> dict:
+    """Translator, scorer and maps settings of method `arepas_clean` for one dataset.
+
+    The dataset's own sections give sizes and epochs; the earlier choices
+    (`translator.LEGACY_SETTINGS`, `scorer.LEGACY_SETTINGS`, `CLEAN_MAPS`) replace the
+    reference's; the config's `arepas_clean` section overrides both.
+    """
+    from arepas.scorer import LEGACY_SETTINGS as SCORER_CHOICES
+    from arepas.translator import LEGACY_SETTINGS as TRANSLATOR_CHOICES
+
+    return {
+        "translator": {
+            **(dataset.get("translator") or {}),
+            **TRANSLATOR_CHOICES,
+            **(overrides.get("translator") or {}),
+        },
+        "scorer": {
+            **(dataset.get("scorer") or {}),
+            **SCORER_CHOICES,
+            **(overrides.get("scorer") or {}),
+        },
+        "maps": {**maps, **CLEAN_MAPS, **(overrides.get("maps") or {})},
+    }

@@ -59,7 +59,7 @@ _MODEL_FORMAT = "arepas-translator-2"
 # Format 1 files predate the settings below; they were trained with these values.
 _LEGACY_CHECKPOINT_FORMAT = "arepas-translator-checkpoint-1"
 _LEGACY_MODEL_FORMAT = "arepas-translator-1"
-_LEGACY_SETTINGS = {
+LEGACY_SETTINGS = {
     "edge_detector": "skimage",
     "augment_clean": True,
     "swap_style": "clean_source",
@@ -203,7 +203,7 @@ _SMALLEST_DISCRIMINATOR_INPUT = next(s for s in range(1, 1024) if discriminator_
 def _saved_settings(values: dict[str, Any], legacy: bool) -> TranslatorSettings:
     # Format 1 files have no entry for the newer settings and were trained with their old values.
     if legacy:
-        values = {**_LEGACY_SETTINGS, **values}
+        values = {**LEGACY_SETTINGS, **values}
     return TranslatorSettings.from_dict(values)
 
 
@@ -879,7 +879,7 @@ def load_translator(
     """Read a translator written by save_translator: (generator in eval mode, settings, meta).
 
     Files from before the reference-matching options get the values they were trained with
-    (_LEGACY_SETTINGS), so their edges are computed and their generator built as in training.
+    (LEGACY_SETTINGS), so their edges are computed and their generator built as in training.
     """
     payload = torch.load(path, map_location=device, weights_only=True)
     formats = (_MODEL_FORMAT, _LEGACY_MODEL_FORMAT)

@@ -128,3 +128,46 @@ def test_network_settings_that_cannot_run_stop_the_workflow_at_start(
     tmp_path, section, settings, fragment
 ):
     assert fragment in refused_at_start(tmp_path, section, settings)
+
+
+def test_clean_method_keeps_the_dataset_sizes_and_takes_the_earlier_choices():
+    from arepas.pipeline import clean_method_settings
+    from arepas.scorer import LEGACY_SETTINGS as SCORER_CHOICES
+    from arepas.translator import LEGACY_SETTINGS as TRANSLATOR_CHOICES
+
+    dataset = {
+        "translator": {"base_channels": 16, "epochs": 12, "swap_style": "reference"},
+        "scorer": {"patch_size": 12},
+    }
+    maps = {"scoring": "sampled", "n_patches": 10000, "median_size": 3, "normalise": "reference"}
+    settings = clean_method_settings(dataset, maps, {"scorer": {"stall_accuracy": None}})
+    assert settings["translator"] == {"base_channels": 16, "epochs": 12, **TRANSLATOR_CHOICES}
+    assert settings["scorer"] == {"patch_size": 12, **SCORER_CHOICES, "stall_accuracy": None}
+    assert settings["maps"] == {
+        "scoring": "dense",
+        "stride": 1,
+        "n_patches": 10000,
+        "median_size": 3,
+        "normalise": "slice",
+    }
+    # The caller's sections are not changed.
+    assert dataset["translator"]["swap_style"] == "reference"
+
+
+def test_clean_method_settings_are_checked_at_start(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["methods"] = ["arepas", "arepas_clean"]
+    config["arepas_clean"] = {"scorer": {"archtecture": "unpadded"}}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--nolock", "--cores", "1",
+         "--configfile", str(bad)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "config arepas_clean.scorer (on datasets." in output
+    assert "unknown scorer setting(s) ['archtecture']" in output

@@ -38,7 +38,14 @@ def new_scans_config(tiny_run, workdir, models, splits=("val", "test", "predict"
 def models(tiny_run, tmp_path_factory) -> Path:
     """The lung models as a user would keep them: a copy of the training run's models folder."""
     folder = tmp_path_factory.mktemp("lung_models")
-    for name in ("translator.pt", "scorer.pt", "autoencoder.pt"):
+    (folder / "arepas_clean").mkdir()
+    for name in (
+        "translator.pt",
+        "scorer.pt",
+        "autoencoder.pt",
+        "arepas_clean/translator.pt",
+        "arepas_clean/scorer.pt",
+    ):
         shutil.copy(tiny_run / "results/lung_ct/models" / name, folder / name)
     return folder
 
@@ -55,7 +62,9 @@ def test_pretrained_models_are_applied_without_training(applied_run):
     workdir, rows, output = applied_run
     ran = planned_jobs(output)
     assert ran, "no job table in the log"
-    assert not {"train_translator", "train_scorer", "train_autoencoder", "make_demo"} & set(ran)
+    trainers = {"train_translator", "train_scorer", "train_autoencoder"}
+    trainers |= {f"{name}_clean" for name in trainers if name != "train_autoencoder"}
+    assert not (trainers | {"make_demo"}) & set(ran)
     # Only the sheet's scans are preprocessed: there are no train rows to preprocess.
     assert ran["preprocess"] == ran["reconstruct"] == ran["anomaly_maps"] == len(rows)
     assert not (workdir / "results/lung_ct/models").exists()

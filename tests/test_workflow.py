@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from arepas import scorer, translator
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -52,10 +54,16 @@ def test_every_stage_writes_its_outputs(tiny_run):
         models = results / dataset / "models"
         for name in ("translator.pt", "scorer.pt", "autoencoder.pt", "translator_history.tsv"):
             assert (models / name).stat().st_size > 0
+        # arepas_clean trains a translator and a scorer of its own, with its own choices.
+        clean = translator.load_translator(models / "arepas_clean" / "translator.pt")[1]
+        assert clean.augment_clean and clean.swap_style == "clean_source"
+        assert translator.load_translator(models / "translator.pt")[1].swap_style == "reference"
+        clean_scorer = scorer.load_scorer(models / "arepas_clean" / "scorer.pt")[1]
+        assert (clean_scorer.architecture, clean_scorer.mining_source) == ("unpadded", "clean")
         reliance = pd.read_csv(models / "translator_edge_reliance.tsv", sep="\t")
         assert reliance.loc[0, "verdict"] in ("uses edges", "ignores edges")
         summary = pd.read_csv(results / dataset / "metrics" / "summary.tsv", sep="\t")
-        assert sorted(summary["method"]) == ["ae", "arepas", "patch", "residual"]
+        assert sorted(summary["method"]) == ["ae", "arepas", "arepas_clean", "patch", "residual"]
         assert summary["auroc"].between(0, 1).all()
         figures = ("pr_curves", "dice_per_subject", "translator_training", "scorer_training")
         for figure in (*figures, "translator_edge_reliance"):
@@ -75,7 +83,7 @@ def test_maps_lie_on_the_native_grid_and_vanish_outside_the_roi(tiny_run):
         roi = nib.load(
             tiny_run / f"results/{row.dataset}/preprocessed/{row.subject}/roi_native.nii.gz"
         )
-        for method in ("arepas", "residual", "patch", "ae"):
+        for method in ("arepas", "residual", "patch", "ae", "arepas_clean"):
             path = tiny_run / f"results/{row.dataset}/maps/{method}/{row.subject}_native.nii.gz"
             amap = nib.load(path)
             assert amap.shape == image.shape
@@ -93,6 +101,8 @@ def test_stalled_scorer_is_flagged_in_the_tables(tiny_run):
     flags = dict(zip(summary["method"], summary["flag"], strict=True))
     assert flags["arepas"] == flags["patch"] in ("", "scorer stalled")
     assert flags["residual"] == flags["ae"] == ""
+    clean_log = (tiny_run / "logs/lung_ct/arepas_clean/train_scorer.log").read_text()
+    assert ("stalled" in clean_log) == (flags["arepas_clean"] == "scorer stalled")
     log = (tiny_run / "logs/lung_ct/train_scorer.log").read_text()
     assert ("stalled" in log) == (flags["arepas"] == "scorer stalled")
 

@@ -7,10 +7,17 @@ from snakemake.utils import validate
 
 from arepas import cohort
 from arepas.io import InputError
+from arepas.pipeline import CLEAN_METHOD, clean_method_settings
 
 validate(config, schema="../schemas/config.schema.yaml")
 
 DATASETS = config["datasets"]
+# Method arepas_clean trains its own translator and scorer; their settings per dataset.
+CLEAN = CLEAN_METHOD in config["methods"]
+CLEAN_SETTINGS = {
+    name: clean_method_settings(settings, config["maps"], config["arepas_clean"])
+    for name, settings in DATASETS.items()
+}
 DEMO = config["demo"].get("enabled", False)
 SHEET_DIR = Path(config["subjects"]).parent
 # Datasets whose models come trained from elsewhere: nothing is trained for them here.
@@ -32,18 +39,21 @@ def check_network_settings():
             ("translator", TranslatorSettings, "crop_size"),
             ("scorer", ScorerSettings, "patch_size"),
         ):
-            try:
-                built = build.from_dict(settings.get(section) or {})
-            except (TypeError, ValueError) as error:
-                raise WorkflowError(
-                    f"config datasets.{name}.{section}: {error}"
-                ) from None
-            size = getattr(built, window)
-            if size is not None and size > settings["slice_size"]:
-                raise WorkflowError(
-                    f"config datasets.{name}.{section}.{window}: {size} is larger "
-                    f"than the slices (datasets.{name}.slice_size = {settings['slice_size']})"
-                )
+            candidates = [(f"datasets.{name}.{section}", settings.get(section) or {})]
+            if CLEAN:
+                where = f"arepas_clean.{section} (on datasets.{name}.{section})"
+                candidates.append((where, CLEAN_SETTINGS[name][section]))
+            for where, values in candidates:
+                try:
+                    built = build.from_dict(values)
+                except (TypeError, ValueError) as error:
+                    raise WorkflowError(f"config {where}: {error}") from None
+                size = getattr(built, window)
+                if size is not None and size > settings["slice_size"]:
+                    raise WorkflowError(
+                        f"config {where.split(' ')[0]}.{window}: {size} is larger than the "
+                        f"slices (datasets.{name}.slice_size = {settings['slice_size']})"
+                    )
 
 
 check_network_settings()
@@ -175,6 +185,8 @@ def needed_models():
         names.append("scorer")
     if "ae" in config["methods"]:
         names.append("autoencoder")
+    if CLEAN:
+        names += [f"{CLEAN_METHOD}/translator", f"{CLEAN_METHOD}/scorer"]
     return names
 
 
@@ -238,11 +250,23 @@ def preprocessed(dataset, subjects, name="slices.npz"):
 
 
 def map_model_files(wildcards):
+    """Models the map rule reads, keyed scorer, autoencoder and clean_scorer (arepas_clean)."""
     return {
-        name: model_file(wildcards.dataset, name)
+        name.replace(f"{CLEAN_METHOD}/", "clean_"): model_file(wildcards.dataset, name)
         for name in needed_models()
-        if name != "translator"
+        if not name.endswith("translator")
     }
+
+
+def map_reconstructions(wildcards):
+    """The subject's reconstructions: the reference translator's, and arepas_clean's own."""
+    folder = f"results/{wildcards.dataset}/reconstruction"
+    files = {"reconstruction": f"{folder}/{wildcards.subject}.npz"}
+    if CLEAN:
+        files["clean_reconstruction"] = (
+            f"{folder}/{CLEAN_METHOD}/{wildcards.subject}.npz"
+        )
+    return files
 
 
 def translator_file(wildcards):

@@ -30,6 +30,28 @@ rule train_scorer:
         "../scripts/train_scorer.py"
 
 
+# Method arepas_clean: its scorer, mined from its own translator's reconstructions.
+use rule train_scorer as train_scorer_clean with:
+    input:
+        train=lambda wc: preprocessed(wc.dataset, subjects_of(wc.dataset, ["train"])),
+        translator="results/{dataset}/models/arepas_clean/translator.pt",
+    output:
+        model="results/{dataset}/models/arepas_clean/scorer.pt",
+        history=report(
+            "results/{dataset}/models/arepas_clean/scorer_history.tsv",
+            caption="../report/scorer_history.rst",
+            category="3. Patch scorer",
+            subcategory="{dataset}: arepas_clean",
+        ),
+        usage="results/{dataset}/models/arepas_clean/scorer_usage.tsv",
+    log:
+        "logs/{dataset}/arepas_clean/train_scorer.log",
+    params:
+        settings=lambda wc: CLEAN_SETTINGS[wc.dataset]["scorer"],
+        on_stall=config["scorer_stall"],
+        seed=config["seed"],
+
+
 rule train_autoencoder:
     input:
         train=lambda wc: preprocessed(wc.dataset, subjects_of(wc.dataset, ["train"])),
@@ -60,7 +82,7 @@ rule train_autoencoder:
 rule anomaly_maps:
     input:
         unpack(map_model_files),
-        reconstruction="results/{dataset}/reconstruction/{subject}.npz",
+        unpack(map_reconstructions),
         mapping="results/{dataset}/preprocessed/{subject}/mapping.json",
         roi_native="results/{dataset}/preprocessed/{subject}/roi_native.nii.gz",
     output:
@@ -83,6 +105,7 @@ rule anomaly_maps:
     params:
         methods=config["methods"],
         maps=config["maps"],
+        clean_maps=lambda wc: CLEAN_SETTINGS[wc.dataset]["maps"],
         seed=config["seed"],
     script:
         "../scripts/anomaly_maps.py"

@@ -55,3 +55,44 @@ rule reconstruct:
     threads: 1
     script:
         "../scripts/reconstruct.py"
+
+
+# Method arepas_clean: the same training and reconstruction with the earlier choices
+# (arepas.pipeline.clean_method_settings), written under a folder of its own.
+use rule train_translator as train_translator_clean with:
+    output:
+        model="results/{dataset}/models/arepas_clean/translator.pt",
+        history=report(
+            "results/{dataset}/models/arepas_clean/translator_history.tsv",
+            caption="../report/translator_history.rst",
+            category="2. Translator",
+            subcategory="{dataset}: arepas_clean",
+        ),
+        edge_reliance=report(
+            "results/{dataset}/models/arepas_clean/translator_edge_reliance.tsv",
+            caption="../report/translator_edge_reliance.rst",
+            category="2. Translator",
+            subcategory="{dataset}: arepas_clean",
+        ),
+        usage="results/{dataset}/models/arepas_clean/translator_usage.tsv",
+    log:
+        "logs/{dataset}/arepas_clean/train_translator.log",
+    params:
+        settings=lambda wc: CLEAN_SETTINGS[wc.dataset]["translator"],
+        preprocessing=preprocess_settings,
+        checkpoint_dir=lambda wc: f"results/{wc.dataset}/models/arepas_clean/translator_checkpoint",
+        seed=config["seed"],
+
+
+use rule reconstruct as reconstruct_clean with:
+    input:
+        slices="results/{dataset}/preprocessed/{subject}/slices.npz",
+        working="results/{dataset}/preprocessed/{subject}/working.nii.gz",
+        model=lambda wc: model_file(wc.dataset, "arepas_clean/translator"),
+    output:
+        reconstruction="results/{dataset}/reconstruction/arepas_clean/{subject}.npz",
+        volume="results/{dataset}/reconstruction/arepas_clean/{subject}_working.nii.gz",
+    log:
+        "logs/{dataset}/arepas_clean/reconstruct/{subject}.log",
+    benchmark:
+        "benchmarks/{dataset}/arepas_clean/reconstruct/{subject}.tsv"

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from arepas import io, pipeline
-from arepas.maps import anomaly_maps, patch_map_dense, patch_map_sampled
+from arepas.maps import anomaly_maps, raw_patch_map
+from arepas.pipeline import CLEAN_METHOD
 from arepas.preprocessing import SliceGeometry, assemble_volume
 
 torch.set_num_threads(snakemake.threads)
@@ -20,30 +21,20 @@ mapping = json.loads(open(snakemake.input.mapping).read())
 native_shape, native_affine = mapping["native_shape"], np.asarray(mapping["native_affine"])
 roi_native, _ = io.load_volume(snakemake.input.roi_native, subject, "roi_native")
 
-patch = None
-if {"arepas", "patch"} & set(methods):
+
+def scorer_patch_map(scorer_file, recon, options):
     from arepas import scorer
 
-    model, _, meta = scorer.load_scorer(snakemake.input.scorer)
+    model, _, meta = scorer.load_scorer(scorer_file)
     if meta.get("stalled"):
-        print(f"WARNING: patch maps come from a stalled scorer: {meta['stalled']}")
-    if options["scoring"] == "dense":
-        patch = patch_map_dense(
-            model, rec["slices"], rec["recon"], rec["roi"], options["stride"], normalise=None
-        )
-    else:
-        patch = patch_map_sampled(
-            model,
-            rec["slices"],
-            rec["recon"],
-            rec["roi"],
-            options["n_patches"],
-            np.random.default_rng(options["sampling_seed"]),
-            positions=options["positions"],
-            normalise=None,
-        )
-    # Uncovered pixels stay 0 and the scaling runs in anomaly_maps, over the whole slice for
-    # `reference`; the map is zero outside the ROI only after that.
+        print(f"WARNING: patch maps come from a stalled scorer ({scorer_file}): {meta['stalled']}")
+    return raw_patch_map(model, rec["slices"], recon, rec["roi"], options)
+
+
+reference_methods = [m for m in methods if m != CLEAN_METHOD]
+patch = None
+if {"arepas", "patch"} & set(methods):
+    patch = scorer_patch_map(snakemake.input.scorer, rec["recon"], options)
 extra = {}
 if "ae" in methods:
     from arepas import autoencoder
@@ -56,11 +47,25 @@ maps = anomaly_maps(
     rec["recon"],
     rec["roi"],
     patch,
-    methods,
+    reference_methods,
     median_size=options["median_size"],
     normalise=options["normalise"],
     extra_recons=extra,
 )
+if CLEAN_METHOD in methods:
+    # Its own translator's reconstruction of the same slices, its own scorer and map options.
+    clean_options = snakemake.params.clean_maps
+    clean_recon = io.load_arrays(snakemake.input.clean_reconstruction)["recon"]
+    clean_patch = scorer_patch_map(snakemake.input.clean_scorer, clean_recon, clean_options)
+    maps[CLEAN_METHOD] = anomaly_maps(
+        rec["slices"],
+        clean_recon,
+        rec["roi"],
+        clean_patch,
+        ["arepas"],
+        median_size=clean_options["median_size"],
+        normalise=clean_options["normalise"],
+    )["arepas"]
 geometry = SliceGeometry.from_array(rec["geometry"])
 w_affine = np.asarray(mapping["working_affine"])
 transform_dir = snakemake.input.mapping.rsplit("/", 1)[0]

@@ -22,13 +22,16 @@ def scores(method, subject):
     return io.load_volume(f"{prefix}/maps/{method}/{subject}_native.nii.gz", subject, "map")[0]
 
 
-stalled = ""
-if "scorer" in snakemake.input.keys():
-    from arepas.scorer import load_scorer
+# Methods whose maps depend on each scorer, flagged when that scorer stalled.
+stalled = {}
+for key, dependent in (("scorer", ("arepas", "patch")), ("clean_scorer", ("arepas_clean",))):
+    if key in snakemake.input.keys():
+        from arepas.scorer import load_scorer
 
-    stalled = load_scorer(snakemake.input.scorer)[2].get("stalled", "")
-    if stalled:
-        print(f"WARNING: the patch scorer stalled ({stalled}); arepas and patch rows are flagged")
+        reason = load_scorer(snakemake.input[key])[2].get("stalled", "")
+        if reason:
+            print(f"WARNING: the {key} stalled ({reason}); {', '.join(dependent)} rows are flagged")
+            stalled.update(dict.fromkeys(dependent, reason))
 
 summaries, tables, curves = [], [], {}
 for method in snakemake.params.methods:
@@ -52,7 +55,7 @@ for method in snakemake.params.methods:
     )
     precision, recall, _ = metrics.pr_curve(hist)
     curves[f"{method}_precision"], curves[f"{method}_recall"] = precision, recall
-    flag = "scorer stalled" if stalled and method in ("arepas", "patch") else ""
+    flag = "scorer stalled" if method in stalled else ""
     summaries.append({"dataset": dataset, "method": method, **summary, "flag": flag})
     tables.append(table.assign(dataset=dataset, method=method))
     print(
