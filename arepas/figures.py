@@ -5,9 +5,7 @@ Figures are built with matplotlib's object API (no pyplot state), so they render
 canvas whatever backend the caller has and are freed as soon as they go out of scope.
 """
 
-import os
 import sys
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -15,6 +13,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
+from arepas.io import atomic_path
 
 # Slices are normalised to [-1, 1] in preprocessing (AREPAS reference defaults), so one fixed
 # grey window shows input and reconstruction on the same footing.
@@ -209,17 +209,9 @@ def edge_reliance_panel(examples: Mapping[str, np.ndarray], title: str) -> Figur
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> None:
     """Write the figure atomically (temporary file, then rename) and release it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same folder, so the rename cannot cross file systems; same suffix, so the format is kept.
-    # A unique name rather than mkstemp, whose private 0600 mode would outlive the rename.
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex}{path.suffix}")
     try:
-        fig.savefig(temporary, dpi=dpi)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        with atomic_path(path) as temporary:
+            fig.savefig(temporary, dpi=dpi)
     finally:
         # Figures made through pyplot stay registered there until closed; the module is only
         # consulted when the caller already imported it.

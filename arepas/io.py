@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,25 +28,27 @@ class InputError(ValueError):
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds.
 
+    The block must create the temporary file itself (every writer here opens it by name), so
+    the file gets the mode of any new file: 0666 less the user's umask, group-readable under
+    the usual 022 or 002. A file from ``mkstemp`` would be 0600, and the rename would keep that
+    mode, hiding every result from the other members of a shared project folder.
+
     A failed write (disk full, folder not writable) leaves neither ``path`` nor the temporary
     file, and raises an OSError that names ``path``.
     """
     path = Path(path)
-    tmp = None
+    # Process id and a random part: no other writer, here or on another node, picks this name.
+    # The real suffix stays last: nibabel, numpy and matplotlib choose the format from it.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}{suffix or _suffix(path)}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Keep the real suffix last: nibabel and numpy choose the format from the file name.
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{path.name}.", suffix=suffix or _suffix(path), dir=path.parent
-        )
-        os.close(fd)
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     except OSError as exc:
         raise OSError(exc.errno, f"cannot write '{path}': {exc.strerror or exc}") from exc
     finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def _suffix(path: Path) -> str:
