@@ -57,7 +57,8 @@ def preprocess_subject(
     """Native scan -> working grid (RAS-aligned or template space), ROI, intensities, slices.
 
     Returns arrays for the outputs and a JSON-able ``mapping`` that tells how to go back to the
-    native grid and which bias-field correction the intensities had.
+    native grid and which bias-field correction the intensities had. With registration, the
+    transforms go to ``transform_dir``, a folder of their own: its earlier content is replaced.
     """
     modality = settings["modality"]
     # Before any work: a CT dataset asking for N4 is a config error, whatever the subject.

@@ -7,7 +7,7 @@ ITK's LPS physical space happens only here.
 from __future__ import annotations
 
 import os
-import shutil
+import tempfile
 from pathlib import Path
 
 import ants
@@ -60,9 +60,12 @@ def register(
     out_dir: str | os.PathLike,
     seed: int = 0,
 ) -> dict:
-    """Register a native scan to the template; keep the transform files in ``out_dir``.
+    """Register a native scan to the template; its transform files replace ``out_dir``'s content.
 
-    Returns a description (JSON-serialisable) with the forward and inverse transform lists.
+    ``out_dir`` holds one registration's transforms and nothing else: every file of an earlier
+    registration there (another ``transform``, a replaced image or template) is overwritten or
+    removed, so a rerun never applies a stale transform. Returns a description
+    (JSON-serialisable) with the forward and inverse transform lists, as names in ``out_dir``.
     """
     if transform not in TRANSFORMS:
         raise ValueError(
@@ -72,23 +75,26 @@ def register(
     ants.config.set_ants_deterministic(True, seed_value=int(seed) + 1)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = ants.registration(
-        fixed=to_ants(fixed, fixed_affine),
-        moving=to_ants(moving, moving_affine),
-        type_of_transform=TRANSFORMS[transform],
-        outprefix=str(out_dir / "tmp_"),
-    )
-    kept = {}
-    for direction in ("fwdtransforms", "invtransforms"):
-        names = []
-        for src in result[direction]:
-            dst = out_dir / Path(src).name.replace("tmp_", "")
-            if Path(src).exists() and not dst.exists():
-                shutil.move(src, dst)
-            names.append(dst.name)
-        kept[direction] = names
-    for leftover in out_dir.glob("tmp_*"):
-        leftover.unlink()
+    # ANTs writes into a folder of this run's own, so a failed run leaves the old transforms
+    # whole and two runs never mix their files.
+    with tempfile.TemporaryDirectory(prefix=".registration.", dir=out_dir) as scratch:
+        result = ants.registration(
+            fixed=to_ants(fixed, fixed_affine),
+            moving=to_ants(moving, moving_affine),
+            type_of_transform=TRANSFORMS[transform],
+            outprefix=str(Path(scratch) / "tmp_"),
+        )
+        written = {Path(src) for key in ("fwdtransforms", "invtransforms") for src in result[key]}
+        kept = {
+            key: [Path(src).name.replace("tmp_", "", 1) for src in result[key]]
+            for key in ("fwdtransforms", "invtransforms")
+        }
+        names = {src.name.replace("tmp_", "", 1) for src in written}
+        for old in out_dir.iterdir():
+            if old.is_file() and old.name not in names:
+                old.unlink()
+        for src in written:
+            os.replace(src, out_dir / src.name.replace("tmp_", "", 1))
     # For the inverse, ANTs inverts the affine matrices and uses the inverse warp fields as given.
     kept["invert"] = [name.endswith(".mat") for name in kept["invtransforms"]]
     kept["transform"] = transform

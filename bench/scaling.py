@@ -88,7 +88,7 @@ def stage_preprocess(folder: Path, run_dir: Path) -> dict:
     lesion = io.load_mask(paths["lesion"], SUBJECT, "lesion", image.shape, affine)
     clock.lap("load")
     result = pipeline.preprocess_subject(
-        SUBJECT, paths, image, affine, lesion, None, settings, transform_dir=folder
+        SUBJECT, paths, image, affine, lesion, None, settings, transform_dir=folder / "transforms"
     )
     clock.lap("preprocess_subject")
     w_affine = result["working_affine"]
@@ -168,7 +168,9 @@ def stage_maps(folder: Path, run_dir: Path) -> dict:
         volume = np.maximum(assemble_volume(maps[method], rec["indices"], geometry, fill=0.0), 0)
         io.save_volume(folder / f"{method}_working.nii.gz", volume, w_affine)
         clock.lap("save")
-        native = pipeline.to_native(volume, mapping, native_shape, native_affine, folder)
+        native = pipeline.to_native(
+            volume, mapping, native_shape, native_affine, folder / "transforms"
+        )
         native = np.where(roi_native > 0, np.maximum(native, 0.0), 0.0)
         clock.lap("to native grid")
         io.save_volume(folder / f"{method}_native.nii.gz", native, native_affine)

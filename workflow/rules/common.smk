@@ -293,11 +293,23 @@ def native_maps(dataset, subjects):
 
 
 def evaluation_files(wildcards):
+    """Everything rule evaluate reads. Lists follow the order of its params `test` + `val`
+    (lesions: `test` only), and maps come as `maps_<method>`, so that the script takes each file
+    from its input by subject instead of building a path of its own."""
     test = subjects_of(wildcards.dataset, ["test"])
     val = subjects_of(wildcards.dataset, ["val"])
+    maps = {
+        f"maps_{method}": expand(
+            "results/{dataset}/maps/{method}/{subject}_native.nii.gz",
+            dataset=wildcards.dataset,
+            method=method,
+            subject=test + val,
+        )
+        for method in config["methods"]
+    }
     return {
         **map_model_files(wildcards),
-        "maps": native_maps(wildcards.dataset, test + val),
+        **maps,
         "roi": preprocessed(wildcards.dataset, test + val, "roi_native.nii.gz"),
         "lesion": [SUBJECTS.loc[s, "lesion"] for s in test],
     }

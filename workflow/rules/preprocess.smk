@@ -26,6 +26,9 @@ rule preprocess:
         roi_native="results/{dataset}/preprocessed/{subject}/roi_native.nii.gz",
         slices="results/{dataset}/preprocessed/{subject}/slices.npz",
         mapping="results/{dataset}/preprocessed/{subject}/mapping.json",
+        # The registration's ANTs transforms (empty without registration). A directory output:
+        # Snakemake empties it before the job, so a rerun never finds an older transform there.
+        transforms=directory("results/{dataset}/preprocessed/{subject}/transforms"),
     log:
         "logs/{dataset}/preprocess/{subject}.log",
     benchmark:

@@ -84,6 +84,7 @@ rule anomaly_maps:
         unpack(map_model_files),
         unpack(map_reconstructions),
         mapping="results/{dataset}/preprocessed/{subject}/mapping.json",
+        transforms="results/{dataset}/preprocessed/{subject}/transforms",
         roi_native="results/{dataset}/preprocessed/{subject}/roi_native.nii.gz",
     output:
         working=expand(

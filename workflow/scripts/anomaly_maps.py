@@ -68,7 +68,7 @@ if CLEAN_METHOD in methods:
     )["arepas"]
 geometry = SliceGeometry.from_array(rec["geometry"])
 w_affine = np.asarray(mapping["working_affine"])
-transform_dir = snakemake.input.mapping.rsplit("/", 1)[0]
+transform_dir = snakemake.input.transforms
 for method, working_path, native_path in zip(
     methods, snakemake.output.working, snakemake.output.native, strict=True
 ):

@@ -9,17 +9,24 @@ from arepas import io, metrics
 
 dataset = snakemake.wildcards.dataset
 options = snakemake.params.evaluation
-prefix = f"results/{dataset}"
+test_rows, val_rows = snakemake.params.test, snakemake.params.val
+# Every file comes from the rule's input, listed in the order of the test rows, then the val
+# rows (rule evaluate's input function); strict zips refuse a list of another length.
+subjects = [row["subject"] for row in test_rows + val_rows]
+roi_files = dict(zip(subjects, snakemake.input.roi, strict=True))
+lesion_files = dict(zip(subjects[: len(test_rows)], snakemake.input.lesion, strict=True))
+map_files = {
+    method: dict(zip(subjects, snakemake.input[f"maps_{method}"], strict=True))
+    for method in snakemake.params.methods
+}
 
 
 def roi(subject):
-    return (
-        io.load_volume(f"{prefix}/preprocessed/{subject}/roi_native.nii.gz", subject, "roi")[0] > 0
-    )
+    return io.load_volume(roi_files[subject], subject, "roi")[0] > 0
 
 
 def scores(method, subject):
-    return io.load_volume(f"{prefix}/maps/{method}/{subject}_native.nii.gz", subject, "map")[0]
+    return io.load_volume(map_files[method][subject], subject, "map")[0]
 
 
 # Methods whose maps depend on each scorer, flagged when that scorer stalled.
@@ -37,12 +44,12 @@ summaries, tables, curves = [], [], {}
 for method in snakemake.params.methods:
 
     def test_cases(method=method):
-        for row in snakemake.params.test:
-            lesion = io.load_volume(row["lesion"], row["subject"], "lesion")[0] > 0
+        for row in test_rows:
+            lesion = io.load_volume(lesion_files[row["subject"]], row["subject"], "lesion")[0] > 0
             yield row["subject"], scores(method, row["subject"]), lesion, roi(row["subject"])
 
     def healthy_cases(method=method):
-        for row in snakemake.params.val:
+        for row in val_rows:
             yield row["subject"], scores(method, row["subject"]), roi(row["subject"])
 
     summary, table, hist = metrics.evaluate_cohort(

@@ -23,7 +23,9 @@ if "template" in paths:
     t_mask, _ = io.load_volume(paths["template_mask"], "template", "template_mask")
     template = (t_image, t_affine, t_mask > 0)
 
-out_dir = Path(snakemake.output.mapping).parent
+transform_dir = Path(snakemake.output.transforms)
+# Declared even without registration, so the rules that read transforms have one to name.
+transform_dir.mkdir(parents=True, exist_ok=True)
 result = pipeline.preprocess_subject(
     subject,
     paths,
@@ -33,7 +35,7 @@ result = pipeline.preprocess_subject(
     roi,
     snakemake.params.settings,
     template=template,
-    transform_dir=out_dir,
+    transform_dir=transform_dir,
     seed=snakemake.params.seed,
     dataset=snakemake.wildcards.dataset,
 )
