@@ -125,11 +125,11 @@ def _mean_l1(model: ConvAutoencoder, slices: torch.Tensor, batch_size: int) -> f
     return total / slices.numel()
 
 
-def _as_batch(slices: np.ndarray) -> torch.Tensor:
+def _as_batch(slices: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     array = np.asarray(slices, dtype=np.float32)
     if array.ndim != 3:
         raise ValueError(f"slices must be (n, S, S), got {array.shape}")
-    return torch.as_tensor(array).unsqueeze(1)
+    return torch.as_tensor(array, device=device).unsqueeze(1)
 
 
 def train_autoencoder(
@@ -139,20 +139,28 @@ def train_autoencoder(
     seed: int,
     checkpoint_dir: str | os.PathLike | None = None,
     progress: Callable[[str], None] = print,
+    device: str = "cpu",
 ) -> tuple[ConvAutoencoder, pd.DataFrame]:
     """Train with L1 loss and Adam; returns the best-validation model and the per-epoch history.
 
     With `checkpoint_dir`, a checkpoint is written atomically after every epoch and a run that
     finds one resumes after its last finished epoch (with identical results).
     History columns: epoch, train_l1, val_l1 (train L1 when no validation slices are given).
+    On ``device`` ("cpu", "cuda", "cuda:1"): slices and model live there, the same steps run on
+    CPU and GPU, and a checkpoint from either resumes on the other. The model is returned on
+    ``device``.
     """
-    train = _as_batch(train_slices)
-    val = _as_batch(val_slices) if val_slices is not None and len(val_slices) else None
+    torch_device = torch.device(device)
+    train = _as_batch(train_slices, torch_device)
+    val = (
+        _as_batch(val_slices, torch_device) if val_slices is not None and len(val_slices) else None
+    )
     if len(train) < 2:
         raise ValueError("need at least two training slices (batch norm)")
 
     torch.manual_seed(seed)
-    model = build_autoencoder(settings)
+    # Built on the CPU, then moved: the initial weights do not depend on the device.
+    model = build_autoencoder(settings).to(torch_device)
     # Adam with torch defaults otherwise (betas 0.9, 0.999).
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
     rows: list[dict[str, float]] = []
@@ -162,7 +170,7 @@ def train_autoencoder(
 
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if checkpoint is not None and checkpoint.exists():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        saved = torch.load(checkpoint, map_location=torch_device, weights_only=True)
         saved_settings = json.loads(saved["settings_json"])
         # Only the epoch count may change between runs: a resumed job can be asked to train longer.
         current = settings.to_dict()
@@ -183,7 +191,7 @@ def train_autoencoder(
 
     for epoch in range(first_epoch, settings.epochs + 1):
         model.train()
-        order = torch.as_tensor(_epoch_order(seed, epoch, len(train)))
+        order = torch.as_tensor(_epoch_order(seed, epoch, len(train)), device=torch_device)
         total, seen = 0.0, 0
         for start in range(0, len(train), settings.batch_size):
             idx = order[start : start + settings.batch_size]
@@ -228,14 +236,20 @@ def train_autoencoder(
 def reconstruct_autoencoder(
     model: ConvAutoencoder, slices: np.ndarray, batch_size: int = 16
 ) -> np.ndarray:
-    """Reconstructions (n, S, S) float32 in [-1, 1] of (n, S, S) slices, eval mode."""
-    data = _as_batch(slices)
+    """Reconstructions (n, S, S) float32 in [-1, 1] of (n, S, S) slices, eval mode, on the
+    model's device (load_autoencoder's ``device``)."""
+    device = next(model.parameters()).device
     model.eval()
+    out = []
     with torch.no_grad():
-        out = [model(data[i : i + batch_size]) for i in range(0, len(data), batch_size)]
+        # Batch by batch to the device: only one batch of slices occupies GPU memory.
+        for first in range(0, len(slices), batch_size):
+            batch = _as_batch(slices[first : first + batch_size], device)
+            out.append(model(batch)[:, 0].cpu().numpy())
     if not out:
+        _as_batch(slices)  # the shape check
         return np.zeros(np.shape(slices), dtype=np.float32)
-    return torch.cat(out)[:, 0].numpy().astype(np.float32)
+    return np.concatenate(out).astype(np.float32)
 
 
 def save_autoencoder(
@@ -247,7 +261,8 @@ def save_autoencoder(
     """Write weights, settings and a JSON-serialisable meta dict atomically."""
     save_torch(
         {
-            "state_dict": model.state_dict(),
+            # CPU tensors: the file loads on any machine, with or without a GPU.
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "settings": settings.to_dict(),
             "meta_json": json.dumps(meta or {}),
         },
@@ -256,12 +271,14 @@ def save_autoencoder(
 
 
 def load_autoencoder(
-    path: str | os.PathLike,
+    path: str | os.PathLike, device: str = "cpu"
 ) -> tuple[ConvAutoencoder, AutoencoderSettings, dict[str, Any]]:
-    """Read an autoencoder written by save_autoencoder; the model is returned in eval mode."""
+    """Read an autoencoder written by save_autoencoder; the model is returned in eval mode on
+    ``device``."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     settings = AutoencoderSettings.from_dict(payload["settings"])
     model = build_autoencoder(settings)
     model.load_state_dict(payload["state_dict"])
+    model.to(device)
     model.eval()
     return model, settings, json.loads(payload["meta_json"])

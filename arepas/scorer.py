@@ -397,6 +397,11 @@ def contrastive_loss(distance: torch.Tensor, labels: torch.Tensor, margin: float
     )
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    # Scoring runs where the model's weights are (load_scorer's `device`).
+    return next(model.parameters()).device
+
+
 def _derived_seed(seed: int, attempt: int) -> int:
     return int(np.random.SeedSequence([seed, attempt]).generate_state(1)[0])
 
@@ -451,7 +456,8 @@ def _train_epoch(
     generator: torch.Generator,
 ) -> _EpochResult:
     model.train()
-    order = torch.randperm(len(a), generator=generator)
+    # The generator lives on the CPU, so the order is the same whatever the device.
+    order = torch.randperm(len(a), generator=generator).to(a.device)
     total_loss, correct, seen, last = 0.0, 0, 0, float("nan")
     for start in range(0, len(a), settings.batch_size):
         idx = order[start : start + settings.batch_size]
@@ -488,17 +494,23 @@ def train_scorer(
     settings: ScorerSettings,
     seed: int,
     progress: Callable[[str], None] = print,
+    device: str = "cpu",
 ) -> tuple[SiameseScorer, pd.DataFrame]:
     """Train with the restart rule; keep the state with the best held-out accuracy.
+
+    On ``device`` ("cpu", "cuda", "cuda:1"): the pairs move there once and the model is built
+    there, so CPU and GPU run the same steps; batch order and initialisation come from seeded
+    CPU generators either way. The model is returned on ``device``.
 
     History columns: try, epoch (0 = warm-up epoch), train_loss, train_acc, heldout_acc,
     warmup_acc (the accuracy the restart rule judged; warm-up rows only).
     Raises StalledScorerError if no try passes warm-up, or if `stall_accuracy` is set and the
     best held-out accuracy is at or below it.
     """
-    a = torch.as_tensor(np.asarray(patches_a, dtype=np.float32)).unsqueeze(1)
-    b = torch.as_tensor(np.asarray(patches_b, dtype=np.float32)).unsqueeze(1)
-    y = torch.as_tensor(np.asarray(labels, dtype=np.float32))
+    torch_device = torch.device(device)
+    a = torch.as_tensor(np.asarray(patches_a, dtype=np.float32), device=torch_device).unsqueeze(1)
+    b = torch.as_tensor(np.asarray(patches_b, dtype=np.float32), device=torch_device).unsqueeze(1)
+    y = torch.as_tensor(np.asarray(labels, dtype=np.float32), device=torch_device)
     if not (len(a) == len(b) == len(y)):
         raise ValueError(f"pair arrays differ in length: {len(a)}, {len(b)}, {len(y)}")
     if a.shape[-1] != settings.patch_size or a.shape[-2] != settings.patch_size:
@@ -511,8 +523,8 @@ def train_scorer(
     n_held = int(round(settings.holdout * len(a)))
     if n_held < 1 or len(a) - n_held < 2:
         raise ValueError(f"{len(a)} pairs are too few for a {settings.holdout} hold-out split")
-    held = torch.as_tensor(order[:n_held])
-    train = torch.as_tensor(order[n_held:])
+    held = torch.as_tensor(order[:n_held], device=torch_device)
+    train = torch.as_tensor(order[n_held:], device=torch_device)
     train_set = (a[train], b[train], y[train])
     a_held, b_held, y_held = a[held], b[held], y[held]
 
@@ -525,7 +537,8 @@ def train_scorer(
     for attempt in range(settings.max_restarts):
         try_seed = _derived_seed(seed, attempt)
         torch.manual_seed(try_seed)
-        model = build_siamese(settings)
+        # Built on the CPU, then moved: the initial weights do not depend on the device.
+        model = build_siamese(settings).to(torch_device)
         generator = torch.Generator().manual_seed(try_seed)
 
         result = _train_epoch(
@@ -675,14 +688,15 @@ def dense_patch_scores_batch(
             return np.zeros((0, grid_y, grid_x), dtype=np.float32)
         return np.stack(grids).reshape(len(real), grid_y, grid_x).astype(np.float32)
     out = []
+    device = _device_of(model)
     with torch.no_grad():
         for start in range(0, len(real), chunk_size):
-            ra = torch.as_tensor(real[start : start + chunk_size]).unsqueeze(1)
-            rb = torch.as_tensor(recon[start : start + chunk_size]).unsqueeze(1)
+            ra = torch.as_tensor(real[start : start + chunk_size], device=device).unsqueeze(1)
+            rb = torch.as_tensor(recon[start : start + chunk_size], device=device).unsqueeze(1)
             emb = _dense_embedding(model, torch.cat([ra, rb]), stride)
             ea, eb = emb.split(len(ra))
             distance = _pair_distance(ea, eb, dim=1)
-            out.append(torch.sigmoid(model.logit_from_distance(distance)).numpy())
+            out.append(torch.sigmoid(model.logit_from_distance(distance)).cpu().numpy())
     if not out:
         grid = [(size - p) // stride + 1 for size in real.shape[1:]]
         return np.zeros((0, *grid), dtype=np.float32)
@@ -702,8 +716,9 @@ def _tap_range(index: int, patch_size: int, padding: int) -> tuple[int, int]:
     return max(0, padding - index), min(_KERNEL, patch_size + padding - index)
 
 
-def _visible_mask(rows: tuple[int, int], cols: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
-    mask = torch.zeros(_KERNEL, _KERNEL, dtype=dtype)
+def _visible_mask(rows: tuple[int, int], cols: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+    # On the device and in the dtype of `like` (the kernel it masks).
+    mask = torch.zeros(_KERNEL, _KERNEL, dtype=like.dtype, device=like.device)
     mask[rows[0] : rows[1], cols[0] : cols[1]] = 1.0
     return mask
 
@@ -739,16 +754,16 @@ def _masked_first_stage(
     height, width = x.shape[-2] - _KERNEL, x.shape[-1] - _KERNEL
     if not dense_keys:
         # Small patches: every pooled entry is computed per patch; one placeholder map.
-        return torch.zeros((x.shape[0], 1, height, width, conv.weight.shape[0]))
+        return torch.zeros((x.shape[0], 1, height, width, conv.weight.shape[0]), device=x.device)
     classes = sorted({(r[di], c[dj]) for r, c in dense_keys for di in (0, 1) for dj in (0, 1)})
     activation: dict[tuple, torch.Tensor] = {}
     channels = conv.weight.shape[0]
     # All classes in one convolution, stacked as output channels.
-    weight = torch.cat([conv.weight * _visible_mask(r, c, conv.weight.dtype) for r, c in classes])
+    weight = torch.cat([conv.weight * _visible_mask(r, c, conv.weight) for r, c in classes])
     stacked = F.conv2d(x, weight, conv.bias.repeat(len(classes))).tanh_()
     for n, key in enumerate(classes):
         activation[key] = stacked[:, n * channels : (n + 1) * channels]
-    pooled = torch.empty((x.shape[0], len(dense_keys), height, width, channels))
+    pooled = torch.empty((x.shape[0], len(dense_keys), height, width, channels), device=x.device)
     for k, (row_key, col_key) in enumerate(dense_keys):
         if row_key[0] == row_key[1] and col_key[0] == col_key[1]:
             total = F.avg_pool2d(activation[row_key[0], col_key[0]], 2, stride=1)
@@ -772,11 +787,12 @@ def _pooled_entry_per_patch(
     row_key, col_key = key
     width = x.shape[-1]
     flat = x.reshape(x.shape[0], -1)
-    taps = (torch.arange(_KERNEL)[:, None] * width + torch.arange(_KERNEL)[None, :]).reshape(-1)
+    kernel = torch.arange(_KERNEL, device=x.device)
+    taps = (kernel[:, None] * width + kernel[None, :]).reshape(-1)
     total = 0
     for di in (0, 1):
         for dj in (0, 1):
-            weight = conv.weight * _visible_mask(row_key[di], col_key[dj], conv.weight.dtype)
+            weight = conv.weight * _visible_mask(row_key[di], col_key[dj], conv.weight)
             top = (positions[:, 0] + 2 * u + di) * width + positions[:, 1] + 2 * v + dj
             windows = flat[:, top[:, None] + taps[None, :]]  # (B, k, 16)
             total = total + torch.tanh(windows @ weight.reshape(weight.shape[0], -1).T + conv.bias)
@@ -789,23 +805,25 @@ def _padded_embeddings(
     """Embeddings (B, k, E) of the patches with top-left corners `positions` (k, 2) in each of
     the (B, H, W) images, equal to model.embed on the cut-out patches (eval mode)."""
     pad = model.padding
-    images = torch.as_tensor(images)
+    device = _device_of(model)
+    images = torch.as_tensor(images, device=device)
     x = F.pad(model.input_norm(images[:, None]), (pad, pad, pad, pad))
     keys, dense_keys, per_patch_keys = _first_stage_plan(model)
     maps = _masked_first_stage(model, x, dense_keys)
     n_images, n_maps, height, width, channels = maps.shape
     rows = maps.reshape(-1, channels)
     size = len(keys)
-    offsets = 2 * torch.arange(size)
-    pos = torch.as_tensor(positions, dtype=torch.int64)
+    offsets = 2 * torch.arange(size, device=device)
+    pos = torch.as_tensor(positions, dtype=torch.int64, device=device)
     # Row of pooled entry (u, v) of a patch at (y, x) in `rows`: its key's map, pixel
     # (y + 2u, x + 2v); images follow one another. Entries computed per patch point at map 0
     # and are overwritten.
     map_of = torch.tensor(
-        [[dense_keys.index((r, c)) if (r, c) in dense_keys else 0 for c in keys] for r in keys]
+        [[dense_keys.index((r, c)) if (r, c) in dense_keys else 0 for c in keys] for r in keys],
+        device=device,
     )
     entry = map_of * (height * width) + offsets[:, None] * width + offsets[None, :]
-    image_start = torch.arange(n_images) * (n_maps * height * width)
+    image_start = torch.arange(n_images, device=device) * (n_maps * height * width)
     corners = [
         (u, v, _pooled_entry_per_patch(model, x, pos, u, v, (keys[u], keys[v])))
         for u in range(size)
@@ -815,7 +833,7 @@ def _padded_embeddings(
     second_size = _stage_size(size, pad)
     pad_after = 2 * second_size - size + _KERNEL - 1 - pad
     conv2 = model.convs[1]
-    out = torch.empty((n_images, len(pos), model.fc.out_features))
+    out = torch.empty((n_images, len(pos), model.fc.out_features), device=device)
     for start in range(0, len(pos), chunk_size):
         chunk = pos[start : start + chunk_size]
         corner = chunk[:, 0] * width + chunk[:, 1]
@@ -865,14 +883,15 @@ def patch_scores_at(
         if model.padding == 0:
             zeros = np.zeros(len(unique), dtype=np.int64)
             index = _patch_index(zeros, unique[:, 0], unique[:, 1], p)
-            a = torch.as_tensor(real_slice[None][index]).unsqueeze(1)
-            b = torch.as_tensor(recon_slice[None][index]).unsqueeze(1)
+            device = _device_of(model)
+            a = torch.as_tensor(real_slice[None][index], device=device).unsqueeze(1)
+            b = torch.as_tensor(recon_slice[None][index], device=device).unsqueeze(1)
             scores = _predict(model, a, b, chunk_size)
         else:
             pair = np.stack([real_slice, recon_slice])
             emb_a, emb_b = _padded_embeddings(model, pair, unique, chunk_size)
             scores = torch.sigmoid(model.logit_from_distance(_pair_distance(emb_a, emb_b)))
-    return scores.numpy().astype(np.float32)[inverse.reshape(-1)]
+    return scores.cpu().numpy().astype(np.float32)[inverse.reshape(-1)]
 
 
 def random_positions(
@@ -917,15 +936,19 @@ def save_scorer(
 ) -> None:
     """Write weights, settings and a JSON-serialisable meta dict atomically."""
     payload = {
-        "state_dict": model.state_dict(),
+        # CPU tensors: the file loads on any machine, with or without a GPU.
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "settings": settings.to_dict(),
         "meta_json": json.dumps(meta or {}),
     }
     save_torch(payload, path)
 
 
-def load_scorer(path: str | os.PathLike) -> tuple[SiameseScorer, ScorerSettings, dict[str, Any]]:
-    """Read a scorer written by save_scorer; the model is returned in eval mode."""
+def load_scorer(
+    path: str | os.PathLike, device: str = "cpu"
+) -> tuple[SiameseScorer, ScorerSettings, dict[str, Any]]:
+    """Read a scorer written by save_scorer; the model is returned in eval mode on ``device``,
+    where the scoring functions then run."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     saved = dict(payload["settings"])
     if "architecture" not in saved:
@@ -934,5 +957,6 @@ def load_scorer(path: str | os.PathLike) -> tuple[SiameseScorer, ScorerSettings,
     settings = ScorerSettings.from_dict(saved)
     model = build_siamese(settings)
     model.load_state_dict(payload["state_dict"])
+    model.to(device)
     model.eval()
     return model, settings, json.loads(payload["meta_json"])

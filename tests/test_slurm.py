@@ -49,13 +49,18 @@ def test_profile_slurm_is_found_from_the_repository_root_and_keeps_gpu_jobs_para
     assert {"runtime", "mem_mb", "cpus_per_task"} <= set(args.default_resources)
     for rule in TRAINING_RULES:
         assert set(args.set_resources[rule]) == {"runtime", "mem_mb"}  # gpu=1 from the rule
+    # GPU training jobs get CPUs to feed the GPU; everything else keeps the rules' threads.
+    assert {rule: t.value for rule, t in args.set_threads.items()} == dict.fromkeys(
+        TRAINING_RULES, 8
+    )
     assert {name: r.value for name, r in args.resources.items()} == {"gpu": 1}
     with open(REPO / "profiles/default/config.yaml") as stream:
         assert set(yte.process_yaml(stream, require_use_yte=True)) == {"resources"}
-    # No GPU: training jobs run on the CPUs, not one at a time.
+    # No GPU: training jobs run on the CPUs, not one at a time, with the rules' one thread.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     _, args = parse_args(["-n"])
     assert args.resources["gpu"].value > 2
+    assert not args.set_threads
     # The cap counts per machine: under SLURM, Snakemake does not serialise GPU jobs.
     common = (REPO / "workflow/rules/common.smk").read_text()
     assert re.search(r'resource_scopes:\s*gpu="local"', common)
@@ -95,6 +100,7 @@ def write_test_profile(workdir: Path) -> None:
     for rule in TRAINING_RULES:
         profile["set-resources"][rule] = {**profile["set-resources"][rule], "gpu": 0}
         profile["set-resources"][rule]["mem_mb"] = 1500
+        profile["set-threads"][rule] = 1
     profile["default-resources"]["mem_mb"] = 1000
     # Status checks start sooner, and sacct's view of each job stays available in its log.
     profile["slurm-init-seconds-before-status-checks"] = 2

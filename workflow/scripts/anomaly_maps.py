@@ -13,6 +13,8 @@ from arepas.pipeline import CLEAN_METHOD
 from arepas.preprocessing import SliceGeometry, assemble_volume
 
 torch.set_num_threads(snakemake.threads)
+# Scoring runs on a GPU where one is visible; this rule asks for none, so mostly on the CPU.
+device = "cuda" if torch.cuda.is_available() else "cpu"
 start = time.perf_counter()
 subject = snakemake.wildcards.subject
 methods, options = snakemake.params.methods, snakemake.params.maps
@@ -25,7 +27,7 @@ roi_native, _ = io.load_volume(snakemake.input.roi_native, subject, "roi_native"
 def scorer_patch_map(scorer_file, recon, options):
     from arepas import scorer
 
-    model, _, meta = scorer.load_scorer(scorer_file)
+    model, _, meta = scorer.load_scorer(scorer_file, device=device)
     if meta.get("stalled"):
         print(f"WARNING: patch maps come from a stalled scorer ({scorer_file}): {meta['stalled']}")
     return raw_patch_map(model, rec["slices"], recon, rec["roi"], options)
@@ -39,7 +41,7 @@ extra = {}
 if "ae" in methods:
     from arepas import autoencoder
 
-    ae, _, _ = autoencoder.load_autoencoder(snakemake.input.autoencoder)
+    ae, _, _ = autoencoder.load_autoencoder(snakemake.input.autoencoder, device=device)
     extra["ae"] = autoencoder.reconstruct_autoencoder(ae, rec["slices"])
 
 maps = anomaly_maps(

@@ -7,13 +7,15 @@ start = time.perf_counter()
 
 import torch
 
-from arepas import autoencoder, io
+from arepas import autoencoder, devices, io
 
 torch.set_num_threads(snakemake.threads)
-device = "cuda" if torch.cuda.is_available() else "cpu"
+# The GPU when one is visible; a job that asked for one and sees none stops here, naming itself.
+device = devices.job_training_device(snakemake)
 settings = autoencoder.AutoencoderSettings.from_dict(snakemake.params.settings)
 (train,) = io.concat_arrays(snakemake.input.train, "slices")
 (val,) = io.concat_arrays(snakemake.input.val, "slices")
+print(f"{len(train)} training and {len(val)} validation slices of {train.shape[1]}^2 on {device}")
 model, history = autoencoder.train_autoencoder(
     train,
     val,
@@ -29,6 +31,7 @@ model, history = autoencoder.train_autoencoder(
         val,
     ),
     progress=print,
+    device=device,
 )
 autoencoder.save_autoencoder(snakemake.output.model, model, settings, meta={})
 io.save_table(snakemake.output.history, history)

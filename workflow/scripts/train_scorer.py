@@ -7,10 +7,11 @@ start = time.perf_counter()
 import numpy as np
 import torch
 
-from arepas import io, scorer, translator
+from arepas import devices, io, scorer, translator
 
 torch.set_num_threads(snakemake.threads)
-device = "cuda" if torch.cuda.is_available() else "cpu"
+# The GPU when one is visible; a job that asked for one and sees none stops here, naming itself.
+device = devices.job_training_device(snakemake)
 settings = scorer.ScorerSettings.from_dict(snakemake.params.settings)
 real, roi = io.concat_arrays(snakemake.input.train, "slices", "roi")
 generator, translator_settings, _ = translator.load_translator(
@@ -32,7 +33,8 @@ pairs = scorer.mine_hard_pairs(
 )
 print(
     f"mined {len(pairs['labels'])} hard pairs from {len(targets)} reconstructions "
-    f"({settings.mining_source} edges, {settings.mining_region}) of {len(real)} training slices"
+    f"({settings.mining_source} edges, {settings.mining_region}) of {len(real)} training slices; "
+    f"training on {device}"
 )
 meta = {"n_pairs": len(pairs["labels"]), "stalled": ""}
 try:
@@ -43,6 +45,7 @@ try:
         settings,
         seed=snakemake.params.seed,
         progress=print,
+        device=device,
     )
 except scorer.StalledScorerError as stall:
     if snakemake.params.on_stall != "flag" or stall.model is None:

@@ -8,10 +8,11 @@ start = time.perf_counter()
 
 import torch
 
-from arepas import diagnostics, io, translator
+from arepas import devices, diagnostics, io, translator
 
 torch.set_num_threads(snakemake.threads)
-device = "cuda" if torch.cuda.is_available() else "cpu"
+# The GPU when one is visible; a job that asked for one and sees none stops here, naming itself.
+device = devices.job_training_device(snakemake)
 settings = translator.TranslatorSettings.from_dict(snakemake.params.settings)
 dataset = snakemake.wildcards.dataset
 # ROIs, slice indices and subjects serve the edge-reliance check after training.
