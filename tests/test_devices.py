@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from snakemake.utils import validate
 
 from arepas.autoencoder import (
     AutoencoderSettings,
@@ -116,6 +115,8 @@ def test_a_training_script_job_reads_its_gpu_resource_and_the_config(monkeypatch
 
 
 def test_the_config_schema_documents_the_switch():
+    from snakemake.utils import validate
+
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
     entry = schema["properties"]["allow_cpu_training"]
     assert entry["type"] == "boolean" and entry["default"] is False
