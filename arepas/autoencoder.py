@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arepas.io import save_torch
+from arepas.settings import settings_from_dict
 
 CHECKPOINT_NAME = "autoencoder_last.pt"
 
@@ -46,14 +47,7 @@ class AutoencoderSettings:
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> AutoencoderSettings:
         """Settings from a config mapping; unknown keys are an error, missing keys keep defaults."""
-        values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown autoencoder setting(s) {unknown}; allowed keys are {sorted(known)}"
-            )
-        return cls(**values)
+        return settings_from_dict(cls, values, "autoencoder")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

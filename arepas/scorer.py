@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arepas.io import save_torch
+from arepas.settings import settings_from_dict
 
 # Our stall rule (option `stall_accuracy`): a scorer whose best held-out accuracy is at or below
 # this is indistinguishable from a coin flip on balanced pairs; its maps would be noise times the
@@ -114,14 +115,7 @@ class ScorerSettings:
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> ScorerSettings:
         """Settings from a config mapping; unknown keys are an error, missing keys keep defaults."""
-        values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown scorer setting(s) {unknown}; allowed keys are {sorted(known)}"
-            )
-        return cls(**values)
+        return settings_from_dict(cls, values, "scorer")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -33,7 +33,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from arepas.edges import EDGE_DETECTORS, SWAP_STYLES, augmented_training_set, edge_maps
 from arepas.io import save_torch
+from arepas.settings import settings_from_dict
 
 PERCEPTUAL_CHOICES = ("none", "vgg19", "feature_matching")
 GAN_STEP_CHOICES = ("reference", "discriminator_first")
@@ -165,15 +166,9 @@ class TranslatorSettings:
             )
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TranslatorSettings:
-        """Settings from a plain dict (e.g. a config section); unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown translator setting(s) {unknown}; known settings are {sorted(known)}"
-            )
-        return cls(**values)
+    def from_dict(cls, values: dict[str, Any] | None) -> TranslatorSettings:
+        """Settings from a config mapping; unknown keys are an error, missing keys keep defaults."""
+        return settings_from_dict(cls, values, "translator")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

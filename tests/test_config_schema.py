@@ -122,6 +122,28 @@ def refused_at_start(tmp_path, section: str, settings: dict) -> str:
             {"crop_size": 96},
             "datasets.lung_ct.translator.crop_size: 96 is larger than the slices",
         ),
+        (
+            "translator",
+            {"n_block": 4},
+            "datasets.lung_ct.translator: unknown translator setting(s) ['n_block'] "
+            "(did you mean 'n_block' -> 'n_blocks'?)",
+        ),
+        (
+            "autoencoder",
+            {"epoch": 3},
+            "datasets.lung_ct.autoencoder: unknown autoencoder setting(s) ['epoch'] "
+            "(did you mean 'epoch' -> 'epochs'?)",
+        ),
+        (
+            "autoencoder",
+            {"depth": 0},
+            "datasets.lung_ct.autoencoder: depth must be >= 1",
+        ),
+        (
+            "autoencoder",
+            {"depth": 7},
+            "datasets.lung_ct.autoencoder.depth: 7 halvings need a slice size divisible by 128",
+        ),
     ],
 )
 def test_network_settings_that_cannot_run_stop_the_workflow_at_start(

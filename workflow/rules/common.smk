@@ -27,9 +27,11 @@ PRETRAINED = {
 
 
 def check_network_settings():
-    """Translator and scorer settings of every dataset, checked before any job runs: a misspelt
-    key or a combination the networks cannot run stops the workflow here, naming the key.
+    """Translator, scorer and autoencoder settings of every dataset, checked before any job runs:
+    a misspelt key or a combination the networks cannot run stops the workflow here, naming the
+    key (one check of the keys for all three: arepas.settings.settings_from_dict).
     """
+    from arepas.autoencoder import AutoencoderSettings
     from arepas.scorer import ScorerSettings
     from arepas.translator import TranslatorSettings
 
@@ -38,9 +40,10 @@ def check_network_settings():
         for section, build, window in (
             ("translator", TranslatorSettings, "crop_size"),
             ("scorer", ScorerSettings, "patch_size"),
+            ("autoencoder", AutoencoderSettings, None),
         ):
             candidates = [(f"datasets.{name}.{section}", settings.get(section) or {})]
-            if CLEAN:
+            if CLEAN and section in CLEAN_SETTINGS[name]:
                 where = f"arepas_clean.{section} (on datasets.{name}.{section})"
                 candidates.append((where, CLEAN_SETTINGS[name][section]))
             for where, values in candidates:
@@ -48,12 +51,27 @@ def check_network_settings():
                     built = build.from_dict(values)
                 except (TypeError, ValueError) as error:
                     raise WorkflowError(f"config {where}: {error}") from None
-                size = getattr(built, window)
+                size = getattr(built, window) if window else None
                 if size is not None and size > settings["slice_size"]:
                     raise WorkflowError(
                         f"config {where.split(' ')[0]}.{window}: {size} is larger than the "
                         f"slices (datasets.{name}.slice_size = {settings['slice_size']})"
                     )
+        check_autoencoder_depth(name, settings)
+
+
+def check_autoencoder_depth(name, settings):
+    """The autoencoder halves the slice `depth` times: the slice size must allow it."""
+    if "ae" not in config["methods"]:
+        return
+    from arepas.autoencoder import AutoencoderSettings
+
+    depth = AutoencoderSettings.from_dict(settings.get("autoencoder")).depth
+    if settings["slice_size"] % 2**depth:
+        raise WorkflowError(
+            f"config datasets.{name}.autoencoder.depth: {depth} halvings need a slice size "
+            f"divisible by {2**depth} (datasets.{name}.slice_size = {settings['slice_size']})"
+        )
 
 
 check_network_settings()
