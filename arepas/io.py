@@ -7,6 +7,7 @@ leaves a file that a rerun would trust.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import uuid
 from collections.abc import Iterator
@@ -45,7 +46,14 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     except OSError as exc:
-        raise OSError(exc.errno, f"cannot write '{path}': {exc.strerror or exc}") from exc
+        fix = ""
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            # The usual cause on a shared project folder: a folder another member created.
+            fix = (
+                f"; make '{path.parent}' writable for you (on a shared folder: group write "
+                "permission, e.g. chmod -R g+w, and umask 002) or run in another folder"
+            )
+        raise OSError(exc.errno, f"cannot write '{path}': {exc.strerror or exc}{fix}") from exc
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)

@@ -179,3 +179,20 @@ def test_unwritable_results_folder_gives_a_clear_error(tmp_path):
     blocker.write_text("a file where the results folder should be")
     with pytest.raises(OSError, match=r"cannot write '.*results/lung_ct/roi.nii.gz'"):
         io.save_volume(blocker / "lung_ct" / "roi.nii.gz", np.zeros((2, 2, 2)), np.eye(4))
+
+
+def test_a_folder_without_write_permission_names_the_file_and_the_fix(tmp_path, monkeypatch):
+    import errno
+
+    # What a shared folder created by another member gives (simulated: the tests run as root).
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(np, "savez_compressed", denied)
+    target = tmp_path / "results" / "lung_ct" / "maps" / "s1.npz"
+    with pytest.raises(OSError) as error:
+        io.save_arrays(target, a=np.zeros(3))
+    message = str(error.value)
+    assert f"cannot write '{target}': Permission denied" in message
+    assert f"make '{target.parent}' writable" in message and "chmod -R g+w" in message
+    assert list(target.parent.iterdir()) == []
