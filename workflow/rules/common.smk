@@ -8,6 +8,7 @@ from snakemake.utils import validate
 from arepas import cohort
 from arepas.io import InputError
 from arepas.pipeline import CLEAN_METHOD, clean_method_settings
+from arepas.postprocess import PostprocessSettings, evaluated_methods
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -19,6 +20,10 @@ CLEAN_SETTINGS = {
     for name, settings in DATASETS.items()
 }
 DEMO = config["demo"].get("enabled", False)
+# Every method raw and post-processed (`residual`, `residual+pp`): the maps written and evaluated.
+MAP_METHODS = evaluated_methods(
+    config["methods"], PostprocessSettings.from_dict(config["postprocess"])
+)
 SHEET_DIR = Path(config["subjects"]).parent
 # Datasets whose models come trained from elsewhere: nothing is trained for them here.
 PRETRAINED = {
@@ -287,7 +292,7 @@ def native_maps(dataset, subjects):
     return expand(
         "results/{dataset}/maps/{method}/{subject}_native.nii.gz",
         dataset=dataset,
-        method=config["methods"],
+        method=MAP_METHODS,
         subject=subjects,
     )
 

@@ -22,7 +22,7 @@ rule evaluate:
     conda:
         "../../envs/arepas.yaml"
     params:
-        methods=config["methods"],
+        methods=MAP_METHODS,
         evaluation=config["evaluation"],
         test=lambda wc: subject_rows(wc.dataset, ["test"]),
         val=lambda wc: subject_rows(wc.dataset, ["val"]),

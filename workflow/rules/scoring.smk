@@ -88,11 +88,11 @@ rule anomaly_maps:
     output:
         working=expand(
             "results/{{dataset}}/maps/{method}/{{subject}}_working.nii.gz",
-            method=config["methods"],
+            method=MAP_METHODS,
         ),
         native=expand(
             "results/{{dataset}}/maps/{method}/{{subject}}_native.nii.gz",
-            method=config["methods"],
+            method=MAP_METHODS,
         ),
         slices="results/{dataset}/maps/{subject}_slices.npz",
     log:
@@ -106,6 +106,7 @@ rule anomaly_maps:
         methods=config["methods"],
         maps=config["maps"],
         clean_maps=lambda wc: CLEAN_SETTINGS[wc.dataset]["maps"],
+        postprocess=config["postprocess"],
         seed=config["seed"],
     script:
         "../scripts/anomaly_maps.py"

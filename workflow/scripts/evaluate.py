@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from arepas import io, metrics
+from arepas.postprocess import base_method
 
 dataset = snakemake.wildcards.dataset
 options = snakemake.params.evaluation
@@ -55,7 +56,7 @@ for method in snakemake.params.methods:
     )
     precision, recall, _ = metrics.pr_curve(hist)
     curves[f"{method}_precision"], curves[f"{method}_recall"] = precision, recall
-    flag = "scorer stalled" if method in stalled else ""
+    flag = "scorer stalled" if base_method(method) in stalled else ""
     summaries.append({"dataset": dataset, "method": method, **summary, "flag": flag})
     tables.append(table.assign(dataset=dataset, method=method))
     print(

@@ -5,12 +5,15 @@ sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 import pandas as pd
 
 from arepas import io, metrics
+from arepas.postprocess import variant_name
 
 table = pd.concat([pd.read_csv(p, sep="\t") for p in snakemake.input], ignore_index=True)
 io.save_table(snakemake.output.table, table)
 markdown = metrics.summary_markdown(table)
-# The reference method, and the earlier variant where it ran, each against all the others.
-for method in [m for m in ("arepas", "arepas_clean") if m in set(table["method"])]:
+# The reference method, and the earlier variant where it ran, raw and post-processed, each
+# against the best of all other methods, raw or post-processed.
+compared = [m for base in ("arepas", "arepas_clean") for m in (base, variant_name(base))]
+for method in [m for m in compared if m in set(table["method"])]:
     for column, label in (("best_dice", "best threshold"), ("honest_dice", "val threshold")):
         change = metrics.relative_dice_change(table, method, column)
         lines = [
