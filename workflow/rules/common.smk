@@ -77,6 +77,28 @@ def check_intensity_settings():
 
 check_intensity_settings()
 
+
+def check_dae_settings():
+    """Method dae's settings, checked at workflow start like the other networks'."""
+    from arepas.dae import DaeSettings
+
+    if "dae" not in config["methods"]:
+        return
+    for name, settings in DATASETS.items():
+        try:
+            built = DaeSettings.from_dict(settings.get("dae"))
+        except (TypeError, ValueError) as error:
+            raise WorkflowError(f"config datasets.{name}.dae: {error}") from None
+        if settings["slice_size"] % 2**built.depth:
+            raise WorkflowError(
+                f"config datasets.{name}.dae.depth: {built.depth} poolings need slices "
+                f"divisible by {2**built.depth} (datasets.{name}.slice_size = "
+                f"{settings['slice_size']})"
+            )
+
+
+check_dae_settings()
+
 PREPROCESSING_KEYS = (
     "modality",
     "spacing",
@@ -190,6 +212,8 @@ def needed_models():
         names.append("scorer")
     if "ae" in config["methods"]:
         names.append("autoencoder")
+    if "dae" in config["methods"]:
+        names.append("dae")
     if CLEAN:
         names += [f"{CLEAN_METHOD}/translator", f"{CLEAN_METHOD}/scorer"]
     return names
@@ -255,7 +279,7 @@ def preprocessed(dataset, subjects, name="slices.npz"):
 
 
 def map_model_files(wildcards):
-    """Models the map rule reads, keyed scorer, autoencoder and clean_scorer (arepas_clean)."""
+    """Models the map rule reads, keyed scorer, autoencoder, dae and clean_scorer (arepas_clean)."""
     return {
         name.replace(f"{CLEAN_METHOD}/", "clean_"): model_file(wildcards.dataset, name)
         for name in needed_models()

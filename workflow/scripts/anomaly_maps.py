@@ -48,6 +48,11 @@ if "ae" in methods:
 
     ae, _, _ = autoencoder.load_autoencoder(snakemake.input.autoencoder)
     extra["ae"] = autoencoder.reconstruct_autoencoder(ae, rec["slices"])
+if "dae" in methods:
+    from arepas import dae
+
+    # The unchanged slices go in; the map is |restoration - input|.
+    extra["dae"] = dae.restore(dae.load_dae(snakemake.input.dae)[0], rec["slices"])
 
 maps = anomaly_maps(
     rec["slices"],
