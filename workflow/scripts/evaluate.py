@@ -103,8 +103,9 @@ for method in metrics.compared_methods(snakemake.params.methods):
             | result
         )
         print(
-            f"{method} vs {other} ({kind} threshold): {result['relative_change']:+.1%} "
-            f"[{result['ci_low']:+.1%}, {result['ci_high']:+.1%}]"
+            f"{method} vs {other} ({kind} threshold): relative change "
+            f"{result['relative_change']:+.3f}, 95 % CI [{result['ci_low']:+.3f}, "
+            f"{result['ci_high']:+.3f}]"
         )
 change_columns = ["dataset", "method", "threshold_kind", "best_other", "own_dice", "other_dice"]
 change_columns += ["relative_change", "ci_low", "ci_high", "n_subjects", "n_resamples"]

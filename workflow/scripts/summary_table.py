@@ -11,6 +11,11 @@ def read_all(paths):
     return pd.concat([pd.read_csv(p, sep="\t") for p in paths], ignore_index=True)
 
 
+def percent(value):
+    # Undefined when the other method's Dice is 0 (e.g. nothing found at the val threshold).
+    return "n/a" if pd.isna(value) else f"{value:+.1%}"
+
+
 table = read_all(snakemake.input.summaries)
 io.save_table(snakemake.output.table, table)
 markdown = metrics.summary_markdown(table)
@@ -23,8 +28,9 @@ for method in metrics.compared_methods(table["method"]):
         rows = changes[(changes["method"] == method) & (changes["threshold_kind"] == kind)]
         lines = [
             f"- {row.dataset}: {method} {row.own_dice:.3f} vs {row.best_other} "
-            f"{row.other_dice:.3f}, relative change {row.relative_change:+.1%} "
-            f"(95 % CI {row.ci_low:+.1%} to {row.ci_high:+.1%}, {row.n_subjects} subjects)"
+            f"{row.other_dice:.3f}, relative change {percent(row.relative_change)} "
+            f"(95 % CI {percent(row.ci_low)} to {percent(row.ci_high)}, "
+            f"{row.n_subjects} subjects)"
             for row in rows.itertuples()
         ]
         if lines:
