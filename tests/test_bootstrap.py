@@ -156,3 +156,22 @@ def test_evaluate_cohort_hands_out_subject_histograms_that_sum_to_the_cohort():
     assert resampled_best_dice(collected, np.ones((1, 3)))[0] == pytest.approx(summary["best_dice"])
     plain, _ = evaluate_cohort(lambda: cases, lambda: healthy, "percentile", 99.0, n_bins=1024)
     assert plain == summary
+
+
+def test_resampled_dice_counts_the_drawn_subjects_misses_outside_the_roi():
+    rng = np.random.default_rng(4)
+    roi = np.ones(SHAPE, dtype=bool)
+    roi[:, :, 12:] = False
+    lesions = [lesion_of(rng) for _ in range(4)]
+    maps = [np.where(roi, noisy_map(rng, les, 0.3), 0).astype(np.float32) for les in lesions]
+    hists = []
+    for scores, lesion in zip(maps, lesions, strict=True):
+        hist = ScoreHistogram(float(max(m.max() for m in maps)), 4096)
+        hist.add(scores, lesion, roi)
+        hists.append(hist)
+    assert sum(h.n_lesion_outside for h in hists) > 0
+    weights = np.array([[2.0, 0.0, 1.0, 1.0]])
+    again = ScoreHistogram(hists[0].upper, 4096)
+    for index in (0, 0, 2, 3):
+        again.merge(hists[index])
+    assert resampled_best_dice(hists, weights)[0] == pytest.approx(best_dice(again)[0])

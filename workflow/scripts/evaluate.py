@@ -57,6 +57,7 @@ for method in snakemake.params.methods:
         n_bins=options["bins"],
         return_histogram=True,
         subject_histograms=subject_hists.setdefault(method, []),
+        outside_roi=options["lesions_outside_roi"],
     )
     honest_counts[method] = table[table["threshold_kind"] == "honest"].to_dict("records")
     precision, recall, _ = metrics.pr_curve(hist)
