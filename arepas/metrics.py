@@ -607,34 +607,55 @@ def bootstrap_weights(n_subjects: int, n_resamples: int, seed: int) -> np.ndarra
     return weights
 
 
-def _stacked_counts(hists: Sequence[ScoreHistogram]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-subject lesion and non-lesion counts (n, k) on the bins any subject occupies, in
-    decreasing order of threshold (the order of `_sweep`), and missed lesion voxels (n,)."""
+@dataclass(frozen=True)
+class SubjectHistograms:
+    """One method's test-subject histograms, stacked compactly for the bootstrap: lesion and
+    non-lesion counts (n_subjects, k) on the k bins any subject occupies, highest scores first,
+    and each subject's missed lesion voxels (n_subjects,). A third of the memory of the
+    `ScoreHistogram`s it comes from at most, since thresholds are not needed to resample Dice."""
+
+    lesion: np.ndarray
+    nonlesion: np.ndarray
+    missed: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.lesion)
+
+
+def stack_histograms(hists: Sequence[ScoreHistogram]) -> SubjectHistograms:
+    """Stack subject histograms of one cohort's bins (as `evaluate_cohort` collects them)."""
+    if not len(hists):
+        raise ValueError("no subject histograms to stack")
     first = hists[0]
     if any(
         (h.n_bins, h.upper, h.outside_roi) != (first.n_bins, first.upper, first.outside_roi)
         for h in hists
     ):
         raise ValueError("subject histograms must share one cohort's bins and outside_roi")
-    lesion = np.stack([h.lesion_counts for h in hists])
-    nonlesion = np.stack([h.nonlesion_counts for h in hists])
-    occupied = np.flatnonzero((lesion + nonlesion).sum(axis=0) > 0)[::-1]
-    missed = np.array([h.n_missed for h in hists], dtype=np.float64)
-    return (
-        lesion[:, occupied].astype(np.float64),
-        nonlesion[:, occupied].astype(np.float64),
-        missed,
+    occupied = np.zeros(first.n_bins, dtype=bool)
+    for h in hists:
+        occupied |= (h.lesion_counts + h.nonlesion_counts) > 0
+    index = np.flatnonzero(occupied)[::-1]
+    largest = max(int(max(h.lesion_counts.max(), h.nonlesion_counts.max())) for h in hists)
+    dtype = np.int32 if largest < 2**31 else np.int64
+    return SubjectHistograms(
+        lesion=np.stack([h.lesion_counts[index] for h in hists]).astype(dtype),
+        nonlesion=np.stack([h.nonlesion_counts[index] for h in hists]).astype(dtype),
+        missed=np.array([h.n_missed for h in hists], dtype=np.int64),
     )
 
 
 def resampled_best_dice(
-    hists: Sequence[ScoreHistogram], weights: np.ndarray, chunk: int = 32
+    hists: Sequence[ScoreHistogram] | SubjectHistograms, weights: np.ndarray, chunk: int = 32
 ) -> np.ndarray:
     """Best pooled Dice of each resample (rows of `weights`, as from `bootstrap_weights`), the
     threshold chosen anew on each resample's own pooled histogram, as `best_dice` chooses it on
     the cohort; NaN for a resample without lesion voxels. All-ones weights give `best_dice` of
     the merged histogram."""
-    lesion, nonlesion, missed = _stacked_counts(hists)
+    stacked = hists if isinstance(hists, SubjectHistograms) else stack_histograms(hists)
+    lesion = stacked.lesion.astype(np.float64)
+    nonlesion = stacked.nonlesion.astype(np.float64)
+    missed = stacked.missed.astype(np.float64)
     weights = np.asarray(weights, dtype=np.float64)
     if weights.ndim != 2 or weights.shape[1] != len(hists):
         raise ValueError(f"weights must be (resamples, {len(hists)}), got {weights.shape}")
@@ -668,8 +689,8 @@ def resampled_pooled_dice(counts: Sequence[Mapping[str, float]], weights: np.nda
 
 
 def paired_bootstrap_change(
-    own: Sequence[ScoreHistogram] | Sequence[Mapping[str, float]],
-    other: Sequence[ScoreHistogram] | Sequence[Mapping[str, float]],
+    own: SubjectHistograms | Sequence[ScoreHistogram] | Sequence[Mapping[str, float]],
+    other: SubjectHistograms | Sequence[ScoreHistogram] | Sequence[Mapping[str, float]],
     n_resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = 0,
     level: float = 0.95,
@@ -681,9 +702,10 @@ def paired_bootstrap_change(
     and each resample draws the same subjects for both methods (paired), seeded by `seed`.
 
     With per-subject histograms (`ScoreHistogram`s of one cohort's bins, as `evaluate_cohort`
-    collects them), the Dice is the best-threshold pooled Dice, and each resample chooses its
-    threshold anew for each method, so the interval includes the variability of the threshold
-    choice itself rather than treating the cohort's best threshold as given. With per-subject
+    collects them, or their `stack_histograms`), the Dice is the best-threshold pooled Dice, and
+    each resample chooses its threshold anew for each method, so the interval includes the
+    variability of the threshold choice itself rather than treating the cohort's best threshold
+    as given. With per-subject
     counts (mappings with tp, fp, fn at a fixed threshold, e.g. the one chosen on healthy
     validation scans, which does not depend on the test subjects) the Dice is the pooled Dice
     at that threshold.
@@ -698,9 +720,13 @@ def paired_bootstrap_change(
         )
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    if isinstance(own[0], ScoreHistogram) != isinstance(other[0], ScoreHistogram):
+
+    def histograms(data) -> bool:
+        return isinstance(data, SubjectHistograms) or isinstance(data[0], ScoreHistogram)
+
+    if histograms(own) != histograms(other):
         raise ValueError("give both methods as histograms or both as counts")
-    resample = resampled_best_dice if isinstance(own[0], ScoreHistogram) else resampled_pooled_dice
+    resample = resampled_best_dice if histograms(own) else resampled_pooled_dice
     n = len(own)
     everyone = np.ones((1, n))
     own_dice, other_dice = float(resample(own, everyone)[0]), float(resample(other, everyone)[0])

@@ -59,6 +59,8 @@ for method in snakemake.params.methods:
         subject_histograms=subject_hists.setdefault(method, []),
         outside_roi=options["lesions_outside_roi"],
     )
+    # Stacked without thresholds: a third of the memory, for cohorts of many test subjects.
+    subject_hists[method] = metrics.stack_histograms(subject_hists[method])
     honest_counts[method] = table[table["threshold_kind"] == "honest"].to_dict("records")
     precision, recall, _ = metrics.pr_curve(hist)
     curves[f"{method}_precision"], curves[f"{method}_recall"] = precision, recall
