@@ -11,6 +11,11 @@ scores closer than that.
 The paper reports Dice (Mitic & Langs, MLMI 2025, arXiv 2509.12905); its reference code has no
 thresholding or Dice, so the choices here (best threshold on the pooled test cohort, and an honest
 threshold from healthy validation scans) are ours.
+
+Lesion voxels outside the ROI are counted as misses by default (`outside_roi="miss"`): every map is
+zero there and never segmented, so they are false negatives at every threshold, for every method
+alike, as if scored below every ROI voxel. Dropping them instead (`"ignore"`) would reward an ROI
+that leaves lesions out. The fraction of lesion voxels outside the ROI is reported per subject.
 """
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -23,6 +28,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from arepas.postprocess import base_method, variant_name
+
 # 2**16 bins: on maps shaped like residual x patch-score maps, halving or quadrupling this moved
 # the best Dice by < 1e-4 (see tests/test_metrics.py), well below the 3rd decimal.
 DEFAULT_BINS = 2**16
@@ -31,22 +38,30 @@ DEFAULT_BINS = 2**16
 _CHUNK_VOXELS = 1 << 22
 
 
+OUTSIDE_ROI = ("miss", "ignore")
+
+
 @dataclass
 class ScoreHistogram:
     """Counts of lesion and non-lesion ROI voxels in `n_bins` equal bins over [0, upper].
 
     Scores above `upper` go in the last bin. Build with the cohort's maximum ROI score as `upper`
-    (see `roi_max`), then call `add` once per subject.
+    (see `roi_max`), then call `add` once per subject. Lesion voxels outside the ROI are counted
+    in `n_lesion_outside`; with `outside_roi="miss"` they are positives that no threshold finds.
     """
 
     upper: float
     n_bins: int = DEFAULT_BINS
+    outside_roi: str = "miss"
     lesion_counts: np.ndarray = field(init=False, repr=False)
     nonlesion_counts: np.ndarray = field(init=False, repr=False)
     bin_min: np.ndarray = field(init=False, repr=False)
     max_score: float = field(init=False, default=-np.inf)
+    n_lesion_outside: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
+        if self.outside_roi not in OUTSIDE_ROI:
+            raise ValueError(f"outside_roi must be one of {OUTSIDE_ROI}, got {self.outside_roi!r}")
         if not np.isfinite(self.upper) or self.upper <= 0:
             raise ValueError(f"upper must be a positive finite number, got {self.upper}")
         if self.n_bins < 1:
@@ -66,6 +81,16 @@ class ScoreHistogram:
         return int(self.lesion_counts.sum())
 
     @property
+    def n_missed(self) -> int:
+        """Lesion voxels outside the ROI that count as misses (0 with outside_roi="ignore")."""
+        return self.n_lesion_outside if self.outside_roi == "miss" else 0
+
+    @property
+    def n_positive(self) -> int:
+        """Every lesion voxel the metrics count: those in the ROI and the missed ones."""
+        return self.n_lesion + self.n_missed
+
+    @property
     def n_nonlesion(self) -> int:
         return int(self.nonlesion_counts.sum())
 
@@ -75,6 +100,8 @@ class ScoreHistogram:
         roi = np.asarray(roi, dtype=bool)
         lesion = None if lesion_mask is None else np.asarray(lesion_mask, dtype=bool)
         _check_same_shape(scores=scores, roi=roi, lesion_mask=lesion)
+        if lesion is not None:
+            self.n_lesion_outside += int(np.count_nonzero(lesion & ~roi))
         for part in _slabs(scores.shape):
             inside = roi[part]
             values = scores[part][inside].astype(np.float64)
@@ -96,8 +123,13 @@ class ScoreHistogram:
 
     def merge(self, other: "ScoreHistogram") -> None:
         """Add another histogram with the same bins (e.g. one filled in a parallel job)."""
-        if other.n_bins != self.n_bins or other.upper != self.upper:
-            raise ValueError("histograms must share upper and n_bins to be merged")
+        if (other.n_bins, other.upper, other.outside_roi) != (
+            self.n_bins,
+            self.upper,
+            self.outside_roi,
+        ):
+            raise ValueError("histograms must share upper, n_bins and outside_roi to be merged")
+        self.n_lesion_outside += other.n_lesion_outside
         self.lesion_counts += other.lesion_counts
         self.nonlesion_counts += other.nonlesion_counts
         np.minimum(self.bin_min, other.bin_min, out=self.bin_min)
@@ -115,7 +147,8 @@ def coarsen(hist: ScoreHistogram, factor: int) -> ScoreHistogram:
     """Merge groups of `factor` adjacent bins (to check how much bin width matters)."""
     if factor < 1 or hist.n_bins % factor:
         raise ValueError(f"factor must divide n_bins ({hist.n_bins}), got {factor}")
-    coarse = ScoreHistogram(hist.upper, hist.n_bins // factor)
+    coarse = ScoreHistogram(hist.upper, hist.n_bins // factor, hist.outside_roi)
+    coarse.n_lesion_outside = hist.n_lesion_outside
     coarse.lesion_counts = hist.lesion_counts.reshape(-1, factor).sum(axis=1)
     coarse.nonlesion_counts = hist.nonlesion_counts.reshape(-1, factor).sum(axis=1)
     coarse.bin_min = hist.bin_min.reshape(-1, factor).min(axis=1)
@@ -133,13 +166,20 @@ def save_histogram(hist: ScoreHistogram, path: str | Path) -> None:
         nonlesion_counts=hist.nonlesion_counts,
         bin_min=hist.bin_min,
         max_score=hist.max_score,
+        outside_roi=hist.outside_roi,
+        n_lesion_outside=hist.n_lesion_outside,
     )
 
 
 def load_histogram(path: str | Path) -> ScoreHistogram:
     """Read a histogram written by `save_histogram`."""
     with np.load(path) as stored:
-        hist = ScoreHistogram(float(stored["upper"]), int(stored["n_bins"]))
+        # Files written before lesions outside the ROI were counted hold neither key.
+        outside = str(stored["outside_roi"]) if "outside_roi" in stored else "ignore"
+        hist = ScoreHistogram(float(stored["upper"]), int(stored["n_bins"]), outside)
+        hist.n_lesion_outside = (
+            int(stored["n_lesion_outside"]) if "n_lesion_outside" in stored else 0
+        )
         hist.lesion_counts = stored["lesion_counts"].astype(np.int64)
         hist.nonlesion_counts = stored["nonlesion_counts"].astype(np.int64)
         hist.bin_min = stored["bin_min"].astype(np.float64)
@@ -173,13 +213,16 @@ def _sweep(hist: ScoreHistogram) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def best_dice(hist: ScoreHistogram) -> tuple[float, float]:
     """Largest pooled Dice over thresholds and the threshold reaching it ("score >= threshold").
 
-    Ties go to the highest threshold. Returns (nan, nan) when the cohort has no lesion voxel.
+    Ties go to the highest threshold. Returns (nan, nan) when the cohort has no lesion voxel, and
+    (0, nan) when its only lesion voxels lie outside the ROI of an empty histogram.
     """
-    n_lesion = hist.n_lesion
+    n_lesion = hist.n_positive
     if n_lesion == 0:
         return float("nan"), float("nan")
     thresholds, tp, fp = _sweep(hist)
-    # Dice = 2 TP / (2 TP + FP + FN) and TP + FN is the fixed lesion volume.
+    if thresholds.size == 0:
+        return 0.0, float("nan")
+    # Dice = 2 TP / (2 TP + FP + FN) and TP + FN is the fixed lesion volume, missed voxels included.
     dice = 2.0 * tp / (tp + fp + n_lesion)
     best = int(np.argmax(dice))
     return float(dice[best]), float(thresholds[best])
@@ -191,7 +234,7 @@ def pr_curve(hist: ScoreHistogram) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     Thresholds increase; precision and recall have one extra final point (1, 0).
     """
     thresholds, tp, fp = _sweep(hist)
-    n_lesion = hist.n_lesion
+    n_lesion = hist.n_positive
     precision = tp / (tp + fp)
     recall = tp / n_lesion if n_lesion else np.full(tp.shape, np.nan)
     return (
@@ -203,8 +246,9 @@ def pr_curve(hist: ScoreHistogram) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def average_precision(hist: ScoreHistogram) -> float:
     """AUPRC as the step sum of precision over recall increments, like
-    sklearn.metrics.average_precision_score (no interpolation). NaN without lesion voxels."""
-    n_lesion = hist.n_lesion
+    sklearn.metrics.average_precision_score (no interpolation). NaN without lesion voxels; missed
+    lesion voxels cap the recall below 1."""
+    n_lesion = hist.n_positive
     if n_lesion == 0:
         return float("nan")
     _, tp, fp = _sweep(hist)
@@ -216,9 +260,9 @@ def roc_auc(hist: ScoreHistogram) -> float:
     """Area under the ROC curve by the trapezoid rule, like sklearn.metrics.roc_auc_score.
 
     Tied scores count half, through the diagonal segment they form. NaN when either class is
-    missing.
+    missing. Missed lesion voxels rank below every ROI voxel: the curve ends at their recall gap.
     """
-    n_lesion, n_nonlesion = hist.n_lesion, hist.n_nonlesion
+    n_lesion, n_nonlesion = hist.n_positive, hist.n_nonlesion
     if n_lesion == 0 or n_nonlesion == 0:
         return float("nan")
     _, tp, fp = _sweep(hist)
@@ -265,19 +309,31 @@ def threshold_from_healthy(
 
 
 def subject_metrics(
-    scores: np.ndarray, lesion: np.ndarray, roi: np.ndarray, threshold: float
+    scores: np.ndarray,
+    lesion: np.ndarray,
+    roi: np.ndarray,
+    threshold: float,
+    outside_roi: Literal["miss", "ignore"] = "miss",
 ) -> dict[str, float]:
     """Voxel and lesion-wise metrics of one subject segmented as "score >= threshold" in the ROI.
 
-    Lesions are 26-connected components (full connectivity in any dimension) of the lesion mask
-    inside the ROI; a lesion is detected when any of its voxels is segmented. With an empty lesion
-    mask dice, recall and detection_rate are NaN (undefined); precision is NaN with an empty
-    segmentation. tp, fp and fn are voxel counts for pooling over subjects.
+    Lesions are 26-connected components (full connectivity in any dimension) of the lesion mask;
+    a lesion is detected when any of its voxels is segmented. With outside_roi="miss" lesion voxels
+    outside the ROI are false negatives and a lesion wholly outside is missed; with "ignore" the
+    lesion mask is cut to the ROI first. With an empty lesion mask dice, recall and detection_rate
+    are NaN (undefined); precision is NaN with an empty segmentation. tp, fp and fn are voxel
+    counts for pooling over subjects; lesion_outside_roi counts the lesion voxels outside the ROI
+    and lesion_outside_fraction is their share of the subject's lesion voxels, in either mode.
     """
+    if outside_roi not in OUTSIDE_ROI:
+        raise ValueError(f"outside_roi must be one of {OUTSIDE_ROI}, got {outside_roi!r}")
     scores = np.asarray(scores)
     roi = np.asarray(roi, dtype=bool)
-    lesion = np.asarray(lesion, dtype=bool) & roi
-    _check_same_shape(scores=scores, lesion=lesion, roi=roi)
+    whole = np.asarray(lesion, dtype=bool)
+    _check_same_shape(scores=scores, lesion=whole, roi=roi)
+    n_whole = int(np.count_nonzero(whole))
+    lesion = whole if outside_roi == "miss" else whole & roi
+    outside = n_whole - int(np.count_nonzero(whole & roi))
     # A float64 scalar makes numpy compare float32 maps in float64 (buffered, no full copy), so the
     # threshold is not rounded to float32 on the way.
     segmented = (scores >= np.float64(threshold)) & roi
@@ -301,6 +357,8 @@ def subject_metrics(
         "tp": tp,
         "fp": fp,
         "fn": fn,
+        "lesion_outside_roi": outside,
+        "lesion_outside_fraction": outside / n_whole if n_whole else nan,
     }
 
 
@@ -351,6 +409,12 @@ def summarise(
         n_detected = sum(int(r["n_detected"]) for r in rows)
         row[f"detection_rate_{name}"] = n_detected / n_lesions if n_lesions else float("nan")
     row["n_lesions"] = sum(int(r["n_lesions"]) for r in at_best)
+    # Share of all lesion voxels that lie outside the ROI (missed by every method, or ignored).
+    outside = sum(int(r.get("lesion_outside_roi", 0)) for r in at_best)
+    inside = test_hist.n_lesion
+    row["lesion_outside_fraction"] = (
+        outside / (inside + outside) if inside + outside else float("nan")
+    )
     return row
 
 
@@ -365,6 +429,8 @@ def evaluate_cohort(
     value: float,
     n_bins: int = DEFAULT_BINS,
     return_histogram: bool = False,
+    subject_histograms: list[ScoreHistogram] | None = None,
+    outside_roi: Literal["miss", "ignore"] = "miss",
 ) -> tuple[dict[str, float], pd.DataFrame] | tuple[dict[str, float], pd.DataFrame, ScoreHistogram]:
     """Summary row and per-subject table for one dataset x method, one subject in memory at a time.
 
@@ -372,6 +438,9 @@ def evaluate_cohort(
     (subject, scores, roi); each is called once per pass (test: 3 passes, healthy: 2), so they
     should load from disk lazily. The per-subject table has one row per subject and threshold
     ("best" or "honest"). With `return_histogram` the test histogram comes third (for curves).
+    A list given as `subject_histograms` receives each test subject's histogram, on the bins of
+    the cohort's (for `paired_bootstrap_change`); they sum to the test histogram.
+    `outside_roi` says how lesion voxels outside the ROI count (see `subject_metrics`).
     """
     healthy_upper = max((roi_max(s, r) for _, s, r in healthy_cases()), default=0.0)
     # An all-zero map still needs a valid bin range; any positive upper puts it in bin 0.
@@ -381,16 +450,22 @@ def evaluate_cohort(
     honest_threshold = threshold_from_healthy(healthy_hist, mode, value)
 
     test_upper = max((roi_max(s, r) for _, s, _, r in test_cases()), default=0.0)
-    test_hist = ScoreHistogram(test_upper if test_upper > 0 else 1.0, n_bins)
+    test_hist = ScoreHistogram(test_upper if test_upper > 0 else 1.0, n_bins, outside_roi)
     for _, scores, lesion, roi in test_cases():
-        test_hist.add(scores, lesion, roi)
+        if subject_histograms is None:
+            test_hist.add(scores, lesion, roi)
+            continue
+        subject_hist = ScoreHistogram(test_hist.upper, n_bins, outside_roi)
+        subject_hist.add(scores, lesion, roi)
+        test_hist.merge(subject_hist)
+        subject_histograms.append(subject_hist)
     _, threshold = best_dice(test_hist)
 
     rows: dict[str, list[dict]] = {"best": [], "honest": []}
     table = []
     for subject, scores, lesion, roi in test_cases():
         for name, value_at in (("best", threshold), ("honest", honest_threshold)):
-            metrics = subject_metrics(scores, lesion, roi, value_at)
+            metrics = subject_metrics(scores, lesion, roi, value_at, outside_roi)
             rows[name].append(metrics)
             table.append(
                 {"subject": subject, "threshold_kind": name, "threshold": value_at, **metrics}
@@ -412,6 +487,7 @@ _MARKDOWN_COLUMNS = {
     "auprc": "AUPRC",
     "auroc": "AUROC",
     "detection_rate_honest": "lesions found (val thr.)",
+    "lesion_outside_fraction": "lesion outside ROI",
     "best_threshold": "best threshold",
     "honest_threshold": "val threshold",
     "n_subjects": "subjects",
@@ -473,11 +549,17 @@ def relative_dice_change(
     table: pd.DataFrame, method: str = "arepas", column: str = "best_dice"
 ) -> pd.DataFrame:
     """Per dataset, the relative change of ``method``'s Dice over the best other method, as the
-    paper reports it (+1.9 % chest CT, +4.4 % brain MRI, relative Dice)."""
+    paper reports it (+1.9 % chest CT, +4.4 % brain MRI, relative Dice).
+
+    Other methods are raw and post-processed alike (`residual`, `residual+pp`), so a baseline is
+    never judged on its unfiltered maps alone; variants of ``method`` itself (`arepas+pp` beside
+    `arepas`) are not "other".
+    """
     rows = []
     for dataset, group in table.groupby("dataset", sort=False):
         own = group.loc[group["method"] == method, column]
-        others = group.loc[group["method"] != method].dropna(subset=[column])
+        family = group["method"].map(base_method) == base_method(method)
+        others = group.loc[~family].dropna(subset=[column])
         if own.empty or others.empty:
             continue
         best = others.loc[others[column].idxmax()]
@@ -494,3 +576,172 @@ def relative_dice_change(
             }
         )
     return pd.DataFrame(rows)
+
+
+# Methods reported against the best other method: the reference method and the project's earlier
+# variant of it, each raw and post-processed.
+COMPARED_METHODS = ("arepas", "arepas_clean")
+
+
+def compared_methods(available: Iterable[str]) -> list[str]:
+    """The methods of `COMPARED_METHODS` among `available`, each followed by its `+pp` variant."""
+    present = set(available)
+    candidates = [m for base in COMPARED_METHODS for m in (base, variant_name(base))]
+    return [m for m in candidates if m in present]
+
+
+# Resamples of the paired bootstrap: 2,000 puts the Monte-Carlo error of a 2.5 % percentile at
+# about 0.3 percentage points of coverage, small beside the interval itself with 10 subjects.
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def bootstrap_weights(n_subjects: int, n_resamples: int, seed: int) -> np.ndarray:
+    """(n_resamples, n_subjects) counts of how often each subject is drawn, subjects drawn with
+    replacement, n_subjects per resample; the same `seed` gives the same draws."""
+    if n_subjects < 1 or n_resamples < 1:
+        raise ValueError(f"need >= 1 subject and resample, got {n_subjects}, {n_resamples}")
+    rng = np.random.default_rng(seed)
+    drawn = rng.integers(0, n_subjects, size=(n_resamples, n_subjects))
+    weights = np.zeros((n_resamples, n_subjects), dtype=np.float64)
+    np.add.at(weights, (np.arange(n_resamples)[:, None], drawn), 1.0)
+    return weights
+
+
+@dataclass(frozen=True)
+class SubjectHistograms:
+    """One method's test-subject histograms, stacked compactly for the bootstrap: lesion and
+    non-lesion counts (n_subjects, k) on the k bins any subject occupies, highest scores first,
+    and each subject's missed lesion voxels (n_subjects,). A third of the memory of the
+    `ScoreHistogram`s it comes from at most, since thresholds are not needed to resample Dice."""
+
+    lesion: np.ndarray
+    nonlesion: np.ndarray
+    missed: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.lesion)
+
+
+def stack_histograms(hists: Sequence[ScoreHistogram]) -> SubjectHistograms:
+    """Stack subject histograms of one cohort's bins (as `evaluate_cohort` collects them)."""
+    if not len(hists):
+        raise ValueError("no subject histograms to stack")
+    first = hists[0]
+    if any(
+        (h.n_bins, h.upper, h.outside_roi) != (first.n_bins, first.upper, first.outside_roi)
+        for h in hists
+    ):
+        raise ValueError("subject histograms must share one cohort's bins and outside_roi")
+    occupied = np.zeros(first.n_bins, dtype=bool)
+    for h in hists:
+        occupied |= (h.lesion_counts + h.nonlesion_counts) > 0
+    index = np.flatnonzero(occupied)[::-1]
+    largest = max(int(max(h.lesion_counts.max(), h.nonlesion_counts.max())) for h in hists)
+    dtype = np.int32 if largest < 2**31 else np.int64
+    return SubjectHistograms(
+        lesion=np.stack([h.lesion_counts[index] for h in hists]).astype(dtype),
+        nonlesion=np.stack([h.nonlesion_counts[index] for h in hists]).astype(dtype),
+        missed=np.array([h.n_missed for h in hists], dtype=np.int64),
+    )
+
+
+def resampled_best_dice(
+    hists: Sequence[ScoreHistogram] | SubjectHistograms, weights: np.ndarray, chunk: int = 32
+) -> np.ndarray:
+    """Best pooled Dice of each resample (rows of `weights`, as from `bootstrap_weights`), the
+    threshold chosen anew on each resample's own pooled histogram, as `best_dice` chooses it on
+    the cohort; NaN for a resample without lesion voxels. All-ones weights give `best_dice` of
+    the merged histogram."""
+    stacked = hists if isinstance(hists, SubjectHistograms) else stack_histograms(hists)
+    lesion = stacked.lesion.astype(np.float64)
+    nonlesion = stacked.nonlesion.astype(np.float64)
+    missed = stacked.missed.astype(np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.ndim != 2 or weights.shape[1] != len(hists):
+        raise ValueError(f"weights must be (resamples, {len(hists)}), got {weights.shape}")
+    out = np.full(len(weights), np.nan)
+    # Chunks of resamples bound the (chunk, bins) cumulative sums to a few tens of MB.
+    for start in range(0, len(weights), chunk):
+        w = weights[start : start + chunk]
+        tp = np.cumsum(w @ lesion, axis=1)
+        fp = np.cumsum(w @ nonlesion, axis=1)
+        in_roi = tp[:, -1:] if tp.shape[1] else np.zeros((len(w), 1))
+        # Lesion voxels outside the ROI of the drawn subjects: misses at every threshold.
+        n_lesion = in_roi + (w @ missed)[:, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dice = 2.0 * tp / (tp + fp + n_lesion)
+        has_lesion = n_lesion[:, 0] > 0
+        best = np.nanmax(dice, axis=1) if dice.shape[1] else np.zeros(len(w))
+        out[start : start + len(w)] = np.where(has_lesion, best, np.nan)
+    return out
+
+
+def resampled_pooled_dice(counts: Sequence[Mapping[str, float]], weights: np.ndarray) -> np.ndarray:
+    """Pooled Dice of each resample from per-subject tp, fp, fn at a fixed threshold (as
+    `pooled_dice`); NaN for a resample without lesion voxels."""
+    table = np.array([[row["tp"], row["fp"], row["fn"]] for row in counts], dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.ndim != 2 or weights.shape[1] != len(table):
+        raise ValueError(f"weights must be (resamples, {len(table)}), got {weights.shape}")
+    tp, fp, fn = (weights @ table).T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(tp + fn > 0, 2.0 * tp / (2.0 * tp + fp + fn), np.nan)
+
+
+def paired_bootstrap_change(
+    own: SubjectHistograms | Sequence[ScoreHistogram] | Sequence[Mapping[str, float]],
+    other: SubjectHistograms | Sequence[ScoreHistogram] | Sequence[Mapping[str, float]],
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, float]:
+    """Relative Dice change of one method over another on the same test subjects, with a paired
+    bootstrap percentile interval.
+
+    Subjects, not voxels, are resampled with replacement (voxels of one scan are not independent),
+    and each resample draws the same subjects for both methods (paired), seeded by `seed`.
+
+    With per-subject histograms (`ScoreHistogram`s of one cohort's bins, as `evaluate_cohort`
+    collects them, or their `stack_histograms`), the Dice is the best-threshold pooled Dice, and
+    each resample chooses its threshold anew for each method, so the interval includes the
+    variability of the threshold choice itself rather than treating the cohort's best threshold
+    as given. With per-subject
+    counts (mappings with tp, fp, fn at a fixed threshold, e.g. the one chosen on healthy
+    validation scans, which does not depend on the test subjects) the Dice is the pooled Dice
+    at that threshold.
+
+    Returns own_dice, other_dice, relative_change (own / other - 1, all subjects once),
+    ci_low and ci_high (the (1 - level) / 2 and (1 + level) / 2 percentiles over resamples),
+    n_subjects and n_resamples (resamples where both Dice are defined and other > 0).
+    """
+    if len(own) != len(other) or len(own) == 0:
+        raise ValueError(
+            f"both methods need the same, non-empty list of subjects, got {len(own)}, {len(other)}"
+        )
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+
+    def histograms(data) -> bool:
+        return isinstance(data, SubjectHistograms) or isinstance(data[0], ScoreHistogram)
+
+    if histograms(own) != histograms(other):
+        raise ValueError("give both methods as histograms or both as counts")
+    resample = resampled_best_dice if histograms(own) else resampled_pooled_dice
+    n = len(own)
+    everyone = np.ones((1, n))
+    own_dice, other_dice = float(resample(own, everyone)[0]), float(resample(other, everyone)[0])
+    weights = bootstrap_weights(n, n_resamples, seed)
+    a, b = resample(own, weights), resample(other, weights)
+    valid = np.isfinite(a) & np.isfinite(b) & (b > 0)
+    change = a[valid] / b[valid] - 1.0
+    tail = 100.0 * (1.0 - level) / 2.0
+    low, high = np.percentile(change, [tail, 100.0 - tail]) if change.size else (np.nan, np.nan)
+    return {
+        "own_dice": own_dice,
+        "other_dice": other_dice,
+        "relative_change": own_dice / other_dice - 1.0 if other_dice > 0 else float("nan"),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "n_subjects": n,
+        "n_resamples": int(valid.sum()),
+    }

@@ -21,6 +21,7 @@ RULE_ORDER = (
     "reconstruct",
     "train_scorer",
     "train_autoencoder",
+    "train_dae",
     "anomaly_maps",
     "evaluate",
     "summary_table",
@@ -30,7 +31,7 @@ RULE_ORDER = (
 
 STAGES = {
     "demo + preprocessing": ("make_demo", "prepare_template", "preprocess"),
-    "training": ("train_translator", "train_scorer", "train_autoencoder"),
+    "training": ("train_translator", "train_scorer", "train_autoencoder", "train_dae"),
     "reconstruction + maps": ("reconstruct", "anomaly_maps"),
     "evaluation + figures": ("evaluate", "summary_table", "subject_figure", "dataset_figures"),
 }

@@ -108,7 +108,7 @@ def write_override(path: Path, text: str) -> Path:
 
 
 UPSTREAM = {"make_demo", "preprocess", "prepare_template"}
-TRAINING = {"train_translator", "train_scorer", "train_autoencoder"}
+TRAINING = {"train_translator", "train_scorer", "train_autoencoder", "train_dae"}
 
 
 def test_a_finished_run_plans_no_job(tiny_run):
@@ -144,7 +144,7 @@ def test_translator_setting_retrains_downstream_of_the_translator_only(tiny_run,
         "datasets: {lung_ct: {translator: {lr: 0.002}}}\n",
     )
     planned = dry_run(tiny_run, override)
-    assert not (UPSTREAM | {"train_autoencoder"}) & set(planned)
+    assert not (UPSTREAM | {"train_autoencoder", "train_dae"}) & set(planned)
     # Only the dataset whose translator changed: one translator, one scorer.
     assert planned["train_translator"] == planned["train_scorer"] == 1
     sheet = pd.read_csv(tiny_run / "results/demo/subjects.tsv", sep="\t")

@@ -353,8 +353,10 @@ def test_detection_counts_26_connected_components():
     assert (found["tp"], found["fp"]) == (2, 1)
     assert found["fn"] == lesion.sum() - 2
 
-    roi[:, :, 9:] = False  # lesions outside the ROI are not counted
-    assert subject_metrics(scores, lesion, roi, 0.5)["n_lesions"] == 2
+    roi[:, :, 9:] = False  # the third lesion lies wholly outside the ROI
+    missed = subject_metrics(scores, lesion, roi, 0.5)
+    assert (missed["n_lesions"], missed["n_detected"]) == (3, 1)
+    assert subject_metrics(scores, lesion, roi, 0.5, outside_roi="ignore")["n_lesions"] == 2
 
 
 def test_threshold_is_applied_to_float32_maps_without_rounding():
@@ -430,3 +432,58 @@ def test_cohort_histogram_and_markdown_summary():
     assert first[4] == f"{summary['mean_dice_best']:.3f} ± {summary['sd_dice_best']:.3f}"
     second = [cell.strip() for cell in lines[3].strip("|").split("|")]
     assert second[1] == "residual" and "±" not in second[4]
+
+
+def lesion_partly_outside_roi():
+    """A 4x4x4 lesion cut in half by the ROI border; the map is perfect inside the ROI."""
+    shape = (8, 8, 8)
+    lesion = np.zeros(shape, bool)
+    lesion[2:6, 2:6, 2:6] = True
+    roi = np.ones(shape, bool)
+    roi[:, :, 4:] = False
+    scores = np.where(lesion & roi, 0.9, 0.1).astype(np.float32)
+    scores[~roi] = 0.0
+    return scores, lesion, roi
+
+
+def test_lesion_voxels_outside_the_roi_are_misses_of_every_threshold():
+    scores, lesion, roi = lesion_partly_outside_roi()
+    found = subject_metrics(scores, lesion, roi, 0.5)
+    # 32 lesion voxels found in the ROI, 32 outside it missed: Dice 2*32 / (2*32 + 32).
+    assert (found["tp"], found["fp"], found["fn"]) == (32, 0, 32)
+    assert found["dice"] == pytest.approx(2 / 3)
+    assert found["recall"] == pytest.approx(0.5)
+    assert found["lesion_outside_roi"] == 32
+    assert found["lesion_outside_fraction"] == pytest.approx(0.5)
+    ignored = subject_metrics(scores, lesion, roi, 0.5, outside_roi="ignore")
+    assert ignored["dice"] == 1.0 and ignored["fn"] == 0
+    assert ignored["lesion_outside_fraction"] == pytest.approx(0.5)
+
+    hist = ScoreHistogram(1.0, 256)
+    hist.add(scores, lesion, roi)
+    assert (hist.n_lesion, hist.n_lesion_outside, hist.n_positive) == (32, 32, 64)
+    dice, threshold = best_dice(hist)
+    assert dice == pytest.approx(2 / 3)
+    assert pooled_dice([subject_metrics(scores, lesion, roi, threshold)]) == pytest.approx(dice)
+    # Recall tops out at the share of lesion voxels inside the ROI.
+    assert average_precision(hist) == pytest.approx(0.5)
+    assert roc_auc(hist) == pytest.approx(0.5)
+    kept = ScoreHistogram(1.0, 256, outside_roi="ignore")
+    kept.add(scores, lesion, roi)
+    assert best_dice(kept)[0] == 1.0 and average_precision(kept) == 1.0
+
+
+def test_outside_count_survives_merge_coarsen_and_files(tmp_path):
+    scores, lesion, roi = lesion_partly_outside_roi()
+    first, second = ScoreHistogram(1.0, 256), ScoreHistogram(1.0, 256)
+    first.add(scores, lesion, roi)
+    second.add(scores, lesion, roi)
+    first.merge(second)
+    assert first.n_lesion_outside == 64
+    assert coarsen(first, 4).n_lesion_outside == 64
+    save_histogram(first, tmp_path / "h.npz")
+    loaded = load_histogram(tmp_path / "h.npz")
+    assert (loaded.n_lesion_outside, loaded.outside_roi) == (64, "miss")
+    assert best_dice(loaded) == best_dice(first)
+    with pytest.raises(ValueError, match="outside_roi"):
+        first.merge(ScoreHistogram(1.0, 256, outside_roi="ignore"))

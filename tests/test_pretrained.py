@@ -43,6 +43,7 @@ def models(tiny_run, tmp_path_factory) -> Path:
         "translator.pt",
         "scorer.pt",
         "autoencoder.pt",
+        "dae.pt",
         "arepas_clean/translator.pt",
         "arepas_clean/scorer.pt",
     ):
@@ -62,8 +63,8 @@ def test_pretrained_models_are_applied_without_training(applied_run):
     workdir, rows, output = applied_run
     ran = planned_jobs(output)
     assert ran, "no job table in the log"
-    trainers = {"train_translator", "train_scorer", "train_autoencoder"}
-    trainers |= {f"{name}_clean" for name in trainers if name != "train_autoencoder"}
+    trainers = {"train_translator", "train_scorer", "train_autoencoder", "train_dae"}
+    trainers |= {"train_translator_clean", "train_scorer_clean"}
     assert not (trainers | {"make_demo"}) & set(ran)
     # Only the sheet's scans are preprocessed: there are no train rows to preprocess.
     assert ran["preprocess"] == ran["reconstruct"] == ran["anomaly_maps"] == len(rows)
@@ -76,7 +77,7 @@ def test_applied_models_give_the_training_runs_maps(applied_run, tiny_run):
     # Same scans, same preprocessing, same models and seed: the same maps, bit for bit.
     workdir, rows, _ = applied_run
     for subject in rows["subject"]:
-        for method in ("arepas", "residual", "patch", "ae"):
+        for method in ("arepas", "residual", "patch", "ae", "dae", "residual+pp"):
             rel = f"results/lung_ct/maps/{method}/{subject}_native.nii.gz"
             applied = np.asarray(nib.load(workdir / rel).dataobj)
             trained = np.asarray(nib.load(tiny_run / rel).dataobj)

@@ -33,7 +33,7 @@ from test_incremental import (
 
 pytestmark = pytest.mark.slow
 
-TRAINING_RULES = ("train_translator", "train_scorer", "train_autoencoder")
+TRAINING_RULES = ("train_translator", "train_scorer", "train_autoencoder", "train_dae")
 
 
 def test_profile_slurm_is_found_from_the_repository_root_and_keeps_gpu_jobs_parallel(monkeypatch):

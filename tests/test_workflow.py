@@ -52,7 +52,13 @@ def test_every_stage_writes_its_outputs(tiny_run):
     assert set(sheet["dataset"]) == {"lung_ct", "brain_t1"}
     for dataset in ("lung_ct", "brain_t1"):
         models = results / dataset / "models"
-        for name in ("translator.pt", "scorer.pt", "autoencoder.pt", "translator_history.tsv"):
+        for name in (
+            "translator.pt",
+            "scorer.pt",
+            "autoencoder.pt",
+            "dae.pt",
+            "translator_history.tsv",
+        ):
             assert (models / name).stat().st_size > 0
         # arepas_clean trains a translator and a scorer of its own, with its own choices.
         clean = translator.load_translator(models / "arepas_clean" / "translator.pt")[1]
@@ -63,8 +69,19 @@ def test_every_stage_writes_its_outputs(tiny_run):
         reliance = pd.read_csv(models / "translator_edge_reliance.tsv", sep="\t")
         assert reliance.loc[0, "verdict"] in ("uses edges", "ignores edges")
         summary = pd.read_csv(results / dataset / "metrics" / "summary.tsv", sep="\t")
-        assert sorted(summary["method"]) == ["ae", "arepas", "arepas_clean", "patch", "residual"]
+        methods = ["ae", "arepas", "arepas_clean", "dae", "patch", "residual"]
+        # Every method raw and post-processed, in the same table.
+        assert sorted(summary["method"]) == sorted(methods + [f"{m}+pp" for m in methods])
         assert summary["auroc"].between(0, 1).all()
+        changes = pd.read_csv(results / dataset / "metrics" / "relative_change.tsv", sep="\t")
+        compared = ["arepas", "arepas+pp", "arepas_clean", "arepas_clean+pp"]
+        assert sorted(set(changes["method"])) == compared
+        best = changes[changes["threshold_kind"] == "best"]
+        assert (best["ci_low"] <= best["relative_change"]).all()
+        assert (best["relative_change"] <= best["ci_high"]).all()
+        # At the val threshold the tiny networks may find nothing: the change is then undefined.
+        honest = changes[changes["threshold_kind"] == "honest"]
+        assert (honest["ci_low"].isna() == (honest["other_dice"] == 0)).all()
         figures = ("pr_curves", "dice_per_subject", "translator_training", "scorer_training")
         for figure in (*figures, "translator_edge_reliance"):
             assert (results / dataset / "figures" / f"{figure}.png").stat().st_size > 0
@@ -83,7 +100,7 @@ def test_maps_lie_on_the_native_grid_and_vanish_outside_the_roi(tiny_run):
         roi = nib.load(
             tiny_run / f"results/{row.dataset}/preprocessed/{row.subject}/roi_native.nii.gz"
         )
-        for method in ("arepas", "residual", "patch", "ae", "arepas_clean"):
+        for method in ("arepas", "residual", "patch", "ae", "dae", "arepas_clean", "dae+pp"):
             path = tiny_run / f"results/{row.dataset}/maps/{method}/{row.subject}_native.nii.gz"
             amap = nib.load(path)
             assert amap.shape == image.shape
@@ -100,7 +117,8 @@ def test_stalled_scorer_is_flagged_in_the_tables(tiny_run):
     )
     flags = dict(zip(summary["method"], summary["flag"], strict=True))
     assert flags["arepas"] == flags["patch"] in ("", "scorer stalled")
-    assert flags["residual"] == flags["ae"] == ""
+    assert flags["residual"] == flags["ae"] == flags["dae"] == flags["residual+pp"] == ""
+    assert flags["arepas+pp"] == flags["arepas"]
     clean_log = (tiny_run / "logs/lung_ct/arepas_clean/train_scorer.log").read_text()
     assert ("stalled" in clean_log) == (flags["arepas_clean"] == "scorer stalled")
     log = (tiny_run / "logs/lung_ct/train_scorer.log").read_text()

@@ -8,6 +8,7 @@ from snakemake.utils import validate
 from arepas import cohort
 from arepas.io import InputError
 from arepas.pipeline import CLEAN_METHOD, clean_method_settings
+from arepas.postprocess import PostprocessSettings, evaluated_methods
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -19,6 +20,10 @@ CLEAN_SETTINGS = {
     for name, settings in DATASETS.items()
 }
 DEMO = config["demo"].get("enabled", False)
+# Every method raw and post-processed (`residual`, `residual+pp`): the maps written and evaluated.
+MAP_METHODS = evaluated_methods(
+    config["methods"], PostprocessSettings.from_dict(config["postprocess"])
+)
 SHEET_DIR = Path(config["subjects"]).parent
 # Datasets whose models come trained from elsewhere: nothing is trained for them here.
 PRETRAINED = {
@@ -89,6 +94,28 @@ def check_intensity_settings():
 
 
 check_intensity_settings()
+
+
+def check_dae_settings():
+    """Method dae's settings, checked at workflow start like the other networks'."""
+    from arepas.dae import DaeSettings
+
+    if "dae" not in config["methods"]:
+        return
+    for name, settings in DATASETS.items():
+        try:
+            built = DaeSettings.from_dict(settings.get("dae"))
+        except (TypeError, ValueError) as error:
+            raise WorkflowError(f"config datasets.{name}.dae: {error}") from None
+        if settings["slice_size"] % 2**built.depth:
+            raise WorkflowError(
+                f"config datasets.{name}.dae.depth: {built.depth} poolings need slices "
+                f"divisible by {2**built.depth} (datasets.{name}.slice_size = "
+                f"{settings['slice_size']})"
+            )
+
+
+check_dae_settings()
 
 PREPROCESSING_KEYS = (
     "modality",
@@ -203,6 +230,8 @@ def needed_models():
         names.append("scorer")
     if "ae" in config["methods"]:
         names.append("autoencoder")
+    if "dae" in config["methods"]:
+        names.append("dae")
     if CLEAN:
         names += [f"{CLEAN_METHOD}/translator", f"{CLEAN_METHOD}/scorer"]
     return names
@@ -268,7 +297,7 @@ def preprocessed(dataset, subjects, name="slices.npz"):
 
 
 def map_model_files(wildcards):
-    """Models the map rule reads, keyed scorer, autoencoder and clean_scorer (arepas_clean)."""
+    """Models the map rule reads, keyed scorer, autoencoder, dae and clean_scorer (arepas_clean)."""
     return {
         name.replace(f"{CLEAN_METHOD}/", "clean_"): model_file(wildcards.dataset, name)
         for name in needed_models()
@@ -305,7 +334,7 @@ def native_maps(dataset, subjects):
     return expand(
         "results/{dataset}/maps/{method}/{subject}_native.nii.gz",
         dataset=dataset,
-        method=config["methods"],
+        method=MAP_METHODS,
         subject=subjects,
     )
 

@@ -15,6 +15,12 @@ rule evaluate:
             subcategory="{dataset}",
         ),
         curves="results/{dataset}/metrics/pr_curves.npz",
+        changes=report(
+            "results/{dataset}/metrics/relative_change.tsv",
+            caption="../report/relative_change.rst",
+            category="4. Evaluation",
+            subcategory="{dataset}",
+        ),
     log:
         "logs/{dataset}/evaluate.log",
     benchmark:
@@ -22,17 +28,24 @@ rule evaluate:
     conda:
         "../../envs/arepas.yaml"
     params:
-        methods=config["methods"],
+        methods=MAP_METHODS,
         evaluation=config["evaluation"],
         test=lambda wc: subject_rows(wc.dataset, ["test"]),
         val=lambda wc: subject_rows(wc.dataset, ["val"]),
+        seed=config["seed"],
     script:
         "../scripts/evaluate.py"
 
 
 rule summary_table:
     input:
-        expand("results/{dataset}/metrics/summary.tsv", dataset=evaluated_datasets()),
+        summaries=expand(
+            "results/{dataset}/metrics/summary.tsv", dataset=evaluated_datasets()
+        ),
+        changes=expand(
+            "results/{dataset}/metrics/relative_change.tsv",
+            dataset=evaluated_datasets(),
+        ),
     output:
         markdown=report(
             "results/summary.md",
@@ -40,6 +53,7 @@ rule summary_table:
             category="4. Evaluation",
         ),
         table="results/summary.tsv",
+        changes="results/relative_change.tsv",
     log:
         "logs/summary_table.log",
     benchmark:

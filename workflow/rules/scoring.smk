@@ -79,6 +79,32 @@ rule train_autoencoder:
         "../scripts/train_autoencoder.py"
 
 
+# Method dae: the denoising autoencoder of Kascenas et al. (MIDL 2022), on the same healthy slices.
+rule train_dae:
+    input:
+        train=lambda wc: preprocessed(wc.dataset, subjects_of(wc.dataset, ["train"])),
+        val=lambda wc: preprocessed(wc.dataset, subjects_of(wc.dataset, ["val"])),
+    output:
+        model="results/{dataset}/models/dae.pt",
+        history="results/{dataset}/models/dae_history.tsv",
+        usage="results/{dataset}/models/dae_usage.tsv",
+    log:
+        "logs/{dataset}/train_dae.log",
+    cache: "omit-software"
+    conda:
+        "../../envs/arepas.yaml"
+    # One thread per training job, as the other training rules (see train_scorer).
+    threads: 1
+    resources:
+        gpu=1,
+    params:
+        settings=lambda wc: DATASETS[wc.dataset]["dae"],
+        checkpoint_dir=lambda wc: f"results/{wc.dataset}/models/dae_checkpoint",
+        seed=config["seed"],
+    script:
+        "../scripts/train_dae.py"
+
+
 rule anomaly_maps:
     input:
         unpack(map_model_files),
@@ -89,11 +115,11 @@ rule anomaly_maps:
     output:
         working=expand(
             "results/{{dataset}}/maps/{method}/{{subject}}_working.nii.gz",
-            method=config["methods"],
+            method=MAP_METHODS,
         ),
         native=expand(
             "results/{{dataset}}/maps/{method}/{{subject}}_native.nii.gz",
-            method=config["methods"],
+            method=MAP_METHODS,
         ),
         slices="results/{dataset}/maps/{subject}_slices.npz",
     log:
@@ -107,6 +133,7 @@ rule anomaly_maps:
         methods=config["methods"],
         maps=config["maps"],
         clean_maps=lambda wc: CLEAN_SETTINGS[wc.dataset]["maps"],
+        postprocess=config["postprocess"],
         seed=config["seed"],
     script:
         "../scripts/anomaly_maps.py"

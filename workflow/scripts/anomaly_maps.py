@@ -10,6 +10,13 @@ import torch
 from arepas import io, pipeline
 from arepas.maps import anomaly_maps, raw_patch_map
 from arepas.pipeline import CLEAN_METHOD
+from arepas.postprocess import (
+    PostprocessSettings,
+    evaluated_methods,
+    median_per_slice,
+    remove_small_components,
+    variant_name,
+)
 from arepas.preprocessing import SliceGeometry, assemble_volume
 
 torch.set_num_threads(snakemake.threads)
@@ -43,6 +50,11 @@ if "ae" in methods:
 
     ae, _, _ = autoencoder.load_autoencoder(snakemake.input.autoencoder, device=device)
     extra["ae"] = autoencoder.reconstruct_autoencoder(ae, rec["slices"])
+if "dae" in methods:
+    from arepas import dae
+
+    # The unchanged slices go in; the map is |restoration - input|.
+    extra["dae"] = dae.restore(dae.load_dae(snakemake.input.dae)[0], rec["slices"])
 
 maps = anomaly_maps(
     rec["slices"],
@@ -69,19 +81,31 @@ if CLEAN_METHOD in methods:
         normalise=clean_options["normalise"],
     )["arepas"]
 geometry = SliceGeometry.from_array(rec["geometry"])
+post = PostprocessSettings.from_dict(snakemake.params.postprocess)
+volumes = {}
+for method in methods:
+    volumes[method] = np.maximum(assemble_volume(maps[method], rec["indices"], geometry), 0.0)
+    if post.active:
+        # The median works on the network slices, as the filter of `maps.median_size` does; the
+        # component removal on the assembled working volume, where the slices' 3-D neighbours are.
+        filtered = median_per_slice(maps[method], rec["roi"], post.median_size)
+        filtered = np.maximum(assemble_volume(filtered, rec["indices"], geometry), 0.0)
+        volumes[variant_name(method)] = remove_small_components(filtered, post.min_component_voxels)
 w_affine = np.asarray(mapping["working_affine"])
 transform_dir = snakemake.input.transforms
 for method, working_path, native_path in zip(
-    methods, snakemake.output.working, snakemake.output.native, strict=True
+    evaluated_methods(methods, post),
+    snakemake.output.working,
+    snakemake.output.native,
+    strict=True,
 ):
-    volume = assemble_volume(maps[method], rec["indices"], geometry, fill=0.0)
-    volume = np.maximum(volume, 0.0)
+    volume = volumes[method]
     io.save_volume(working_path, volume, w_affine)
     native = pipeline.to_native(volume, mapping, native_shape, native_affine, transform_dir)
     native = np.where(roi_native > 0, np.maximum(native, 0.0), 0.0)
     io.save_volume(native_path, native, native_affine)
-print(f"{subject}: maps {methods} in {time.perf_counter() - start:.1f} s")
-# The 2D slices of every method, for figures that show what the networks saw.
+print(f"{subject}: maps {list(volumes)} in {time.perf_counter() - start:.1f} s")
+# The 2D slices of every method, raw, for figures that show what the networks saw.
 io.save_arrays(
     snakemake.output.slices,
     input=rec["slices"],

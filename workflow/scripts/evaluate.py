@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from arepas import io, metrics
+from arepas.postprocess import base_method
 
 dataset = snakemake.wildcards.dataset
 options = snakemake.params.evaluation
@@ -41,6 +42,9 @@ for key, dependent in (("scorer", ("arepas", "patch")), ("clean_scorer", ("arepa
             stalled.update(dict.fromkeys(dependent, reason))
 
 summaries, tables, curves = [], [], {}
+# Per method, each test subject's histogram and its counts at the val threshold, in sheet order,
+# for the paired bootstrap over subjects.
+subject_hists, honest_counts = {}, {}
 for method in snakemake.params.methods:
 
     def test_cases(method=method):
@@ -59,10 +63,15 @@ for method in snakemake.params.methods:
         options["threshold_value"],
         n_bins=options["bins"],
         return_histogram=True,
+        subject_histograms=subject_hists.setdefault(method, []),
+        outside_roi=options["lesions_outside_roi"],
     )
+    # Stacked without thresholds: a third of the memory, for cohorts of many test subjects.
+    subject_hists[method] = metrics.stack_histograms(subject_hists[method])
+    honest_counts[method] = table[table["threshold_kind"] == "honest"].to_dict("records")
     precision, recall, _ = metrics.pr_curve(hist)
     curves[f"{method}_precision"], curves[f"{method}_recall"] = precision, recall
-    flag = "scorer stalled" if method in stalled else ""
+    flag = "scorer stalled" if base_method(method) in stalled else ""
     summaries.append({"dataset": dataset, "method": method, **summary, "flag": flag})
     tables.append(table.assign(dataset=dataset, method=method))
     print(
@@ -76,5 +85,39 @@ first = ["dataset", "method", "subject", "threshold_kind"]
 io.save_table(
     snakemake.output.per_subject, per_subject[first + [c for c in per_subject if c not in first]]
 )
-io.save_table(snakemake.output.summary, pd.DataFrame(summaries))
+summary_table = pd.DataFrame(summaries)
+io.save_table(snakemake.output.summary, summary_table)
+
+# Relative Dice change of each compared method over the best other method (chosen on the whole
+# test cohort, as in the summary), with a paired bootstrap interval over test subjects: the best
+# threshold chosen anew in every resample from the subjects' histograms; the val threshold fixed,
+# since it comes from healthy val scans, not from the test subjects.
+changes = []
+for method in metrics.compared_methods(snakemake.params.methods):
+    for column, kind, per_subject_data in (
+        ("best_dice", "best", subject_hists),
+        ("honest_dice", "honest", honest_counts),
+    ):
+        picked = metrics.relative_dice_change(summary_table, method, column)
+        if picked.empty:
+            continue
+        other = picked["best_other"].iloc[0]
+        result = metrics.paired_bootstrap_change(
+            per_subject_data[method],
+            per_subject_data[other],
+            n_resamples=options["bootstrap_resamples"],
+            seed=snakemake.params.seed,
+        )
+        changes.append(
+            {"dataset": dataset, "method": method, "threshold_kind": kind, "best_other": other}
+            | result
+        )
+        print(
+            f"{method} vs {other} ({kind} threshold): relative change "
+            f"{result['relative_change']:+.3f}, 95 % CI [{result['ci_low']:+.3f}, "
+            f"{result['ci_high']:+.3f}]"
+        )
+change_columns = ["dataset", "method", "threshold_kind", "best_other", "own_dice", "other_dice"]
+change_columns += ["relative_change", "ci_low", "ci_high", "n_subjects", "n_resamples"]
+io.save_table(snakemake.output.changes, pd.DataFrame(changes, columns=change_columns))
 io.save_arrays(snakemake.output.curves, **{k: np.asarray(v) for k, v in curves.items()})

@@ -1,0 +1,40 @@
+import sys
+import time
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
+start = time.perf_counter()
+
+
+import torch
+
+from arepas import dae, io
+
+torch.set_num_threads(snakemake.threads)
+device = "cuda" if torch.cuda.is_available() else "cpu"
+settings = dae.DaeSettings.from_dict(snakemake.params.settings)
+train, train_roi = io.concat_arrays(snakemake.input.train, "slices", "roi")
+val, val_roi = io.concat_arrays(snakemake.input.val, "slices", "roi")
+print(f"dae: {len(train)} training slices on {device}")
+model, history = dae.train_dae(
+    train,
+    train_roi,
+    val,
+    val_roi,
+    settings,
+    seed=snakemake.params.seed,
+    checkpoint_dir=io.checkpoint_folder(
+        snakemake.params.checkpoint_dir,
+        {
+            "settings": {k: v for k, v in settings.to_dict().items() if k not in ("epochs",)},
+            "seed": snakemake.params.seed,
+        },
+        train,
+        val,
+    ),
+    device=device,
+    progress=print,
+)
+dae.save_dae(snakemake.output.model, model, settings, meta={"device": device})
+io.save_table(snakemake.output.history, history)
+# Cached rules cannot have a benchmark directive, so they record their own resource use.
+io.save_table(snakemake.output.usage, io.resource_usage(start))
