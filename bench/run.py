@@ -14,7 +14,18 @@ from arepas.io import atomic_path
 from bench import machine, quality, tables
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("quality", "speed", "scoring", "scaling", "gpu", "refscoring", "translator_speed")
+SECTIONS = (
+    "quality",
+    "speed",
+    "scoring",
+    "scaling",
+    "gpu",
+    "refscoring",
+    "translator_speed",
+    "translator_knobs",
+)
+# Hours of training: measured only when named in --only.
+ON_REQUEST = ("translator_knobs",)
 TITLES = {
     "quality": "1. Quality over seeds",
     "speed": "2. Speed per rule and stage",
@@ -23,6 +34,7 @@ TITLES = {
     "gpu": "5. GPU",
     "refscoring": "6. Patch scoring as the reference implementation does it, at 256²",
     "translator_speed": "7. Translator training step: threads, memory layout, compile, crops",
+    "translator_knobs": "8. Translator settings that make the demo translators use their edges",
 }
 # What quality_previous.json measured: the code before the reference implementation's settings
 # became the defaults (unpadded scorer, detached head, clean-edge ROI mining, per-slice ROI
@@ -39,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        default=",".join(SECTIONS),
+        default=",".join(s for s in SECTIONS if s not in ON_REQUEST),
         help=f"comma-separated sections to measure now, of {', '.join(SECTIONS)}; the others "
         "keep their last stored numbers ('none' only rewrites the report)",
     )
@@ -129,6 +141,10 @@ def measure_section(name: str, args: argparse.Namespace) -> dict:
         from bench import translator_speed
 
         return translator_speed.measure(args.threads)
+    if name == "translator_knobs":
+        from bench import translator_knobs
+
+        return translator_knobs.measure(args.run)
     raise ValueError(name)
 
 
@@ -335,6 +351,8 @@ def render(sections: dict[str, dict], run_dir: Path) -> str:
         module = __import__(f"bench.{name}", fromlist=["render"])
         lines.append(module.render(record["data"]))
         if name == "quality":
+            lines += ["### Relative change with bootstrap intervals, per run", ""]
+            lines.append(quality.render_intervals(record["data"]))
             lines += ["### Does the translator use its edges?", ""]
             lines.append(quality.render_edge_reliance(record["data"]))
         previous = REPO / "bench" / "measurements" / "quality_previous.json"

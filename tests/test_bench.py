@@ -221,3 +221,33 @@ def test_sizes_parse():
     assert run.parse_size("512x512x256") == (512, 512, 256)
     with pytest.raises(Exception, match="512x512x256"):
         run.parse_size("512x512")
+
+
+def test_bootstrap_intervals_of_each_run_are_tabled():
+    row = {
+        "dataset": "lung_ct", "method": "arepas", "threshold_kind": "best", "own_dice": 0.42,
+        "other_dice": 0.40, "best_other": "residual+pp", "relative_change": 0.05,
+        "ci_low": -0.02, "ci_high": 0.11, "n_subjects": 10,
+    }
+    data = {"runs": [{"label": "seed 0", "relative_change": [row]}, {"label": "seed 1"}]}
+    text = quality.render_intervals(data)
+    assert "| lung_ct | arepas | best | seed 0 | 0.420 vs 0.400 (residual+pp) | +5.0% |" in text
+    assert "-2.0% to +11.0%" in text and "| 10 |" in text
+    assert "No run" in quality.render_intervals({"runs": [{"label": "seed 0"}]})
+
+
+def test_translator_knob_table_gives_the_ratios():
+    from bench import translator_knobs
+
+    row = {
+        "variant": "reference", "dataset": "brain_t1", "why": "baseline", "steps": 936,
+        "own": 0.24, "other": 0.30, "mean": 0.20, "blur1": 0.11, "own_over_other": 0.8,
+        "own_over_mean": 1.2,
+    }
+    text = translator_knobs.render({"run_dir": "/r", "seed": 0, "rows": [row]})
+    expected = (
+        "| brain_t1 | reference | baseline | 936 | 0.240 | 0.300 | 0.200 | 0.110 | 0.80 | 1.20 |"
+    )
+    assert expected in text
+    # Hours of training: never measured unless asked for.
+    assert "translator_knobs" not in run.parse_args([]).only
