@@ -352,7 +352,7 @@ def evaluation_files(wildcards):
             method=method,
             subject=test + val,
         )
-        for method in config["methods"]
+        for method in MAP_METHODS
     }
     return {
         **map_model_files(wildcards),
