@@ -33,7 +33,14 @@ from test_incremental import (
 
 pytestmark = pytest.mark.slow
 
-TRAINING_RULES = ("train_translator", "train_scorer", "train_autoencoder", "train_dae")
+TRAINING_RULES = (
+    "train_translator",
+    "train_scorer",
+    "train_autoencoder",
+    "train_dae",
+    "train_translator_clean",
+    "train_scorer_clean",
+)
 
 
 def test_profile_slurm_is_found_from_the_repository_root_and_keeps_gpu_jobs_parallel(monkeypatch):
