@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arepas.io import save_torch
+from arepas.io import load_epoch_checkpoint, save_torch
 from arepas.settings import settings_from_dict
 
 CHECKPOINT_NAME = "autoencoder_last.pt"
@@ -163,18 +163,8 @@ def train_autoencoder(
     first_epoch = 1
 
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    if checkpoint is not None and checkpoint.exists():
-        saved = torch.load(checkpoint, map_location=torch_device, weights_only=True)
-        saved_settings = json.loads(saved["settings_json"])
-        # Only the epoch count may change between runs: a resumed job can be asked to train longer.
-        current = settings.to_dict()
-        saved_settings.pop("epochs", None)
-        current.pop("epochs")
-        if saved_settings != current or saved["seed"] != seed:
-            raise ValueError(
-                f"checkpoint {checkpoint} was written with other settings or seed "
-                f"({saved_settings}, seed {saved['seed']}); delete it to start afresh"
-            )
+    saved = load_epoch_checkpoint(checkpoint, settings.to_dict(), seed, torch_device)
+    if saved is not None:
         model.load_state_dict(saved["model"])
         optimiser.load_state_dict(saved["optimiser"])
         best_state = saved["best_model"]

@@ -219,6 +219,32 @@ def save_torch(payload, path) -> None:
         os.fsync(handle.fileno())
 
 
+def load_epoch_checkpoint(checkpoint, settings: dict, seed: int, device) -> dict | None:
+    """The per-epoch checkpoint an epoch loop saved with ``settings_json`` and ``seed`` (the
+    autoencoders'), loaded onto `device`; None where there is none yet.
+
+    Only the epoch count may differ from the current `settings`: a resumed job can be asked to
+    train longer. Other settings or another seed are an error naming the file.
+    """
+    import json
+
+    import torch
+
+    if checkpoint is None or not Path(checkpoint).exists():
+        return None
+    saved = torch.load(checkpoint, map_location=device, weights_only=True)
+    saved_settings = json.loads(saved["settings_json"])
+    current = dict(settings)
+    saved_settings.pop("epochs", None)
+    current.pop("epochs", None)
+    if saved_settings != current or saved["seed"] != seed:
+        raise ValueError(
+            f"checkpoint {checkpoint} was written with other settings or seed "
+            f"({saved_settings}, seed {saved['seed']}); delete it to start afresh"
+        )
+    return saved
+
+
 def checkpoint_folder(root, setup: dict, *arrays: np.ndarray) -> Path:
     """The folder for one training set-up under ``root``: a hash of ``setup`` (settings that a
     resume may not change, the seed) and of the training arrays. A job rerun after a kill finds

@@ -7,10 +7,11 @@ start = time.perf_counter()
 
 import torch
 
-from arepas import dae, io
+from arepas import dae, devices, io
 
 torch.set_num_threads(snakemake.threads)
-device = "cuda" if torch.cuda.is_available() else "cpu"
+# The GPU when one is visible; a job that asked for one and sees none stops here, naming itself.
+device = devices.job_training_device(snakemake)
 settings = dae.DaeSettings.from_dict(snakemake.params.settings)
 train, train_roi = io.concat_arrays(snakemake.input.train, "slices", "roi")
 val, val_roi = io.concat_arrays(snakemake.input.val, "slices", "roi")
