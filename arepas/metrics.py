@@ -381,7 +381,9 @@ def summarise(
     `at_best` / `at_honest` are the `subject_metrics` of every test subject at the best-Dice
     threshold of `test_hist` and at `honest_threshold` (from `threshold_from_healthy`).
     `dice_bin_gap` is how much the best Dice moves when bins are twice as wide: a check that the
-    sweep is fine enough for these maps.
+    sweep is fine enough for these maps. `honest_over_best` is the val-threshold Dice divided by
+    the best Dice: how much of the reachable Dice the label-free threshold keeps (NaN when the
+    best Dice is 0 or undefined).
     """
     dice, threshold = best_dice(test_hist)
     if test_hist.n_bins % 2 == 0:
@@ -394,6 +396,7 @@ def summarise(
         "best_dice": dice,
         "best_threshold": threshold,
         "honest_dice": pooled_dice(at_honest),
+        "honest_over_best": honest_over_best(pooled_dice(at_honest), dice),
         "honest_threshold": float(honest_threshold),
         "auprc": average_precision(test_hist),
         "auroc": roc_auc(test_hist),
@@ -416,6 +419,11 @@ def summarise(
         outside / (inside + outside) if inside + outside else float("nan")
     )
     return row
+
+
+def honest_over_best(honest: float, best: float) -> float:
+    """Val-threshold Dice / best Dice; NaN when the best Dice is 0 or NaN (nothing to reach)."""
+    return float(honest) / float(best) if best > 0 else float("nan")
 
 
 TestCases = Callable[[], Iterable[tuple[str, np.ndarray, np.ndarray, np.ndarray]]]
@@ -482,6 +490,7 @@ _MARKDOWN_COLUMNS = {
     "method": "method",
     "best_dice": "best Dice",
     "honest_dice": "Dice at val threshold",
+    "honest_over_best": "val thr. ÷ best",
     "mean_dice_best": "subject Dice (best)",
     "mean_dice_honest": "subject Dice (val thr.)",
     "auprc": "AUPRC",

@@ -39,6 +39,7 @@ STAGES = {
 QUALITY_METRICS = {
     "best_dice": "best Dice",
     "honest_dice": "Dice at val threshold",
+    "honest_over_best": "val thr. ÷ best",
     "auprc": "AUPRC",
     "auroc": "AUROC",
 }
@@ -186,11 +187,20 @@ def run_span_seconds(records: pd.DataFrame) -> float:
 
 
 def quality_long(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Stack per-run summary tables (dataset, method, metrics...) with a `run` column."""
-    frames = [table.assign(run=label) for label, table in tables.items()]
+    """Stack per-run summary tables (dataset, method, metrics...) with a `run` column; the
+    val-threshold ratio is computed per run where a table predates it."""
+    frames = [
+        table.assign(run=label, honest_over_best=_honest_over_best(table))
+        for label, table in tables.items()
+    ]
     if not frames:
         return pd.DataFrame(columns=["run", "dataset", "method", *QUALITY_METRICS])
     return pd.concat(frames, ignore_index=True)
+
+
+def _honest_over_best(table: pd.DataFrame) -> pd.Series:
+    best = table["best_dice"].astype(float)
+    return table["honest_dice"].astype(float) / best.where(best > 0)
 
 
 def aggregate_quality(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:

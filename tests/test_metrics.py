@@ -399,11 +399,15 @@ def test_summary_row_pools_and_averages_subjects():
     assert 0 < summary["auprc"] <= 1 and 0.5 < summary["auroc"] <= 1
     assert summary["dice_bin_gap"] < 1e-3
     assert summary["best_dice"] >= summary["honest_dice"]
+    assert summary["honest_over_best"] == pytest.approx(
+        summary["honest_dice"] / summary["best_dice"]
+    )
 
     again = summarise(
         ScoreHistogram(1.0, 4), 0.5, best_rows.to_dict("records"), honest_rows.to_dict("records")
     )
     assert np.isnan(again["best_dice"]) and np.isnan(again["auroc"])
+    assert np.isnan(again["honest_over_best"])
 
 
 def test_cohort_histogram_and_markdown_summary():
@@ -426,12 +430,15 @@ def test_cohort_histogram_and_markdown_summary():
     lines = summary_markdown(rows).strip().splitlines()
     assert len(lines) == 4
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
-    assert header[:4] == ["dataset", "method", "best Dice", "Dice at val threshold"]
+    assert header[:5] == [
+        "dataset", "method", "best Dice", "Dice at val threshold", "val thr. ÷ best"
+    ]
     first = [cell.strip() for cell in lines[2].strip("|").split("|")]
     assert first[2] == f"{summary['best_dice']:.3f}"
-    assert first[4] == f"{summary['mean_dice_best']:.3f} ± {summary['sd_dice_best']:.3f}"
+    assert first[4] == f"{summary['honest_dice'] / summary['best_dice']:.3f}"
+    assert first[5] == f"{summary['mean_dice_best']:.3f} ± {summary['sd_dice_best']:.3f}"
     second = [cell.strip() for cell in lines[3].strip("|").split("|")]
-    assert second[1] == "residual" and "±" not in second[4]
+    assert second[1] == "residual" and "±" not in second[5]
 
 
 def lesion_partly_outside_roi():

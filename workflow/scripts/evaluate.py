@@ -76,7 +76,8 @@ for method in snakemake.params.methods:
     tables.append(table.assign(dataset=dataset, method=method))
     print(
         f"{method}: best Dice {summary['best_dice']:.3f}, "
-        f"honest Dice {summary['honest_dice']:.3f}, "
+        f"honest Dice {summary['honest_dice']:.3f} "
+        f"({summary['honest_over_best']:.2f} of best), "
         f"AUPRC {summary['auprc']:.3f}, AUROC {summary['auroc']:.3f}"
     )
 
