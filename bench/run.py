@@ -23,6 +23,8 @@ SECTIONS = (
     "refscoring",
     "translator_speed",
     "translator_knobs",
+    "threshold",
+    "ablation",
 )
 # Hours of training: measured only when named in --only.
 ON_REQUEST = ("translator_knobs",)
@@ -35,6 +37,8 @@ TITLES = {
     "refscoring": "6. Patch scoring as the reference implementation does it, at 256²",
     "translator_speed": "7. Translator training step: threads, memory layout, compile, crops",
     "translator_knobs": "8. Translator settings that make the demo translators use their edges",
+    "threshold": "9. The label-free threshold",
+    "ablation": "10. Patch map scaling × median filter",
 }
 # What quality_previous.json measured: the code before the reference implementation's settings
 # became the defaults (unpadded scorer, detached head, clean-edge ROI mining, per-slice ROI
@@ -147,6 +151,14 @@ def measure_section(name: str, args: argparse.Namespace) -> dict:
         from bench import translator_knobs
 
         return translator_knobs.measure(args.run)
+    if name == "threshold":
+        from bench import threshold
+
+        return threshold.measure(threshold.study_runs(args.results_dir, args.run))
+    if name == "ablation":
+        from bench import ablation
+
+        return ablation.measure(args.run, args.threads)
     raise ValueError(name)
 
 

@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -13,7 +14,8 @@ import torch
 # `bench/` sits at the repository root, outside the installed package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import quality, run, scaling, tables  # noqa: E402
+from arepas import metrics  # noqa: E402
+from bench import quality, run, scaling, tables, threshold  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -127,6 +129,18 @@ def test_quality_aggregates_over_seeds():
     assert best.loc["seed 0", "relative_change"] == pytest.approx(0.5)
     assert best.loc["seed 1", "relative_change"] == pytest.approx(1.0)
     assert set(best["best_other"]) == {"residual"}
+
+
+def test_quality_reports_the_val_threshold_ratio_per_run():
+    # Tables written before the ratio column: it is computed per run, then averaged.
+    first, second = _summary(0.30, 0.20), _summary(0.50, 0.25)
+    second.loc[second["method"] == "arepas", "honest_dice"] = 0.40
+    second.loc[second["method"] == "ae", "best_dice"] = 0.0
+    table = tables.aggregate_quality({"seed 0": first, "seed 1": second}).set_index("method")
+    assert table.loc["arepas", "honest_over_best_mean"] == pytest.approx((0.5 + 0.8) / 2)
+    # A best Dice of 0 has no ratio; the other run's ratio stands alone.
+    assert table.loc["ae", "honest_over_best_mean"] == pytest.approx(0.5)
+    assert math.isnan(table.loc["ae", "honest_over_best_sd"])
 
 
 def test_growth_fits_recover_known_laws():
@@ -251,3 +265,152 @@ def test_translator_knob_table_gives_the_ratios():
     assert expected in text
     # Hours of training: never measured unless asked for.
     assert "translator_knobs" not in run.parse_args([]).only
+
+
+def _cohort(seed: int, shift: float = 0.0):
+    """Healthy val and test ROI scores with lesion flags: lesion voxels score higher."""
+    rng = np.random.default_rng(seed)
+    val = [rng.gamma(2.0, 0.1, 4000) for _ in range(2)]
+    lesion = [rng.random(4000) < 0.02 for _ in range(3)]
+    test = [rng.gamma(2.0, 0.1, 4000) + shift + 0.8 * flags for flags in lesion]
+    return val, test, lesion
+
+
+def test_threshold_study_dice_matches_the_workflow_metrics():
+    val, test, lesion = _cohort(1)
+    n_outside = 7
+    for cut in (0.3, 0.6, 0.9):
+        rows = []
+        for values, flags in zip(test, lesion, strict=True):
+            roi = np.ones(values.size + 3, bool)
+            roi[-3:] = False
+            whole = np.r_[flags, True, True, False]
+            rows.append(metrics.subject_metrics(np.r_[values, 0, 0, 0], whole, roi, cut))
+        # Two lesion voxels per subject lie outside the ROI: six misses, plus one more here.
+        expected = metrics.pooled_dice(rows + [{"tp": 0, "fp": 0, "fn": 1}])
+        assert threshold.pooled_dice_at(test, lesion, n_outside, cut) == pytest.approx(expected)
+    scores = np.concatenate(test)
+    flags = np.concatenate(lesion)
+    hist = metrics.ScoreHistogram(scores.max(), 2**18)
+    hist.add(scores, flags, np.ones(scores.size, bool))
+    hist.n_lesion_outside = n_outside
+    assert threshold.best_pooled_dice(test, lesion, n_outside) == pytest.approx(
+        metrics.best_dice(hist)[0], abs=1e-4
+    )
+
+
+def test_threshold_study_rules_and_their_ratios():
+    val, test, lesion = _cohort(2)
+    rows = {r["rule"]: r for r in threshold.study_method(val, test, lesion, n_outside=0)}
+    assert len(rows) == len(threshold.rules())
+    best = rows["percentile 99"]["best_dice"]
+    assert all(r["best_dice"] == best and r["dice"] <= best + 1e-12 for r in rows.values())
+    # The percentile and the false-positive rate that leave the same share of healthy voxels.
+    assert rows["percentile 99"]["dice"] == pytest.approx(rows["fpr 0.01"]["dice"], abs=0.02)
+    healthy = np.concatenate(val)
+    assert np.mean(healthy >= rows["percentile 99"]["threshold"]) == pytest.approx(0.01, abs=1e-3)
+    assert rows["percentile 99.9"]["threshold"] > rows["percentile 99"]["threshold"]
+    assert rows["percentile 99"]["ratio"] == pytest.approx(rows["percentile 99"]["dice"] / best)
+
+
+def test_volume_normalisation_removes_a_shift_between_volumes():
+    val, test, lesion = _cohort(3, shift=0.5)
+    z = threshold.normalise_volume(test[0], "zscore")
+    assert z.mean() == pytest.approx(0.0, abs=1e-9) and z.std() == pytest.approx(1.0)
+    robust = threshold.normalise_volume(test[0], "robust")
+    assert np.median(robust) == pytest.approx(0.0, abs=1e-9)
+    assert np.all(threshold.normalise_volume(np.full(5, 2.0), "zscore") == 0)
+    with pytest.raises(ValueError, match="unknown volume normalisation"):
+        threshold.normalise_volume(test[0], "max")
+    # Test volumes brighter than the healthy ones: the raw val percentile keeps too much, the
+    # per-volume z-score follows the shift.
+    rows = {r["rule"]: r for r in threshold.study_method(val, test, lesion, n_outside=0)}
+    assert rows["zscore, percentile 99"]["ratio"] > rows["percentile 99"]["ratio"]
+
+
+def test_excess_estimate_finds_the_lesion_tail_without_labels():
+    val, test, lesion = _cohort(4)
+    cut = threshold.excess_threshold(np.concatenate(val), np.concatenate(test))
+    best = threshold.best_pooled_dice(test, lesion, 0)
+    assert threshold.pooled_dice_at(test, lesion, 0, cut) > 0.8 * best
+
+
+def test_threshold_ranking_and_report():
+    frame = pd.DataFrame([
+        {"rule": "percentile 99", "dataset": "a", "ratio": 0.9},
+        {"rule": "percentile 99", "dataset": "b", "ratio": 0.5},
+        {"rule": "percentile 98", "dataset": "a", "ratio": 0.85},
+        {"rule": "percentile 98", "dataset": "b", "ratio": 0.82},
+    ])
+    ranked = threshold.rank_rules(frame, 0.8)
+    assert list(ranked["rule"]) == ["percentile 98", "percentile 99"]
+    assert list(ranked["reached"]) == [2, 1]
+    assert ranked.set_index("rule").loc["percentile 99", "b"] == pytest.approx(0.5)
+    val, test, lesion = _cohort(5)
+    rows = [{"dataset": "d", "method": "m", **r}
+            for r in threshold.study_method(val, test, lesion, 0)]
+    data = {"target": 0.8, "runs": [{
+        "label": "seed 0", "evaluation": {"threshold_mode": "percentile", "threshold_value": 99},
+        "rows": rows,
+        "summary": [{"dataset": "d", "method": "m", "best_dice": rows[0]["best_dice"],
+                     "honest_dice": next(r["dice"] for r in rows
+                                         if r["rule"] == "percentile 99")}],
+    }]}
+    text = threshold.render(data)
+    assert "**percentile 99** (default)" in text
+    assert "within 0.0000" in text
+
+
+def _ablation_subject(seed: int):
+    """A small subject as the reconstruct rule stores it: slices, reconstruction, ROI, where
+    the slices sit in the working volume."""
+    from arepas.preprocessing import SliceGeometry
+
+    rng = np.random.default_rng(seed)
+    slices = rng.uniform(-1, 1, (3, 16, 16)).astype(np.float32)
+    recon = np.clip(slices + rng.normal(0, 0.2, slices.shape), -1, 1).astype(np.float32)
+    roi = np.zeros(slices.shape, bool)
+    roi[:, 3:13, 3:13] = True
+    geometry = SliceGeometry(axis=2, box=(0, 16, 0, 16), side=16, size=16,
+                             volume_shape=(16, 16, 4))
+    return {"slices": slices, "recon": recon, "roi": roi, "indices": np.array([0, 1, 3]),
+            "geometry": geometry.as_array()}
+
+
+def test_ablation_maps_every_setting_through_the_workflow_code():
+    from arepas.maps import NORMALISATIONS, anomaly_maps, raw_patch_map
+    from arepas.scorer import SiameseScorer
+    from bench import ablation
+
+    torch.manual_seed(0)
+    model = SiameseScorer(6, 10).eval()
+    rec = _ablation_subject(1)
+    options = {**ablation.MAP_DEFAULTS, "n_patches": 50}
+    maps = ablation.subject_maps(model, rec, options)
+    # arepas and patch for every scaling and filter; the residual once per filter.
+    expected = len(NORMALISATIONS) * len(ablation.MEDIAN_SIZES) * 2 + len(ablation.MEDIAN_SIZES)
+    assert len(maps) == expected
+    assert all(v.shape == (16, 16, 4) for v in maps.values())
+    # The default setting is what the anomaly_maps rule writes for the same patch positions.
+    raw = raw_patch_map(model, rec["slices"], rec["recon"], rec["roi"], options)
+    direct = anomaly_maps(rec["slices"], rec["recon"], rec["roi"], raw, ["arepas"])["arepas"]
+    np.testing.assert_allclose(maps[("arepas", "reference", 0)][:, :, 1], direct[1])
+    assert np.all(maps[("arepas", "reference", 0)][:, :, 2] == 0)  # a slice not scored
+    assert not np.allclose(maps[("arepas", "volume", 0)], maps[("arepas", "reference", 0)])
+    assert not np.allclose(maps[("arepas", "reference", 5)], maps[("arepas", "reference", 0)])
+
+
+def test_ablation_table_names_the_best_setting():
+    from bench import ablation
+
+    rows = []
+    for norm, size, dice in (("reference", 0, 0.30), ("volume", 0, 0.40), ("reference", 5, 0.35)):
+        rows.append({"dataset": "lung_ct", "method": "arepas", "normalise": norm,
+                     "median_size": size, "best_dice": dice, "honest_dice": dice / 2})
+    rows.append({"dataset": "lung_ct", "method": "residual", "normalise": "reference",
+                 "median_size": 5, "best_dice": 0.33, "honest_dice": 0.2})
+    text = ablation.render({"run_dir": "/run", "maps": {"scoring": "sampled"},
+                            "threshold": ["percentile", 99.0], "rows": rows,
+                            "seconds": {"lung_ct": 12.0}, "threads": 1})
+    assert "`normalise: volume`, median off (0.400; the residual at its best 0.330)" in text
+    assert "| residual | — | 5 × 5 | 0.330 | 0.200 |" in text
