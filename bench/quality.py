@@ -293,7 +293,9 @@ def render(data: dict) -> str:
     lines.append(
         "Best Dice: at the threshold that maximises the pooled test Dice (an upper bound). "
         "Dice at val threshold: at the threshold taken from the healthy validation scans "
-        "without lesion labels (what a user gets). Flagged runs: the patch scorer stalled "
+        "without lesion labels (what a user gets). Val thr. ÷ best: the two divided in each run, "
+        "then averaged (target ≥ 0.8; other label-free rules in \"The label-free threshold\"). "
+        "Flagged runs: the patch scorer stalled "
         "(pair accuracy near 50 %), so its maps are not the method's.\n"
     )
 
