@@ -346,6 +346,11 @@ def test_threshold_ranking_and_report():
     assert list(ranked["rule"]) == ["percentile 98", "percentile 99"]
     assert list(ranked["reached"]) == [2, 1]
     assert ranked.set_index("rule").loc["percentile 99", "b"] == pytest.approx(0.5)
+    # More cases at the target, but dataset a loses: not a clearly better default.
+    assert threshold.better_rules(ranked, "percentile 99", ["a", "b"]) == []
+    frame.loc[2, "ratio"] = 0.95
+    ranked = threshold.rank_rules(frame, 0.8)
+    assert threshold.better_rules(ranked, "percentile 99", ["a", "b"]) == ["percentile 98"]
     val, test, lesion = _cohort(5)
     rows = [{"dataset": "d", "method": "m", **r}
             for r in threshold.study_method(val, test, lesion, 0)]
