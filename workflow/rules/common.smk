@@ -1,4 +1,5 @@
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +13,13 @@ from arepas.pipeline import CLEAN_METHOD, clean_method_settings
 from arepas.postprocess import PostprocessSettings, evaluated_methods
 
 validate(config, schema="../schemas/config.schema.yaml")
+
+# Jobs import `arepas` from this checkout, not from an installed copy: Snakemake appends the main
+# process's module search path to every rule script's, so the repository root put first here
+# reaches each job, also in the conda environment of envs/arepas.yaml (`--sdm conda`), which does
+# not install the package (see the comment there).
+if workflow.basedir not in sys.path:
+    sys.path.insert(0, workflow.basedir)
 
 DATASETS = config["datasets"]
 # Method arepas_clean trains its own translator and scorer; their settings per dataset.
