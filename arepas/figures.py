@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 
 from arepas.io import atomic_path
 
@@ -177,13 +178,15 @@ def mask_overlay(
             top, bottom = axes[2 * row, axis], axes[2 * row + 1, axis]
             scan = np.take(image, index, axis=axis)
             _image(fig, top, scan, f"{view} {index}", colourbar=False, aspect=aspect, **grey)
-            last = axis == 2
             amap = np.take(scores, index, axis=axis)
-            _image(fig, bottom, amap, "map", colourbar=last, aspect=aspect, **hot)
+            shown = _image(fig, bottom, amap, "map", colourbar=False, aspect=aspect, **hot)
             plane = np.take(mask, index, axis=axis)
             if plane.any():
                 _outline(top, plane)
                 _outline(bottom, plane)
+        # The map's colour bar beside both of the method's rows, so that its six panels keep one
+        # size and stay in columns.
+        fig.colorbar(shown, ax=list(axes[2 * row : 2 * row + 2].ravel()), fraction=0.02, pad=0.01)
         label = f"{method}\nmask: map >= {threshold:.4g}"
         if notes.get(method):
             label += f"\n{notes[method]}"
@@ -333,7 +336,9 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> None:
         fig.clear()
 
 
-def _image(fig: Figure, ax: Axes, image: np.ndarray, title: str, colourbar: bool, **style) -> None:
+def _image(
+    fig: Figure, ax: Axes, image: np.ndarray, title: str, colourbar: bool, **style
+) -> AxesImage:
     # `image` is a slice as stored (RAS-ordered axes); it is oriented for display here.
     shown = ax.imshow(
         display_plane(np.asarray(image, dtype=np.float32)), interpolation="nearest", **style
@@ -343,6 +348,7 @@ def _image(fig: Figure, ax: Axes, image: np.ndarray, title: str, colourbar: bool
     ax.set_yticks([])
     if colourbar:
         fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+    return shown
 
 
 def _outline(ax: Axes, mask: np.ndarray, colour: str = OUTLINE_COLOUR, width: float = 1.2) -> None:
