@@ -1,11 +1,18 @@
 """Binary masks of test and predict subjects at the label-free threshold, and their files."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from arepas import io, masks, metrics
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def cohort(seed, n, shape=(10, 12, 14), lesioned=True):
@@ -131,3 +138,34 @@ def test_save_mask_keeps_the_native_header_and_writes_uint8(tmp_path):
     assert written.header.get_slope_inter() in ((1.0, 0.0), (None, None))
     # It passes the checks any mask input gets, against the image's grid.
     assert io.load_mask(out, "s1", "mask", mask.shape, reference.affine).sum() == mask.sum()
+
+
+def dry_run(tmp_path, overrides: dict) -> subprocess.CompletedProcess:
+    """`snakemake -n` on the shipped config with `overrides` on top, as a user's --configfile."""
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(yaml.safe_dump(overrides))
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--nolock", "--cores", "1"]
+        + ["--configfile", str(extra)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_masked_methods_default_to_arepas_or_the_first_method(tmp_path):
+    # A config that names no masks and does not compute `arepas` masks its first method.
+    result = dry_run(tmp_path, {"methods": ["residual", "ae"]})
+    assert result.returncode == 0, result.stderr[-3000:]
+    planned = result.stdout + result.stderr
+    assert "results/lung_ct/masks/residual/" in planned
+    assert "results/lung_ct/figures/masks/" in planned
+    assert "masks/ae/" not in planned
+
+
+def test_masks_of_a_map_not_computed_stop_the_workflow_at_start(tmp_path):
+    result = dry_run(tmp_path, {"methods": ["residual"], "masks": {"methods": ["arepas"]}})
+    assert result.returncode != 0
+    assert "config masks.methods: ['arepas'] are not among the maps computed" in (
+        result.stdout + result.stderr
+    )

@@ -372,15 +372,20 @@ def evaluation_files(wildcards):
 
 
 def check_mask_methods():
-    """`masks.methods` must name maps that are computed: a raw method or its `+pp` variant."""
-    unknown = [m for m in config["masks"]["methods"] if m not in MAP_METHODS]
+    """`masks.methods` must name maps that are computed: a raw method or its `+pp` variant.
+    Unset, it is `arepas` where that is computed, else the first method, so that a config
+    without the section still gets masks."""
+    methods = config["masks"].get("methods")
+    if methods is None:
+        return ["arepas"] if "arepas" in config["methods"] else config["methods"][:1]
+    unknown = [m for m in methods if m not in MAP_METHODS]
     if unknown:
         raise WorkflowError(
             f"config masks.methods: {unknown} are not among the maps computed, {MAP_METHODS} "
             "(the `methods`, and their `+pp` variants where `postprocess` is on); name some of "
             "those, or [] for no masks"
         )
-    return list(config["masks"]["methods"])
+    return list(methods)
 
 
 MASK_METHODS = check_mask_methods()
