@@ -17,6 +17,7 @@ include: "workflow/rules/translator.smk"
 include: "workflow/rules/scoring.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/masks.smk"
 
 
 rule all:

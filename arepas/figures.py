@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 
 from arepas.io import atomic_path
 
@@ -33,10 +34,49 @@ def most_lesioned_slice(lesion: np.ndarray, axis: int) -> int:
     return int(np.argmax(per_slice))
 
 
+def display_plane(plane: np.ndarray) -> np.ndarray:
+    """A 2D slice of a RAS-ordered voxel array (axes in the order x, y, z, each index increasing
+    towards the patient's right, anterior, superior; the working grid of
+    `arepas.preprocessing`, and the network slices cut from it) as radiologists view it:
+
+    - axial (x, y): anterior up, the patient's right on the image's left;
+    - coronal (x, z): superior up, the patient's right on the image's left;
+    - sagittal (y, z): superior up, anterior on the image's left.
+
+    One rule does all three: the second in-plane axis runs up the rows, the first runs leftwards
+    along the columns. Every slice a figure here draws goes through this function.
+    """
+    plane = np.asarray(plane)
+    if plane.ndim != 2:
+        raise ValueError(f"expected a 2D slice, got shape {plane.shape}")
+    return plane[::-1, ::-1].T
+
+
 def slice_for_display(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
-    """One 2D slice rotated a quarter turn, so that for RAS-ordered voxel arrays anterior (axial)
-    or superior (coronal, sagittal) points up, as on a viewer."""
-    return np.rot90(np.take(np.asarray(volume), index, axis=axis))
+    """Slice `index` along `axis` of a RAS-ordered voxel array, oriented by `display_plane`."""
+    return display_plane(np.take(np.asarray(volume), index, axis=axis))
+
+
+def display_aspect(zooms: Sequence[float], axis: int) -> float:
+    """imshow's `aspect` (row spacing over column spacing) for a `slice_for_display` of a grid
+    with voxel sizes `zooms` (x, y, z), so that anisotropic voxels keep their shape."""
+    first, second = (float(zooms[a]) for a in range(3) if a != axis % 3)
+    return second / first
+
+
+def ras_ordered(volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`volume` with its voxel axes flipped and permuted to the closest RAS order (no resampling:
+    an oblique grid is shown along its nearest anatomical axes), and its voxel sizes in that
+    order. A native scan stored LPS, PIR or any other way then displays like the working grid."""
+    from nibabel import orientations
+
+    ornt = orientations.io_orientation(np.asarray(affine, dtype=np.float64))
+    zooms = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+    ras = orientations.apply_orientation(np.asarray(volume), ornt)
+    # Output axis ornt[i, 0] receives input axis i.
+    ordered = np.empty(3)
+    ordered[ornt[:, 0].astype(int)] = zooms
+    return ras, ordered
 
 
 def subject_panel(
@@ -50,8 +90,8 @@ def subject_panel(
     title: str,
 ) -> Figure:
     """One row of seven 2D panels: input, edges, reconstruction, residual, patch map, AREPAS map,
-    and the ground-truth outline over the input. Arrays are shown as given (see
-    `slice_for_display`)."""
+    and the ground-truth outline over the input. The 2D arrays are network slices, RAS-ordered
+    like the working grid they come from, and are shown the radiological way (`display_plane`)."""
     images = [input, edges, recon, residual, patch, arepas, lesion]
     shapes = {np.shape(a) for a in images}
     if len(shapes) != 1 or len(shapes.pop()) != 2:
@@ -75,12 +115,87 @@ def subject_panel(
     _image(fig, axes[5], arepas, "AREPAS map", colourbar=True, vmax=difference_max, **hot)
     _image(fig, axes[6], input, "ground truth", colourbar=False, **grey)
     if lesion.any():
-        axes[6].contour(
-            lesion.astype(np.float32), levels=[0.5], colors=OUTLINE_COLOUR, linewidths=1.2
-        )
+        _outline(axes[6], lesion)
     else:
         axes[6].set_title("ground truth (no lesion here)")
     fig.suptitle(title)
+    return fig
+
+
+VIEWS = ("sagittal", "coronal", "axial")  # slicing axis 0, 1, 2 of a RAS-ordered array
+
+
+def overlay_slices(mask: np.ndarray, scores: np.ndarray) -> tuple[int, int, int]:
+    """Per slicing axis (sagittal, coronal, axial), the slice to show: the one with the most mask
+    voxels; without a mask voxel, the one through the highest score; on a blank map the middle."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.any():
+        return tuple(most_lesioned_slice(mask, axis) for axis in range(3))
+    scores = np.asarray(scores)
+    if scores.size and np.nanmax(scores) > 0:
+        return tuple(int(i) for i in np.unravel_index(np.nanargmax(scores), scores.shape))
+    return tuple(n // 2 for n in scores.shape)
+
+
+def mask_overlay(
+    image: np.ndarray,
+    zooms: Sequence[float],
+    layers: Mapping[str, tuple[np.ndarray, np.ndarray, float]],
+    window: tuple[float, float],
+    title: str,
+    notes: Mapping[str, str] | None = None,
+) -> Figure:
+    """A subject's binary masks over its scan: per method two rows (the scan with the mask
+    outlined; the continuous map, 0 to its maximum, with the same outline) of three views
+    (sagittal, coronal, axial) through the slices `overlay_slices` picks.
+
+    Volumes are RAS-ordered (`ras_ordered`) with voxel sizes `zooms`; `layers[method]` is
+    (continuous map, binary mask, threshold); `window` the grey range of the scan; `notes[method]`
+    an optional line under the method's name (e.g. the mask volume).
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 3:
+        raise ValueError(f"expected a 3D scan, got shape {image.shape}")
+    if not layers:
+        raise ValueError("no mask to draw")
+    for method, (scores, mask, _) in layers.items():
+        if np.shape(scores) != image.shape or np.shape(mask) != image.shape:
+            raise ValueError(
+                f"method {method}: map {np.shape(scores)} and mask {np.shape(mask)} must have "
+                f"the scan's shape {image.shape}"
+            )
+    notes = notes or {}
+    fig = Figure(figsize=(11, 0.8 + 3.4 * len(layers)), layout="constrained")
+    axes = fig.subplots(2 * len(layers), 3, squeeze=False)
+    grey = {"cmap": "gray", "vmin": window[0], "vmax": window[1]}
+    for row, (method, (scores, mask, threshold)) in enumerate(layers.items()):
+        scores = np.asarray(scores, dtype=np.float32)
+        mask = np.asarray(mask, dtype=bool)
+        hot = {"cmap": MAP_COLOURMAP, "vmin": 0.0, "vmax": _positive_max(scores)}
+        picked = overlay_slices(mask, scores)
+        for axis, (view, index) in enumerate(zip(VIEWS, picked, strict=True)):
+            aspect = display_aspect(zooms, axis)
+            top, bottom = axes[2 * row, axis], axes[2 * row + 1, axis]
+            scan = np.take(image, index, axis=axis)
+            _image(fig, top, scan, f"{view} {index}", colourbar=False, aspect=aspect, **grey)
+            amap = np.take(scores, index, axis=axis)
+            shown = _image(fig, bottom, amap, "map", colourbar=False, aspect=aspect, **hot)
+            plane = np.take(mask, index, axis=axis)
+            if plane.any():
+                _outline(top, plane)
+                _outline(bottom, plane)
+        # The map's colour bar beside both of the method's rows, so that its six panels keep one
+        # size and stay in columns.
+        fig.colorbar(shown, ax=list(axes[2 * row : 2 * row + 2].ravel()), fraction=0.02, pad=0.01)
+        label = f"{method}\nmask: map >= {threshold:.4g}"
+        if notes.get(method):
+            label += f"\n{notes[method]}"
+        axes[2 * row, 0].set_ylabel(label, fontsize="small")
+        axes[2 * row + 1, 0].set_ylabel(f"{method}\ncontinuous map", fontsize="small")
+    fig.suptitle(
+        f"{title}\nradiological view: anterior (axial) or superior up, the patient's right on "
+        "the left (sagittal: anterior on the left)"
+    )
     return fig
 
 
@@ -221,13 +336,29 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> None:
         fig.clear()
 
 
-def _image(fig: Figure, ax: Axes, image: np.ndarray, title: str, colourbar: bool, **style) -> None:
-    shown = ax.imshow(np.asarray(image, dtype=np.float32), interpolation="nearest", **style)
+def _image(
+    fig: Figure, ax: Axes, image: np.ndarray, title: str, colourbar: bool, **style
+) -> AxesImage:
+    # `image` is a slice as stored (RAS-ordered axes); it is oriented for display here.
+    shown = ax.imshow(
+        display_plane(np.asarray(image, dtype=np.float32)), interpolation="nearest", **style
+    )
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
     if colourbar:
         fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+    return shown
+
+
+def _outline(ax: Axes, mask: np.ndarray, colour: str = OUTLINE_COLOUR, width: float = 1.2) -> None:
+    # The mask's boundary over a slice drawn by `_image` (same orientation).
+    ax.contour(
+        display_plane(np.asarray(mask, dtype=np.float32)),
+        levels=[0.5],
+        colors=colour,
+        linewidths=width,
+    )
 
 
 def _roi_l1(image: np.ndarray, target: np.ndarray, roi: np.ndarray) -> str:

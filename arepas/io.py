@@ -166,6 +166,27 @@ def save_volume(path, data: np.ndarray, affine: np.ndarray, dtype=np.float32) ->
         nib.save(img, str(tmp))
 
 
+def save_mask(
+    path, mask: np.ndarray, affine: np.ndarray, header: nib.Nifti1Header | None = None
+) -> None:
+    """Write a binary mask atomically as a uint8 NIfTI of 0 and 1.
+
+    With ``header`` (the native image's), the mask keeps what a viewer needs to lay it over that
+    image: qform and sform codes, units, description. Data type, scaling and display range are
+    set for a mask, whatever the image had (a CT stored as int16 with a slope, say).
+    """
+    data = np.asarray(mask, dtype=bool).astype(np.uint8)
+    img = nib.Nifti1Image(data, affine, header=None if header is None else header.copy())
+    img.set_data_dtype(np.uint8)
+    img.header.set_slope_inter(1.0, 0.0)
+    img.header["cal_min"], img.header["cal_max"] = 0, 1
+    if header is None or not (img.header["qform_code"] or img.header["sform_code"]):
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+
+
 def save_arrays(path, **arrays: np.ndarray) -> None:
     """Write a compressed .npz atomically."""
     with atomic_path(path, suffix=".npz") as tmp:

@@ -308,6 +308,36 @@ def threshold_from_healthy(
     raise ValueError(f"mode must be 'percentile' or 'fpr', got {mode!r}")
 
 
+TestCases = Callable[[], Iterable[tuple[str, np.ndarray, np.ndarray, np.ndarray]]]
+HealthyCases = Callable[[], Iterable[tuple[str, np.ndarray, np.ndarray]]]
+
+
+def healthy_threshold(
+    healthy_cases: HealthyCases,
+    mode: Literal["percentile", "fpr"],
+    value: float,
+    n_bins: int = DEFAULT_BINS,
+) -> float:
+    """The label-free threshold of one dataset x method: `threshold_from_healthy` on the pooled
+    ROI scores of the healthy val subjects that `healthy_cases()` yields as (subject, scores,
+    roi), one subject in memory at a time (it is called twice). The evaluation's "honest"
+    threshold and the binary masks of `test` and `predict` subjects both come from here.
+    """
+    upper = max((roi_max(s, r) for _, s, r in healthy_cases()), default=0.0)
+    # An all-zero map still needs a valid bin range; any positive upper puts it in bin 0.
+    hist = ScoreHistogram(upper if upper > 0 else 1.0, n_bins)
+    for _, scores, roi in healthy_cases():
+        hist.add(scores, None, roi)
+    return threshold_from_healthy(hist, mode, value)
+
+
+def segment(scores: np.ndarray, roi: np.ndarray, threshold: float) -> np.ndarray:
+    """The binary segmentation "score >= threshold" inside the ROI, as every metric counts it."""
+    # A float64 scalar makes numpy compare float32 maps in float64 (buffered, no full copy), so the
+    # threshold is not rounded to float32 on the way.
+    return (np.asarray(scores) >= np.float64(threshold)) & np.asarray(roi, dtype=bool)
+
+
 def subject_metrics(
     scores: np.ndarray,
     lesion: np.ndarray,
@@ -334,9 +364,7 @@ def subject_metrics(
     n_whole = int(np.count_nonzero(whole))
     lesion = whole if outside_roi == "miss" else whole & roi
     outside = n_whole - int(np.count_nonzero(whole & roi))
-    # A float64 scalar makes numpy compare float32 maps in float64 (buffered, no full copy), so the
-    # threshold is not rounded to float32 on the way.
-    segmented = (scores >= np.float64(threshold)) & roi
+    segmented = segment(scores, roi, threshold)
     tp = int(np.count_nonzero(segmented & lesion))
     fp = int(np.count_nonzero(segmented)) - tp
     fn = int(np.count_nonzero(lesion)) - tp
@@ -426,10 +454,6 @@ def honest_over_best(honest: float, best: float) -> float:
     return float(honest) / float(best) if best > 0 else float("nan")
 
 
-TestCases = Callable[[], Iterable[tuple[str, np.ndarray, np.ndarray, np.ndarray]]]
-HealthyCases = Callable[[], Iterable[tuple[str, np.ndarray, np.ndarray]]]
-
-
 def evaluate_cohort(
     test_cases: TestCases,
     healthy_cases: HealthyCases,
@@ -450,12 +474,7 @@ def evaluate_cohort(
     the cohort's (for `paired_bootstrap_change`); they sum to the test histogram.
     `outside_roi` says how lesion voxels outside the ROI count (see `subject_metrics`).
     """
-    healthy_upper = max((roi_max(s, r) for _, s, r in healthy_cases()), default=0.0)
-    # An all-zero map still needs a valid bin range; any positive upper puts it in bin 0.
-    healthy_hist = ScoreHistogram(healthy_upper if healthy_upper > 0 else 1.0, n_bins)
-    for _, scores, roi in healthy_cases():
-        healthy_hist.add(scores, None, roi)
-    honest_threshold = threshold_from_healthy(healthy_hist, mode, value)
+    honest_threshold = healthy_threshold(healthy_cases, mode, value, n_bins)
 
     test_upper = max((roi_max(s, r) for _, s, _, r in test_cases()), default=0.0)
     test_hist = ScoreHistogram(test_upper if test_upper > 0 else 1.0, n_bins, outside_roi)

@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from arepas import io
-from arepas.figures import save_figure
+from arepas.figures import display_plane, save_figure
 
 matplotlib.use("Agg")
 
@@ -31,8 +31,9 @@ def cohort_slices(results: Path) -> Figure:
         data, mask = np.asarray(img.dataobj), np.asarray(lesion.dataobj)
         k = int(np.argmax(mask.sum(axis=(0, 1))))
         vmin, vmax = windows[dataset]
-        ax.imshow(data[:, :, k].T, cmap="gray", origin="lower", vmin=vmin, vmax=vmax)
-        ax.contour(mask[:, :, k].T, [0.5], colors="red", linewidths=0.8)
+        # Canonical (RAS) arrays, shown the radiological way as every figure of the workflow.
+        ax.imshow(display_plane(data[:, :, k]), cmap="gray", vmin=vmin, vmax=vmax)
+        ax.contour(display_plane(mask[:, :, k]), [0.5], colors="red", linewidths=0.8)
         ax.set_title(f"{dataset}: {row.subject}, axial slice {k} (lesion in red)", fontsize=9)
         ax.set_axis_off()
     return fig
@@ -59,9 +60,10 @@ def reconstructions(results: Path) -> Figure:
                 )
             ):
                 ax = axes[row, col]
-                ax.imshow(image.T, cmap="gray", origin="lower", vmin=-1, vmax=1)
+                ax.imshow(display_plane(image), cmap="gray", vmin=-1, vmax=1)
                 if label == "lesioned" and col != 1:
-                    ax.contour(stack["lesion"][k].T, [0.5], colors="red", linewidths=0.8)
+                    lesion = display_plane(stack["lesion"][k].astype(float))
+                    ax.contour(lesion, [0.5], colors="red", linewidths=0.8)
                 ax.set_title(f"{dataset}, {label}: {name}", fontsize=9)
                 ax.set_axis_off()
             row += 1

@@ -7,8 +7,12 @@ from matplotlib.image import imread
 
 from arepas.figures import (
     dice_strip,
+    display_aspect,
+    mask_overlay,
     most_lesioned_slice,
+    overlay_slices,
     pr_curves,
+    ras_ordered,
     save_figure,
     slice_for_display,
     subject_panel,
@@ -86,8 +90,136 @@ def test_most_lesioned_slice_and_display_orientation():
     volume = np.arange(4 * 6 * 8).reshape(4, 6, 8)
     shown = slice_for_display(volume, axis=2, index=5)
     assert shown.shape == (6, 4)
-    # highest second-axis index (anterior for RAS) on the top row, first axis left to right
-    assert shown[0, 0] == volume[0, 5, 5] and shown[-1, -1] == volume[3, 0, 5]
+    # highest second-axis index (anterior for RAS) on the top row, first axis right to left
+    assert shown[0, 0] == volume[3, 5, 5] and shown[-1, -1] == volume[0, 0, 5]
+
+
+def right_anterior_superior_marker(shape=(20, 24, 16)):
+    """A RAS-ordered volume (x towards the patient's right, y anterior, z superior) that is 1 in
+    a small block near the patient's right, anterior and superior side, 0 elsewhere."""
+    volume = np.zeros(shape, np.float32)
+    volume[-5:-2, -5:-2, -5:-2] = 1.0
+    return volume
+
+
+def quadrant(shown):
+    """Where the marker lands in a displayed slice: ("top" | "bottom", "left" | "right")."""
+    rows, cols = np.nonzero(shown)
+    height, width = shown.shape
+    return (
+        "top" if rows.mean() < height / 2 else "bottom",
+        "left" if cols.mean() < width / 2 else "right",
+    )
+
+
+@pytest.mark.parametrize(
+    "axis, view", [(2, "axial"), (1, "coronal"), (0, "sagittal")], ids=["axial", "coronal", "sag"]
+)
+def test_slices_are_shown_the_radiological_way(axis, view):
+    # Axial: anterior up, the patient's right on the image's left. Coronal: superior up, right on
+    # the left. Sagittal: superior up, anterior on the left. The marker is right, anterior and
+    # superior, so it lands top left in every view.
+    volume = right_anterior_superior_marker()
+    index = volume.shape[axis] - 4
+    assert quadrant(slice_for_display(volume, axis, index)) == ("top", "left")
+
+
+def test_lungs_sit_side_by_side_in_axial_panels():
+    # Two lungs, left and right of the patient: on an axial slice they are apart along x.
+    volume = np.zeros((30, 20, 10), np.float32)
+    volume[3:12, 4:16] = 1.0  # patient's left lung (low x)
+    volume[18:27, 4:16] = 2.0  # patient's right lung (high x)
+    shown = slice_for_display(volume, axis=2, index=5)
+    rows_right, cols_right = np.nonzero(shown == 2.0)
+    rows_left, cols_left = np.nonzero(shown == 1.0)
+    assert cols_right.max() < cols_left.min()  # right lung on the image's left
+    assert set(rows_right) == set(rows_left)  # same rows: side by side, not stacked
+
+
+def test_native_scans_stored_lps_display_like_the_working_grid():
+    # The same anatomy stored LPS (x towards the left, y posterior): after ras_ordered the
+    # right-anterior-superior marker lands top left again, and the voxel sizes follow.
+    ras = right_anterior_superior_marker()
+    lps = ras[::-1, ::-1, :].copy()
+    affine = np.diag([-0.7, -0.9, 2.5, 1.0])
+    ordered, zooms = ras_ordered(lps, affine)
+    np.testing.assert_array_equal(ordered, ras)
+    np.testing.assert_allclose(zooms, [0.7, 0.9, 2.5])
+    assert quadrant(slice_for_display(ordered, 2, 12)) == ("top", "left")
+    # A grid stored with axes permuted (z, x, y) comes back in x, y, z order.
+    permuted = np.transpose(ras, (2, 0, 1))
+    swap = np.zeros((4, 4))
+    swap[0, 1], swap[1, 2], swap[2, 0], swap[3, 3] = 0.7, 0.9, 2.5, 1.0
+    ordered, zooms = ras_ordered(permuted, swap)
+    np.testing.assert_array_equal(ordered, ras)
+    np.testing.assert_allclose(zooms, [0.7, 0.9, 2.5])
+    # Row spacing over column spacing: axial rows run along y, columns along x.
+    assert display_aspect(zooms, 2) == pytest.approx(0.9 / 0.7)
+    assert display_aspect(zooms, 0) == pytest.approx(2.5 / 0.9)
+
+
+def test_network_slices_in_the_subject_panel_are_shown_the_radiological_way():
+    # The working volume's network slices (arepas.preprocessing.slice_stack), drawn by the
+    # subject panel: the marker is top left in the input panel and inside the lesion outline.
+    from arepas.preprocessing import slice_stack
+
+    volume = right_anterior_superior_marker((24, 24, 16))
+    roi = np.ones(volume.shape, bool)
+    stack = slice_stack(volume * 2 - 1, roi, volume > 0, axis=2, size=16)
+    k = most_lesioned_slice(stack["lesion"], axis=0)
+    s = stack["slices"][k]
+    fig = subject_panel(s, s, s, s, s * 0, s * 0, stack["lesion"][k], "marker")
+    shown = np.asarray(fig.axes[0].images[0].get_array())
+    assert quadrant(shown > 0) == ("top", "left")
+    outline = np.concatenate([p.vertices for p in fig.axes[6].collections[0].get_paths()])
+    # Contour vertices are (column, row) in display coordinates.
+    assert outline[:, 0].mean() < shown.shape[1] / 2 and outline[:, 1].mean() < shown.shape[0] / 2
+
+
+def test_mask_overlay_two_rows_per_method_three_views_and_outlines(tmp_path):
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(20, 24, 16)).astype(np.float32)
+    scores = right_anterior_superior_marker() * 0.8 + 0.1 * rng.random(image.shape)
+    mask = scores > 0.5
+    fig = mask_overlay(
+        image,
+        (1.0, 1.0, 2.0),
+        {"arepas": (scores, mask, 0.5), "residual": (scores, mask & False, 0.95)},
+        window=(-2.0, 2.0),
+        title="s1",
+        notes={"arepas": "0.03 mL, 1 component(s)"},
+    )
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 2 * 2 * 3
+    arepas_rows = panels[:6]
+    assert [ax.get_title().split()[0] for ax in arepas_rows[:3]] == ["sagittal", "coronal", "axial"]
+    # The slices picked hold the mask, so both rows of the masked method carry its outline;
+    # the method with an empty mask has none.
+    assert all(ax.collections for ax in arepas_rows)
+    assert not any(ax.collections for ax in panels[6:])
+    assert "0.5" in arepas_rows[0].get_ylabel() and "0.03 mL" in arepas_rows[0].get_ylabel()
+    # Anisotropic voxels keep their shape: axial rows 1 mm (y), columns 1 mm (x); sagittal
+    # rows 2 mm (z), columns 1 mm (y).
+    assert arepas_rows[2].get_aspect() == pytest.approx(1.0)
+    assert arepas_rows[0].get_aspect() == pytest.approx(2.0)
+    # The map row's axial panel: the right-anterior marker top left, as in every slice figure.
+    assert quadrant(np.asarray(arepas_rows[5].images[0].get_array()) > 0.5) == ("top", "left")
+    path = tmp_path / "overlay.png"
+    save_figure(fig, path)
+    assert path.stat().st_size > 1000
+    with pytest.raises(ValueError, match="residual"):
+        mask_overlay(image, (1, 1, 1), {"residual": (scores[:-1], mask, 0.5)}, (-1, 1), "bad")
+
+
+def test_overlay_slices_follow_the_mask_then_the_highest_score():
+    mask = np.zeros((6, 7, 8), bool)
+    mask[4, 1:6, 2] = True
+    mask[4, 3, 3] = True
+    assert overlay_slices(mask, np.zeros(mask.shape)) == (4, 3, 2)
+    scores = np.zeros(mask.shape)
+    scores[1, 2, 3] = 0.9
+    assert overlay_slices(mask & False, scores) == (1, 2, 3)
+    assert overlay_slices(mask & False, scores * 0) == (3, 3, 4)
 
 
 def test_pr_curves_one_line_per_method_and_saves(tmp_path):

@@ -43,6 +43,10 @@ def _writers(folder):
             folder / "maps" / "s1_native.nii.gz",
             lambda p: io.save_volume(p, np.ones((3, 3, 3)), np.eye(4)),
         ),
+        (
+            folder / "masks" / "s1.nii.gz",
+            lambda p: io.save_mask(p, np.ones((3, 3, 3), bool), np.eye(4)),
+        ),
         (folder / "s1" / "slices.npz", lambda p: io.save_arrays(p, a=np.zeros(3))),
         (folder / "metrics" / "summary.tsv", lambda p: io.save_table(p, pd.DataFrame({"a": [1]}))),
         (folder / "models" / "scorer.pt", torch_file),

@@ -1,5 +1,5 @@
-"""Reruns do only what a change needs: a scoring or evaluation setting reruns maps, metrics and
-reports, a translator setting retrains the translator and what depends on it, never the
+"""Reruns do only what a change needs: a scoring or evaluation setting reruns maps, metrics,
+masks and reports, a translator setting retrains the translator and what depends on it, never the
 preprocessing; a training job killed mid-way resumes from its checkpoint.
 
 The helpers here are shared with test_pretrained.py and test_slurm.py: one finished tiny run per
@@ -125,6 +125,8 @@ def test_map_setting_reruns_only_maps_metrics_and_reports(tiny_run, tmp_path):
         "subject_figure",
         "dataset_figures",
         "summary_table",
+        "mask_thresholds",
+        "lesion_masks",
     }
     # One map job per mapped subject: val, test and predict rows of both datasets.
     sheet = pd.read_csv(tiny_run / "results/demo/subjects.tsv", sep="\t")
@@ -134,8 +136,12 @@ def test_map_setting_reruns_only_maps_metrics_and_reports(tiny_run, tmp_path):
 def test_evaluation_setting_reruns_only_metrics_and_reports(tiny_run, tmp_path):
     override = write_override(tmp_path / "eval.yaml", "evaluation: {threshold_value: 95.0}\n")
     planned = dry_run(tiny_run, override)
-    assert set(planned) == {"all", "evaluate", "dataset_figures", "summary_table"}
-    assert planned["evaluate"] == 2
+    # The val threshold moves, and with it the binary masks of the test and predict subjects.
+    masks = {"mask_thresholds", "lesion_masks"}
+    assert set(planned) == {"all", "evaluate", "dataset_figures", "summary_table"} | masks
+    assert planned["evaluate"] == planned["mask_thresholds"] == 2
+    sheet = pd.read_csv(tiny_run / "results/demo/subjects.tsv", sep="\t")
+    assert planned["lesion_masks"] == int(sheet["split"].isin(["test", "predict"]).sum())
 
 
 def test_translator_setting_retrains_downstream_of_the_translator_only(tiny_run, tmp_path):

@@ -119,6 +119,10 @@ def test_predict_only_scans_need_neither_train_nor_val(tiny_run, models, tmp_pat
     workdir = make_workdir(tmp_path)
     rows, configs = new_scans_config(tiny_run, workdir, models, splits=("predict",))
     result = run_snakemake(workdir, "-n", configs=configs)
-    planned = planned_jobs(result.stdout + result.stderr)
+    output = result.stdout + result.stderr
+    planned = planned_jobs(output)
     assert planned["anomaly_maps"] == len(rows) >= 1
     assert "evaluate" not in planned
+    # Without val scans there is no threshold: continuous maps only, and the workflow says so.
+    assert not {"mask_thresholds", "lesion_masks"} & set(planned)
+    assert "no binary masks for its 'predict' subjects" in " ".join(output.split())

@@ -4,6 +4,7 @@ and maps sit on each subject's native grid."""
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import nibabel as nib
@@ -110,6 +111,42 @@ def test_maps_lie_on_the_native_grid_and_vanish_outside_the_roi(tiny_run):
             assert data.min() >= 0 and np.isfinite(data).all()
 
 
+def test_test_and_predict_subjects_get_binary_masks_at_the_val_threshold(tiny_run):
+    results = tiny_run / "results"
+    sheet = pd.read_csv(results / "demo/subjects.tsv", sep="\t", keep_default_na=False)
+    assert {"test", "predict"} <= set(sheet["split"])
+    for row in sheet.itertuples():
+        mask_path = results / row.dataset / "masks" / "arepas" / f"{row.subject}.nii.gz"
+        figure = results / row.dataset / "figures" / "masks" / f"{row.subject}.png"
+        if row.split not in ("test", "predict"):
+            assert not mask_path.exists() and not figure.exists()
+            continue
+        image = nib.load(results / "demo" / row.image)
+        mask = nib.load(mask_path)
+        assert mask.get_data_dtype() == np.uint8
+        assert mask.shape == image.shape[:3]
+        assert np.allclose(mask.affine, image.affine, atol=1e-4)
+        data = np.asarray(mask.dataobj)
+        assert set(np.unique(data)) <= {0, 1}
+        roi = nib.load(results / row.dataset / "preprocessed" / row.subject / "roi_native.nii.gz")
+        assert not data[np.asarray(roi.dataobj) == 0].any()
+        assert figure.stat().st_size > 10_000
+        if row.split == "test":
+            # The mask is the segmentation the evaluation scored at the val threshold.
+            table = pd.read_csv(results / row.dataset / "metrics/per_subject.tsv", sep="\t")
+            honest = table[
+                (table["method"] == "arepas")
+                & (table["subject"] == row.subject)
+                & (table["threshold_kind"] == "honest")
+            ].iloc[0]
+            assert data.sum() == honest["tp"] + honest["fp"]
+    for dataset in ("lung_ct", "brain_t1"):
+        thresholds = pd.read_csv(results / dataset / "masks/thresholds.tsv", sep="\t")
+        summary = pd.read_csv(results / dataset / "metrics/summary.tsv", sep="\t")
+        honest = summary.set_index("method").loc["arepas", "honest_threshold"]
+        assert thresholds.set_index("method").loc["arepas", "threshold"] == pytest.approx(honest)
+
+
 def test_stalled_scorer_is_flagged_in_the_tables(tiny_run):
     # The tiny networks cannot learn the pairs; the config asks to keep the model, flagged.
     summary = pd.read_csv(
@@ -133,6 +170,12 @@ def test_nothing_left_to_do_after_a_run(tiny_run):
 def test_report_builds(tiny_run):
     run_snakemake(tiny_run, "--report", "results/report.zip")
     assert (tiny_run / "results" / "report.zip").stat().st_size > 10_000
+    with zipfile.ZipFile(tiny_run / "results" / "report.zip") as report:
+        names = report.namelist()
+    # The lesion masks, their overlay figures and thresholds are in the report.
+    for name in ("lung005.nii.gz", "lung005.png", "brain004.nii.gz", "thresholds.tsv"):
+        assert any(n.endswith(f"/{name}") for n in names), name
+    assert sum(n.endswith("/lung004.png") for n in names) == 2  # panel and mask overlay
 
 
 def test_same_seed_gives_bit_identical_maps_and_metrics(tiny_run, tmp_path):

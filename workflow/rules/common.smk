@@ -1,8 +1,10 @@
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 from arepas import cohort
@@ -11,6 +13,13 @@ from arepas.pipeline import CLEAN_METHOD, clean_method_settings
 from arepas.postprocess import PostprocessSettings, evaluated_methods
 
 validate(config, schema="../schemas/config.schema.yaml")
+
+# Jobs import `arepas` from this checkout, not from an installed copy: Snakemake appends the main
+# process's module search path to every rule script's, so the repository root put first here
+# reaches each job, also in the conda environment of envs/arepas.yaml (`--sdm conda`), which does
+# not install the package (see the comment there).
+if workflow.basedir not in sys.path:
+    sys.path.insert(0, workflow.basedir)
 
 DATASETS = config["datasets"]
 # Method arepas_clean trains its own translator and scorer; their settings per dataset.
@@ -362,6 +371,66 @@ def evaluation_files(wildcards):
     }
 
 
+def check_mask_methods():
+    """`masks.methods` must name maps that are computed: a raw method or its `+pp` variant.
+    Unset, it is `arepas` where that is computed, else the first method, so that a config
+    without the section still gets masks."""
+    methods = config["masks"].get("methods")
+    if methods is None:
+        return ["arepas"] if "arepas" in config["methods"] else config["methods"][:1]
+    unknown = [m for m in methods if m not in MAP_METHODS]
+    if unknown:
+        raise WorkflowError(
+            f"config masks.methods: {unknown} are not among the maps computed, {MAP_METHODS} "
+            "(the `methods`, and their `+pp` variants where `postprocess` is on); name some of "
+            "those, or [] for no masks"
+        )
+    return list(methods)
+
+
+MASK_METHODS = check_mask_methods()
+
+
+def masked_subjects(dataset):
+    """`test` and `predict` subjects that get binary masks: those of datasets with healthy `val`
+    subjects to choose the threshold on."""
+    if not MASK_METHODS or not subjects_of(dataset, ["val"]):
+        return []
+    return subjects_of(dataset, ["test", "predict"])
+
+
+for _dataset in used_datasets():
+    if subjects_of(_dataset, ["predict"]) and not subjects_of(_dataset, ["val"]):
+        logger.warning(
+            f"dataset '{_dataset}': no binary masks for its 'predict' subjects, only continuous "
+            "maps; the mask threshold is chosen on healthy 'val' subjects, and it has none"
+        )
+
+
+def mask_threshold_files(wildcards):
+    """Rule mask_thresholds' input: the val subjects' maps as `maps_<method>` and ROIs, in the
+    order of its params `val`."""
+    val = subjects_of(wildcards.dataset, ["val"])
+    maps = {
+        f"maps_{method}": expand(
+            "results/{dataset}/maps/{method}/{subject}_native.nii.gz",
+            dataset=wildcards.dataset,
+            method=method,
+            subject=val,
+        )
+        for method in MASK_METHODS
+    }
+    return {**maps, "roi": preprocessed(wildcards.dataset, val, "roi_native.nii.gz")}
+
+
+def mask_map_files(dataset, subject):
+    """One subject's native maps of the masked methods, in the order of MASK_METHODS."""
+    return [
+        f"results/{dataset}/maps/{method}/{subject}_native.nii.gz"
+        for method in MASK_METHODS
+    ]
+
+
 def final_outputs():
     outputs = []
     for dataset in used_datasets():
@@ -371,6 +440,18 @@ def final_outputs():
             "results/{dataset}/figures/subjects/{subject}.png",
             dataset=dataset,
             subject=subjects_of(dataset, ["test"]),
+        )
+        masked = masked_subjects(dataset)
+        outputs += expand(
+            "results/{dataset}/masks/{method}/{subject}.nii.gz",
+            dataset=dataset,
+            method=MASK_METHODS,
+            subject=masked,
+        )
+        outputs += expand(
+            "results/{dataset}/figures/masks/{subject}.png",
+            dataset=dataset,
+            subject=masked,
         )
     for dataset in evaluated_datasets():
         names = ["pr_curves", "dice_per_subject"]
