@@ -335,10 +335,14 @@ def edge_verdict(result: dict[str, float]) -> str:
     return IGNORES_EDGES if edge_reliance_problems(result) else USES_EDGES
 
 
-def edge_reliance_table(result: dict[str, float], dataset: str) -> pd.DataFrame:
-    """One-row table of the check: dataset, the numbers of edge_reliance, verdict."""
+def edge_reliance_table(
+    result: dict[str, float], dataset: str, registered: bool = True
+) -> pd.DataFrame:
+    """One-row table of the check: dataset, the numbers of edge_reliance, verdict, and whether
+    the dataset is registered to a template (only then is the mean image a matched reference)."""
     row = {"dataset": dataset, **{key: result[key] for key in RELIANCE_KEYS}}
     row["verdict"] = edge_verdict(result)
+    row["registered"] = bool(registered)
     return pd.DataFrame([row])
 
 

@@ -98,9 +98,10 @@ def test_a_translator_that_draws_the_mean_image_ignores_its_edges():
     warning = edge_reliance_warning(result, "blobs")
     assert warning.startswith("WARNING:") and "'blobs'" in warning
     assert "own_over_other 1.00 > 0.90" in warning
-    table = edge_reliance_table(result, "blobs")
-    assert list(table.columns) == ["dataset", *RELIANCE_KEYS, "verdict"]
+    table = edge_reliance_table(result, "blobs", registered=False)
+    assert list(table.columns) == ["dataset", *RELIANCE_KEYS, "verdict", "registered"]
     assert table.loc[0, "verdict"] == IGNORES_EDGES
+    assert not table.loc[0, "registered"]
 
 
 def test_l1_by_hand_on_two_slices():

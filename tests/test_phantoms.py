@@ -244,6 +244,7 @@ def test_brain_phantom_deterministic_and_non_negative(mni, brain_grid):
     assert np.array_equal(a.image, b.image) and np.array_equal(a.lesion, b.lesion)
     assert a.image.dtype == np.float32 and a.image.min() >= 0.0
     json.dumps(a.info)
+    assert phantoms.BRAIN_WARP_MM[0] <= a.info["warp_mm"] <= phantoms.BRAIN_WARP_MM[1]
     healthy = phantoms.brain_t1_phantom(1, *brain_grid, False, *mni)
     assert not healthy.lesion.any()
     assert np.array_equal(healthy.roi, a.roi)

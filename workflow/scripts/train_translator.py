@@ -44,7 +44,9 @@ model, history = translator.train_translator(
 # Does the translator rebuild slices from their edges, or draw an average slice whatever the
 # edges? A user must see this before trusting any map made with it.
 reliance = diagnostics.edge_reliance(model, settings, **check_slices, device=device)
-reliance_table = diagnostics.edge_reliance_table(reliance, dataset)
+reliance_table = diagnostics.edge_reliance_table(
+    reliance, dataset, registered=snakemake.params.registered
+)
 verdict = reliance_table.loc[0, "verdict"]
 print(
     f"edge reliance on healthy val slices ({verdict}): "
