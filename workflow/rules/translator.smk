@@ -34,7 +34,8 @@ rule train_translator:
         preprocessing=preprocess_settings,
         checkpoint_dir=lambda wc: f"results/{wc.dataset}/models/translator_checkpoint",
         seed=config["seed"],
-        registered=lambda wc: DATASETS[wc.dataset]["registration"]["transform"] != "none",
+        registered=lambda wc: DATASETS[wc.dataset]["registration"]["transform"]
+        != "none",
     script:
         "../scripts/train_translator.py"
 
@@ -83,7 +84,8 @@ use rule train_translator as train_translator_clean with:
         preprocessing=preprocess_settings,
         checkpoint_dir=lambda wc: f"results/{wc.dataset}/models/arepas_clean/translator_checkpoint",
         seed=config["seed"],
-        registered=lambda wc: DATASETS[wc.dataset]["registration"]["transform"] != "none",
+        registered=lambda wc: DATASETS[wc.dataset]["registration"]["transform"]
+        != "none",
 
 
 use rule reconstruct as reconstruct_clean with:
