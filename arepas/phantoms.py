@@ -19,6 +19,7 @@ from scipy import ndimage
 __all__ = [
     "Phantom",
     "brain_t1_phantom",
+    "demo_phantom",
     "load_mni152",
     "lung_ct_phantom",
     "native_grid",
@@ -912,10 +913,13 @@ BRAIN_WARP_SMOOTHNESS_MM = 20.0
 
 def brain_t1_phantom(seed: int, shape: tuple[int, int, int], affine: np.ndarray, lesions: bool,
                      template: np.ndarray, template_affine: np.ndarray,
-                     template_mask: np.ndarray) -> Phantom:
+                     template_mask: np.ndarray,
+                     warp_mm: tuple[float, float] = BRAIN_WARP_MM,
+                     warp_smoothness_mm: float = BRAIN_WARP_SMOOTHNESS_MM) -> Phantom:
     """T1 MRI (arbitrary non-negative units) of subject ``seed``: the template warped by a random
     affine and smooth deformation, with bias field, contrast change, Rician noise and, if asked,
-    chronic stroke lesions defined in template space."""
+    chronic stroke lesions defined in template space. The deformation's per-axis sd is drawn
+    from ``warp_mm`` (low, high) and is smooth over ``warp_smoothness_mm``."""
     shape = tuple(int(s) for s in shape)
     affine = np.asarray(affine, dtype=float)
     template = np.asarray(template, dtype=np.float32)
@@ -941,9 +945,9 @@ def brain_t1_phantom(seed: int, shape: tuple[int, int, int], affine: np.ndarray,
     # 1.5-3 mm over 16 mm used before, every subject was the template within a 3 mm voxel, so
     # the training mean image was as good a healthy reconstruction as any (BENCHMARKS.md,
     # "Does the translator use its edges?").
-    warp_mm = anatomy_rng.uniform(BRAIN_WARP_MM[0], BRAIN_WARP_MM[1])
-    warp = [_random_field(anatomy_rng, t_lo, t_hi, 8.0, BRAIN_WARP_SMOOTHNESS_MM)
-            for _ in range(3)]
+    warp_range = warp_mm
+    warp_mm = anatomy_rng.uniform(warp_range[0], warp_range[1])
+    warp = [_random_field(anatomy_rng, t_lo, t_hi, 8.0, warp_smoothness_mm) for _ in range(3)]
     bias_coef = anatomy_rng.normal(0.0, 0.08, 9)
     gamma = anatomy_rng.uniform(0.8, 1.25)
     gain = anatomy_rng.uniform(700.0, 1300.0)
@@ -1008,3 +1012,35 @@ def brain_t1_phantom(seed: int, shape: tuple[int, int, int], affine: np.ndarray,
         "lesions": described,
     }
     return Phantom(image, lesion_mask, affine.copy(), info, roi)
+
+
+# --------------------------------------------------------------------------------------------
+# The bundled demo cohorts
+
+DEMO_ORIENTATIONS = ("RAS", "LPS", "oblique")
+
+
+def demo_phantom(dataset: str, row: int, demo_seed: int, lesions: bool,
+                 mni: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                 **brain_options) -> Phantom:
+    """Subject number ``row`` (its row in the demo subjects sheet) of a demo cohort: its seed,
+    scan grid (orientation cycling through RAS, LPS and oblique) and phantom. ``mni`` is
+    :func:`load_mni152`'s result, needed for brain_t1; ``brain_options`` go to
+    :func:`brain_t1_phantom` (e.g. another ``warp_mm``)."""
+    seed = int(demo_seed) * 100_003 + int(row)
+    rng = np.random.default_rng(seed)
+    orientation = DEMO_ORIENTATIONS[row % 3]
+    if dataset == "lung_ct":
+        shape, affine = native_grid(rng, (300.0, 240.0, 220.0), (2.3, 2.3, 5.0), orientation)
+        phantom = lung_ct_phantom(seed, shape, affine, lesions=lesions)
+    elif dataset == "brain_t1":
+        if mni is None:
+            raise ValueError("demo_phantom needs the MNI template (load_mni152()) for brain_t1")
+        spacing = tuple(rng.uniform(2.4, 3.2, 3).round(2))
+        shape, affine = native_grid(rng, (180.0, 216.0, 180.0), spacing, orientation,
+                                    center_mm=(0.0, -18.0, 18.0))
+        phantom = brain_t1_phantom(seed, shape, affine, lesions, *mni, **brain_options)
+    else:
+        raise ValueError(f"no demo generator for dataset '{dataset}'")
+    phantom.info["orientation"] = orientation
+    return phantom

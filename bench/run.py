@@ -23,11 +23,12 @@ SECTIONS = (
     "refscoring",
     "translator_speed",
     "translator_knobs",
+    "demo_anatomy",
     "threshold",
     "ablation",
 )
 # Hours of training: measured only when named in --only.
-ON_REQUEST = ("translator_knobs",)
+ON_REQUEST = ("translator_knobs", "demo_anatomy")
 TITLES = {
     "quality": "1. Quality over seeds",
     "speed": "2. Speed per rule and stage",
@@ -37,8 +38,9 @@ TITLES = {
     "refscoring": "6. Patch scoring as the reference implementation does it, at 256²",
     "translator_speed": "7. Translator training step: threads, memory layout, compile, crops",
     "translator_knobs": "8. Translator settings that make the demo translators use their edges",
-    "threshold": "9. The label-free threshold",
-    "ablation": "10. Patch map scaling × median filter",
+    "demo_anatomy": "9. Individual anatomy in the demo brain cohort, and translator epochs",
+    "threshold": "10. The label-free threshold",
+    "ablation": "11. Patch map scaling × median filter",
 }
 # What quality_previous.json measured: the code before the reference implementation's settings
 # became the defaults (unpadded scorer, detached head, clean-edge ROI mining, per-slice ROI
@@ -151,6 +153,10 @@ def measure_section(name: str, args: argparse.Namespace) -> dict:
         from bench import translator_knobs
 
         return translator_knobs.measure(args.run)
+    if name == "demo_anatomy":
+        from bench import demo_anatomy
+
+        return demo_anatomy.measure(args.run)
     if name == "threshold":
         from bench import threshold
 

@@ -419,3 +419,20 @@ def test_ablation_table_names_the_best_setting():
                             "seconds": {"lung_ct": 12.0}, "threads": 1})
     assert "`normalise: volume`, median off (0.400; the residual at its best 0.330)" in text
     assert "| residual | — | 5 × 5 | 0.330 | 0.200 |" in text
+
+
+def test_demo_anatomy_table_leaves_the_mean_ratio_to_registered_data():
+    from bench import demo_anatomy
+
+    row = {"l1_own_edges": 0.16, "l1_other_edges": 0.30, "l1_mean_image": 0.24,
+           "own_over_other": 0.16 / 0.30, "own_over_mean_image": 0.16 / 0.24, "seconds": 40.0,
+           "epochs": 12}
+    data = {"device": "cpu", "rows": [
+        {**row, "dataset": "brain_t1", "anatomy": "3-6 mm", "variant": "demo settings"},
+        {**row, "dataset": "lung_ct", "anatomy": "demo phantom", "variant": "8 epochs"},
+    ]}
+    lines = demo_anatomy.render(data).splitlines()
+    brain = next(line for line in lines if line.startswith("| brain_t1"))
+    lung = next(line for line in lines if line.startswith("| lung_ct"))
+    assert "| 0.53 | 0.67 |" in brain
+    assert "| 0.53 | n/a |" in lung

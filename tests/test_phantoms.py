@@ -280,3 +280,10 @@ def test_brain_same_world_image_on_ras_and_lps(mni):
     lps = phantoms.brain_t1_phantom(7, *_grid("LPS", **kw), True, *mni)
     assert np.allclose(lps.image[::-1, ::-1, :], ras.image, rtol=1e-4, atol=1e-2)
     assert np.array_equal(lps.lesion[::-1, ::-1, :], ras.lesion)
+
+
+def test_demo_phantom_names_what_it_cannot_make():
+    with pytest.raises(ValueError, match="no demo generator for dataset 'knee_mri'"):
+        phantoms.demo_phantom("knee_mri", 0, 0, False)
+    with pytest.raises(ValueError, match="MNI template"):
+        phantoms.demo_phantom("brain_t1", 0, 0, False)

@@ -14,25 +14,10 @@ sheet_path = Path(snakemake.output.sheet)
 rows = pd.DataFrame(snakemake.params.rows, columns=COLUMNS)
 mni = None
 for n, row in enumerate(rows.itertuples()):
-    seed = int(demo["seed"]) * 100_003 + n
-    rng = np.random.default_rng(seed)
-    orientation = ("RAS", "LPS", "oblique")[n % 3]
-    lesions = row.split == "test"
-    if row.dataset == "lung_ct":
-        shape, affine = phantoms.native_grid(
-            rng, (300.0, 240.0, 220.0), (2.3, 2.3, 5.0), orientation
-        )
-        ph = phantoms.lung_ct_phantom(seed, shape, affine, lesions=lesions)
-    elif row.dataset == "brain_t1":
-        if mni is None:
-            mni = phantoms.load_mni152()
-        spacing = tuple(rng.uniform(2.4, 3.2, 3).round(2))
-        shape, affine = phantoms.native_grid(
-            rng, (180.0, 216.0, 180.0), spacing, orientation, center_mm=(0.0, -18.0, 18.0)
-        )
-        ph = phantoms.brain_t1_phantom(seed, shape, affine, lesions, *mni)
-    else:
-        raise ValueError(f"no demo generator for dataset '{row.dataset}'")
+    if row.dataset == "brain_t1" and mni is None:
+        mni = phantoms.load_mni152()
+    ph = phantoms.demo_phantom(row.dataset, n, demo["seed"], row.split == "test", mni)
+    orientation, shape = ph.info["orientation"], ph.image.shape
     # CT is stored as integer HU, like scanner exports; MRI as float.
     dtype = np.int16 if row.dataset == "lung_ct" else np.float32
     io.save_volume(
