@@ -26,9 +26,10 @@ SECTIONS = (
     "demo_anatomy",
     "threshold",
     "ablation",
+    "variants",
 )
 # Hours of training: measured only when named in --only.
-ON_REQUEST = ("translator_knobs", "demo_anatomy")
+ON_REQUEST = ("translator_knobs", "demo_anatomy", "variants")
 TITLES = {
     "quality": "1. Quality over seeds",
     "speed": "2. Speed per rule and stage",
@@ -41,6 +42,7 @@ TITLES = {
     "demo_anatomy": "9. Individual anatomy in the demo brain cohort, and translator epochs",
     "threshold": "10. The label-free threshold",
     "ablation": "11. Patch map scaling × median filter",
+    "variants": "12. Patch scoring variants beyond the paper",
 }
 # What quality_previous.json measured: the code before the reference implementation's settings
 # became the defaults (unpadded scorer, detached head, clean-edge ROI mining, per-slice ROI
@@ -161,6 +163,11 @@ def measure_section(name: str, args: argparse.Namespace) -> dict:
         from bench import threshold
 
         return threshold.measure(threshold.study_runs(args.results_dir, args.run))
+    if name == "variants":
+        from bench import threshold, variants
+
+        runs = [run for run, _ in threshold.study_runs(args.results_dir, args.run)]
+        return variants.measure(runs, args.threads)
     if name == "ablation":
         from bench import ablation
 

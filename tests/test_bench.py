@@ -436,3 +436,24 @@ def test_demo_anatomy_table_leaves_the_mean_ratio_to_registered_data():
     lung = next(line for line in lines if line.startswith("| lung_ct"))
     assert "| 0.53 | 0.67 |" in brain
     assert "| 0.53 | n/a |" in lung
+
+
+def test_variant_quantiles_and_intensity_scale_use_healthy_values_only():
+    from bench import variants
+
+    healthy = np.sort(np.array([0.1, 0.2, 0.3, 0.4], dtype=np.float32))
+    q = variants.quantile_map(np.array([0.05, 0.2, 0.35, 0.9], dtype=np.float32), healthy)
+    assert q.tolist() == pytest.approx([0.0, 0.5, 0.75, 1.0])
+    real = np.array([[-1.0, -1.0, 1.0, 1.0]], dtype=np.float32)
+    residual = np.array([[0.1, 0.3, 0.5, 0.7]], dtype=np.float32)
+    roi = np.ones_like(real, dtype=bool)
+    scale = variants.intensity_scale(real, residual, roi)
+    # Dark voxels' normal error is 0.2 on average, bright ones' 0.6: the same residual of 0.6
+    # is unusual in dark tissue and ordinary in bright tissue.
+    assert scale[0] == pytest.approx(0.2) and scale[-1] == pytest.approx(0.6)
+    s = {"roi": roi[None], "real": real[None], "residual": np.full((1, 1, 4), 0.6, np.float32),
+         "dae": residual[None], "raw_patch": np.full((1, 1, 4), 0.35, np.float32)}
+    maps = variants.variant_slices(s, healthy, scale)
+    both = maps["arepas_calibrated_both"][0, 0]
+    assert both[0] == pytest.approx(0.75 * 3.0) and both[-1] == pytest.approx(0.75 * 1.0)
+    assert set(maps) >= {"arepas", "arepas+pp", "dae", "dae+pp", "arepas_dae"}
