@@ -56,7 +56,6 @@ def brain_stacks(run_dir: Path, warp_mm: tuple[float, float], smoothness_mm: flo
     from arepas import io, phantoms, pipeline
     from arepas import registration as reg
     from arepas.preprocessing import resample_mask
-
     from bench import quality
 
     config = yaml.safe_load((run_dir / "config" / "config.yaml").read_text())
