@@ -198,3 +198,21 @@ def test_training_pair_batch_makes_any_pair_alone():
 
 def test_loader_workers_follow_the_jobs_cpus():
     assert [translator.loader_workers(t) for t in (1, 2, 4, 32)] == [0, 1, 3, 8]
+
+
+def test_autoencoders_train_from_the_cache_as_from_memory(tmp_path):
+    from arepas import autoencoder, dae
+
+    paths = write_subjects(tmp_path / "in", [3, 4])
+    cached = stacks.build_stack_cache(paths, tmp_path / "cache")
+    slices, roi = io.concat_arrays(paths, "slices", "roi")
+    ae_settings = autoencoder.AutoencoderSettings(epochs=2, batch_size=4, base_channels=4, depth=2)
+    disk = autoencoder.train_autoencoder(
+        cached.slices, slices[:2], ae_settings, 1, progress=_silent
+    )
+    memory = autoencoder.train_autoencoder(slices, slices[:2], ae_settings, 1, progress=_silent)
+    np.testing.assert_array_equal(disk[1].to_numpy(), memory[1].to_numpy())
+    dae_settings = dae.DaeSettings(epochs=1, batch_size=4, base_channels=4, depth=2)
+    disk = dae.train_dae(cached.slices, cached.roi, None, None, dae_settings, 1, progress=_silent)
+    memory = dae.train_dae(slices, roi, None, None, dae_settings, 1, progress=_silent)
+    np.testing.assert_array_equal(disk[1].to_numpy(), memory[1].to_numpy())
