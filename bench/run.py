@@ -23,6 +23,7 @@ SECTIONS = (
     "refscoring",
     "translator_speed",
     "translator_knobs",
+    "training_memory",
 )
 # Hours of training: measured only when named in --only.
 ON_REQUEST = ("translator_knobs",)
@@ -35,6 +36,7 @@ TITLES = {
     "refscoring": "6. Patch scoring as the reference implementation does it, at 256²",
     "translator_speed": "7. Translator training step: threads, memory layout, compile, crops",
     "translator_knobs": "8. Translator settings that make the demo translators use their edges",
+    "training_memory": "9. Training memory against the number of training subjects",
 }
 # What quality_previous.json measured: the code before the reference implementation's settings
 # became the defaults (unpadded scorer, detached head, clean-edge ROI mining, per-slice ROI
@@ -147,6 +149,10 @@ def measure_section(name: str, args: argparse.Namespace) -> dict:
         from bench import translator_knobs
 
         return translator_knobs.measure(args.run)
+    if name == "training_memory":
+        from bench import training_memory
+
+        return training_memory.measure(scratch=args.scratch)
     raise ValueError(name)
 
 

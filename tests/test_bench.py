@@ -251,3 +251,19 @@ def test_translator_knob_table_gives_the_ratios():
     assert expected in text
     # Hours of training: never measured unless asked for.
     assert "translator_knobs" not in run.parse_args([]).only
+
+
+def test_training_memory_table_gives_growth_and_verdicts():
+    from bench import training_memory
+
+    rows = []
+    for mode, peaks in (("memory", (300.0, 420.0, 900.0)), ("stream", (300.0, 303.0, 306.0))):
+        for n, peak in zip(training_memory.COHORTS, peaks, strict=True):
+            rows.append(
+                {"rule": "dae", "subjects": n, "size": 64, "mode": mode, "peak_mb": peak,
+                 "steps_per_s": 2.0 if mode == "memory" else 2.5}
+            )
+    text = training_memory.render({"baseline": "abc", "threads": 1, "rows": rows})
+    assert "| dae | +200.0% | +2.0% | pass | 1.25 | pass |" in text
+    assert "| dae | 64² | 160 | 900 | 306 | 2.00 | 2.50 |" in text
+    assert training_memory.FIGURE.as_posix() in text
