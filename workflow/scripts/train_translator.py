@@ -39,6 +39,9 @@ checkpoints = io.checkpoint_folder(
             k: v for k, v in settings.to_dict().items() if k not in ("epochs", "num_threads")
         },
         "seed": snakemake.params.seed,
+        # Training pairs drawn per (slice, copy) since the stacks are read from disk: a
+        # checkpoint trained on the earlier, jointly drawn set is not resumed with these.
+        "pairs": "per-slice-seeds",
     },
     train,
     val,
