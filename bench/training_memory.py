@@ -47,7 +47,7 @@ TRANSLATOR = {
 }
 RULES = ("translator", "autoencoder", "dae", "scorer")
 # Training steps timed per measurement (after one untimed step), per rule.
-STEPS = {"translator": 16, "autoencoder": 30, "dae": 30, "scorer": 0}
+STEPS = {"translator": 12, "autoencoder": 20, "dae": 20, "scorer": 0}
 LARGE_STEPS = 4
 # Optimiser steps per training step: the translator updates generator and discriminator.
 OPTIMISER_STEPS = {"translator": 2, "autoencoder": 1, "dae": 1}
@@ -226,7 +226,9 @@ def _run_child(rule, mode, paths, steps, pythonpath: Path, work: Path) -> dict:
         capture_output=True,
         text=True,
         env=env,
-        cwd=REPO,
+        # `python -m` puts the working folder first on sys.path: it decides which `arepas`
+        # the child imports.
+        cwd=pythonpath,
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
