@@ -24,6 +24,7 @@ from torch import nn
 
 from arepas.io import load_epoch_checkpoint, save_torch
 from arepas.settings import settings_from_dict
+from arepas.stacks import StackArray
 
 CHECKPOINT_NAME = "autoencoder_last.pt"
 
@@ -126,8 +127,16 @@ def _as_batch(slices: np.ndarray, device: torch.device | str = "cpu") -> torch.T
     return torch.as_tensor(array, device=device).unsqueeze(1)
 
 
+def _rows(slices: torch.Tensor | StackArray, idx: torch.Tensor, device) -> torch.Tensor:
+    """Rows idx of a stack on the device (read from disk for a StackArray), (b, 1, S, S)."""
+    if isinstance(slices, StackArray):
+        rows = slices.read(idx.cpu().numpy())
+        return torch.from_numpy(rows.astype(np.float32, copy=False)).unsqueeze(1).to(device)
+    return slices[idx]
+
+
 def train_autoencoder(
-    train_slices: np.ndarray,
+    train_slices: np.ndarray | StackArray,
     val_slices: np.ndarray | None,
     settings: AutoencoderSettings,
     seed: int,
@@ -145,7 +154,12 @@ def train_autoencoder(
     ``device``.
     """
     torch_device = torch.device(device)
-    train = _as_batch(train_slices, torch_device)
+    # Slices on disk (a StackArray) are read a batch at a time; an array goes to the device whole.
+    train = (
+        train_slices
+        if isinstance(train_slices, StackArray)
+        else _as_batch(train_slices, torch_device)
+    )
     val = (
         _as_batch(val_slices, torch_device) if val_slices is not None and len(val_slices) else None
     )
@@ -181,7 +195,7 @@ def train_autoencoder(
             idx = order[start : start + settings.batch_size]
             if idx.numel() < 2:  # batch norm needs two samples for batch statistics
                 continue
-            batch = train[idx]
+            batch = _rows(train, idx, torch_device)
             loss = F.l1_loss(model(batch), batch)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()

@@ -33,6 +33,7 @@ from torch import nn
 
 from arepas.io import load_epoch_checkpoint, save_torch
 from arepas.settings import settings_from_dict
+from arepas.stacks import StackArray
 
 CHECKPOINT_NAME = "dae_last.pt"
 
@@ -162,6 +163,14 @@ def _as_batch(slices: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(array).unsqueeze(1)
 
 
+def _rows(stack: torch.Tensor | StackArray, idx: torch.Tensor) -> torch.Tensor:
+    """Rows idx of a stack as float32 (b, 1, S, S), read from disk for a StackArray."""
+    if isinstance(stack, StackArray):
+        rows = stack.read(idx.numpy()).astype(np.float32, copy=False)
+        return torch.from_numpy(rows).unsqueeze(1)
+    return stack[idx]
+
+
 def _noisy(
     clean: torch.Tensor, roi: torch.Tensor, settings: DaeSettings, generator: torch.Generator
 ) -> torch.Tensor:
@@ -194,8 +203,8 @@ def _validation_loss(
 
 
 def train_dae(
-    train_slices: np.ndarray,
-    train_roi: np.ndarray,
+    train_slices: np.ndarray | StackArray,
+    train_roi: np.ndarray | StackArray,
     val_slices: np.ndarray | None,
     val_roi: np.ndarray | None,
     settings: DaeSettings,
@@ -213,9 +222,11 @@ def train_dae(
     finds one resumes after its last finished epoch, with identical results: weights, batch order
     and noise all follow from `seed` and the epoch.
     """
-    train = _as_batch(train_slices)
-    train_mask = _as_batch(np.asarray(train_roi, dtype=np.float32))
-    if train_mask.shape != train.shape:
+    # Slices and ROIs on disk (StackArrays) are read a batch at a time.
+    on_disk = isinstance(train_slices, StackArray)
+    train = train_slices if on_disk else _as_batch(train_slices)
+    train_mask = train_roi if on_disk else _as_batch(np.asarray(train_roi, dtype=np.float32))
+    if tuple(train_mask.shape)[-2:] != tuple(train.shape)[-2:] or len(train_mask) != len(train):
         raise ValueError(f"train ROI shape {train_mask.shape} does not match slices {train.shape}")
     has_val = val_slices is not None and len(val_slices)
     val = _as_batch(val_slices) if has_val else None
@@ -252,8 +263,8 @@ def train_dae(
             idx = order[start : start + settings.batch_size]
             if idx.numel() < 2:  # batch norm needs two samples for batch statistics
                 continue
-            clean = train[idx]
-            noisy = _noisy(clean, train_mask[idx], settings, generator)
+            clean = _rows(train, idx)
+            noisy = _noisy(clean, _rows(train_mask, idx), settings, generator)
             loss = F.mse_loss(model(noisy.to(torch_device)), clean.to(torch_device))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()

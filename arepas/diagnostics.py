@@ -31,6 +31,7 @@ import pandas as pd
 from torch import nn
 
 from arepas import io
+from arepas.stacks import SliceStacks, StackArray
 from arepas.translator import TranslatorSettings, edges_for, translate
 
 # Own-edge L1 above 90% of an edge-free reference's means the edges explain little of the slice
@@ -90,11 +91,19 @@ def load_slice_stacks(
 
 
 def load_check_slices(
-    train_paths: Sequence[str | Path], val_paths: Sequence[str | Path]
+    train_paths: Sequence[str | Path],
+    val_paths: Sequence[str | Path],
+    train_stacks: SliceStacks | None = None,
 ) -> dict[str, np.ndarray]:
     """The training and validation stacks the check compares, keyed by the keyword arguments of
-    edge_reliance and edge_reliance_examples (pass them with **)."""
-    train, train_roi, train_index, _ = load_slice_stacks(train_paths)
+    edge_reliance and edge_reliance_examples (pass them with **).
+
+    With train_stacks (the training job's on-disk cache of train_paths) the training slices and
+    ROIs are read from it a few at a time instead of all into memory."""
+    if train_stacks is not None:
+        train, train_roi, train_index = train_stacks.slices, train_stacks.roi, train_stacks.indices
+    else:
+        train, train_roi, train_index, _ = load_slice_stacks(train_paths)
     val, val_roi, val_index, val_subject = load_slice_stacks(val_paths)
     return {
         "val_slices": val,
@@ -189,7 +198,10 @@ def training_mean_images(
 
 
 def _checked(array: np.ndarray, name: str, n: int | None = None) -> np.ndarray:
-    array = np.asarray(array)
+    # A StackArray (training slices on disk) is indexed as it is: converting it would read the
+    # whole training set into memory.
+    if not isinstance(array, StackArray):
+        array = np.asarray(array)
     if array.ndim != 3:
         raise ValueError(f"{name} must have shape (n, S, S), got {array.shape}")
     if n is not None and len(array) != n:

@@ -266,11 +266,17 @@ def load_epoch_checkpoint(checkpoint, settings: dict, seed: int, device) -> dict
     return saved
 
 
+# Under a training job's checkpoint root: its uncompressed copy of the training stacks
+# (arepas.stacks), which checkpoint_folder keeps.
+STACK_CACHE = "stack_cache"
+
+
 def checkpoint_folder(root, setup: dict, *arrays: np.ndarray) -> Path:
     """The folder for one training set-up under ``root``: a hash of ``setup`` (settings that a
-    resume may not change, the seed) and of the training arrays. A job rerun after a kill finds
-    its checkpoint there; a job rerun because its set-up changed starts afresh instead of
-    resuming from a model trained otherwise. Other set-ups' folders are removed as stale."""
+    resume may not change, the seed) and of the training arrays (ndarrays or on-disk
+    StackArrays, hashed a block at a time). A job rerun after a kill finds its checkpoint there;
+    a job rerun because its set-up changed starts afresh instead of resuming from a model
+    trained otherwise. Other set-ups' folders are removed as stale, the stack cache is kept."""
     import hashlib
     import json
     import shutil
@@ -278,12 +284,17 @@ def checkpoint_folder(root, setup: dict, *arrays: np.ndarray) -> Path:
     digest = hashlib.sha256(json.dumps(setup, sort_keys=True, default=str).encode())
     for array in arrays:
         digest.update(str(array.shape).encode())
-        digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+        # Block by block: the digest of the whole array's bytes without holding them at once.
+        for first in range(0, len(array), 256):
+            block = np.asarray(array[first : first + 256], dtype=np.float32)
+            digest.update(np.ascontiguousarray(block).tobytes())
     root, key = Path(root), digest.hexdigest()[:16]
     for old in root.glob("*") if root.is_dir() else []:
-        if old.name != key and old.is_dir():
+        if old.name in (key, STACK_CACHE):
+            continue
+        if old.is_dir():
             shutil.rmtree(old)
-        elif old.name != key:
+        else:
             old.unlink()
     return root / key
 

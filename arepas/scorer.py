@@ -35,6 +35,7 @@ from torch import nn
 
 from arepas.io import save_torch
 from arepas.settings import settings_from_dict
+from arepas.stacks import StackArray
 
 # Our stall rule (option `stall_accuracy`): a scorer whose best held-out accuracy is at or below
 # this is indistinguishable from a coin flip on balanced pairs; its maps would be noise times the
@@ -160,24 +161,34 @@ def _single_cycle_permutation(n: int, rng: np.random.Generator) -> np.ndarray:
 def mining_inputs(
     slices: np.ndarray,
     settings: ScorerSettings,
-    augmented: Callable[[], tuple[np.ndarray, np.ndarray]],
+    augmented: Callable[..., tuple[np.ndarray, np.ndarray]],
     clean: Callable[[np.ndarray], np.ndarray],
+    pair_count: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Edge maps to reconstruct for mining, their target slices and each one's slice index.
 
     mining_source='augmented' (reference): every slice_step-th sample of the translator's own
-    augmented training set, as `augmented()` returns it (with 3 copies per slice and no clean copy
-    that is each training slice once, from a blob-swapped edge map); 'clean': every
-    slice_step-th slice with its clean edge map, `clean(slices)`.
+    augmented training set (with 3 copies per slice and no clean copy that is each training
+    slice once, from a blob-swapped edge map). Without pair_count, `augmented()` returns that
+    whole set; with pair_count (its size), `augmented(numbers)` returns only the numbered pairs,
+    so only the mined ones are ever in memory. 'clean': every slice_step-th slice with its clean
+    edge map, `clean(slices)`. slices may be an array or a StackArray on disk (only the picked
+    slices are read).
     """
-    slices = np.asarray(slices, dtype=np.float32)
+    if not isinstance(slices, StackArray):
+        slices = np.asarray(slices, dtype=np.float32)
     if settings.mining_source == "augmented":
+        if pair_count is not None:
+            picked = np.arange(0, pair_count, settings.slice_step)
+            inputs, targets = augmented(picked)
+            return inputs, targets, picked // max(pair_count // max(len(slices), 1), 1)
         inputs, targets = augmented()
         per_slice = len(inputs) // max(len(slices), 1)
         picked = np.arange(0, len(inputs), settings.slice_step)
         return inputs[picked], targets[picked], picked // max(per_slice, 1)
     picked = np.arange(0, len(slices), settings.slice_step)
-    return clean(slices[picked]), slices[picked], picked
+    chosen = np.asarray(slices[picked], dtype=np.float32)
+    return clean(chosen), chosen, picked
 
 
 def mine_hard_pairs(

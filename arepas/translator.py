@@ -32,7 +32,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,9 +44,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from arepas.edges import EDGE_DETECTORS, SWAP_STYLES, augmented_training_set, edge_maps
+from arepas.edges import EDGE_DETECTORS, SWAP_STYLES, canny_edges, edge_maps, swap_augment
 from arepas.io import save_torch
 from arepas.settings import settings_from_dict
+from arepas.stacks import StackArray, StackReadError, array_chunks
 
 PERCEPTUAL_CHOICES = ("none", "vgg19", "feature_matching")
 GAN_STEP_CHOICES = ("reference", "discriminator_first")
@@ -436,7 +437,8 @@ def feature_matching_loss(
 
 
 def _as_slices(array: np.ndarray, settings: TranslatorSettings, name: str) -> np.ndarray:
-    slices = np.asarray(array, dtype=np.float32)
+    # Slices on disk stay there; they are read a batch at a time.
+    slices = array if isinstance(array, StackArray) else np.asarray(array, dtype=np.float32)
     if slices.ndim != 3 or slices.shape[1] != slices.shape[2]:
         raise ValueError(f"{name} must have shape (n, S, S), got {slices.shape}")
     if slices.shape[1] % settings.size_multiple:
@@ -450,7 +452,9 @@ def _fingerprint(*arrays: np.ndarray) -> str:
     digest = hashlib.sha256()
     for array in arrays:
         digest.update(str(array.shape).encode())
-        digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+        # Block by block: the same digest as the whole array's bytes, without holding them.
+        for block in array_chunks(array):
+            digest.update(np.ascontiguousarray(block, dtype=np.float32).tobytes())
     return digest.hexdigest()
 
 
@@ -507,25 +511,147 @@ def edges_for(settings: TranslatorSettings, slices: np.ndarray) -> np.ndarray:
     return edge_maps(slices, detector=settings.edge_detector)
 
 
+# Second entry of each training pair's augmentation seed, apart from the batch order's and the
+# crops' streams.
+_AUGMENT_STREAM = 2
+
+
+def pairs_per_slice(settings: TranslatorSettings) -> int:
+    """Training pairs made from each slice: its clean edge map if augment_clean, then the
+    augmented copies."""
+    return int(settings.augment_clean) + settings.augment_copies
+
+
+def training_pair_batch(
+    train_slices: np.ndarray, pairs: np.ndarray, settings: TranslatorSettings, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The training pairs numbered `pairs` (edge inputs, target slices), each (len(pairs), S, S)
+    float32, computed from the slices they come from alone.
+
+    Pair p is made from slice p // pairs_per_slice: number 0 is its clean edge map when
+    augment_clean, the others blob-swap augmented copies of it, each drawn from its own
+    generator seeded with (seed, slice, copy). A pair is thus the same in every epoch, in a
+    resumed run, in a data-loader worker and in the patch scorer's mining, and only the slices
+    of one batch need to be in memory. train_slices may be an array or a StackArray on disk.
+    """
+    per_slice = pairs_per_slice(settings)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1)
+    slice_rows, copies = np.divmod(pairs, per_slice)
+    # Each slice once, however many of its copies the batch holds.
+    distinct, position = np.unique(slice_rows, return_inverse=True)
+    slices = np.asarray(train_slices[distinct], dtype=np.float32)
+    clean = [canny_edges(slice_, detector=settings.edge_detector) for slice_ in slices]
+    inputs = np.empty((len(pairs), *slices.shape[1:]), dtype=np.float32)
+    for k, (row, copy, at) in enumerate(zip(slice_rows, copies, position, strict=True)):
+        if settings.augment_clean and copy == 0:
+            inputs[k] = clean[at]
+            continue
+        rng = np.random.default_rng([seed, _AUGMENT_STREAM, int(row), int(copy)])
+        inputs[k] = swap_augment(
+            clean[at], rng, n_swaps=settings.augment_swaps, style=settings.swap_style
+        )
+    return inputs, slices[position]
+
+
 def training_pairs(
     train_slices: np.ndarray, settings: TranslatorSettings, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The (edge input, target slice) pairs train_translator trains on for this seed.
+    """The (edge input, target slice) pairs train_translator trains on for this seed, all of them.
 
-    Each (m, S, S) float32, m = n x (copies + 1 if augment_clean else copies). The set depends
-    only on the slices, the settings and the seed, so a resumed run, or anything mining pairs
-    from the same set (the patch scorer), gets the same one.
+    Each (m, S, S) float32, m = n x pairs_per_slice, pair p made by training_pair_batch. The set
+    depends only on the slices, the settings and the seed, so a resumed run, or anything mining
+    pairs from the same set (the patch scorer), gets the same one.
     """
     train = _as_slices(train_slices, settings, "train_slices")
-    return augmented_training_set(
-        train,
-        np.random.default_rng(seed),
-        copies=settings.augment_copies,
-        n_swaps=settings.augment_swaps,
-        include_clean=settings.augment_clean,
-        swap_style=settings.swap_style,
-        detector=settings.edge_detector,
+    return training_pair_batch(
+        train, np.arange(len(train) * pairs_per_slice(settings)), settings, seed
     )
+
+
+class _PairSource(torch.utils.data.Dataset):
+    """Training pairs made on demand, a batch at a time (in data-loader workers if any).
+
+    A batch that cannot be read is returned as its StackReadError rather than raised: the
+    loader would re-raise it in the main process as a plain RuntimeError.
+    """
+
+    def __init__(self, slices: np.ndarray, settings: TranslatorSettings, seed: int) -> None:
+        self.slices, self.settings, self.seed = slices, settings, seed
+
+    def __len__(self) -> int:
+        return len(self.slices) * pairs_per_slice(self.settings)
+
+    def __getitems__(self, pairs: list[int]):
+        try:
+            inputs, targets = training_pair_batch(self.slices, pairs, self.settings, self.seed)
+        except StackReadError as exc:
+            return exc
+        return torch.from_numpy(inputs).unsqueeze(1), torch.from_numpy(targets).unsqueeze(1)
+
+    def __getitem__(self, pair: int):
+        return self.__getitems__([pair])
+
+
+class _EpochBatches(torch.utils.data.Sampler):
+    """The current epoch's batches of pair numbers; the training loop sets them each epoch, so
+    persistent workers serve every epoch."""
+
+    def __init__(self) -> None:
+        self.batches: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return (batch.tolist() for batch in self.batches)
+
+
+def _as_loaded(batch):
+    return batch
+
+
+def _quiet_worker(_: int) -> None:
+    # A worker only reads and augments; one thread each leaves the cores to the training step.
+    # Nothing random is drawn from the worker's own generators (every pair has its own seed),
+    # so worker seeding cannot change a batch.
+    import cv2
+
+    cv2.setNumThreads(0)
+
+
+@contextmanager
+def _pair_loader(
+    slices: np.ndarray, settings: TranslatorSettings, seed: int, num_workers: int
+) -> Iterator[tuple[torch.utils.data.DataLoader, _EpochBatches]]:
+    import cv2
+
+    batches = _EpochBatches()
+    loader = torch.utils.data.DataLoader(
+        _PairSource(slices, settings, seed),
+        batch_sampler=batches,
+        collate_fn=_as_loaded,
+        num_workers=num_workers,
+        worker_init_fn=_quiet_worker if num_workers else None,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=4 if num_workers else None,
+    )
+    # OpenCV's thread pool, once started, deadlocks forked workers that use it.
+    threads = cv2.getNumThreads()
+    if num_workers:
+        cv2.setNumThreads(0)
+    try:
+        yield loader, batches
+    finally:
+        cv2.setNumThreads(threads)
+        # Persistent workers end with the loader's iterator.
+        del loader
+
+
+def loader_workers(threads: int) -> int:
+    """Data-loader worker processes for a job with `threads` CPUs: none on one CPU (batches are
+    then made between steps), else one per CPU beyond the first, at most 8 (a worker makes a
+    batch far faster than a step trains on it)."""
+    return 0 if threads <= 1 else min(threads - 1, 8)
 
 
 # Third entry of the crop generator's seed, so crops draw from a stream apart from the batch order.
@@ -563,11 +689,17 @@ def train_translator(
     seed: int,
     device: str = "cpu",
     progress: Callable[[str], None] = print,
+    num_workers: int = 0,
 ) -> tuple[nn.Module, pd.DataFrame]:
     """Train the edge-to-image translator on healthy slices; resumes from checkpoint_dir/last.pt.
 
-    Returns the generator (eval mode) and one history row per epoch (HISTORY_COLUMNS). The
-    result for a seed does not depend on whether or where training was interrupted.
+    train_slices may be an array or a StackArray (slices on disk, arepas.stacks): training pairs
+    are made a batch at a time (training_pair_batch), in num_workers data-loader processes when
+    that is above 0, so memory does not grow with the training set. Returns the generator (eval
+    mode) and one history row per epoch (HISTORY_COLUMNS). The result for a seed does not depend
+    on whether or where training was interrupted, nor on num_workers. A training slice that
+    cannot be read is a StackReadError naming the subject and file; the last finished epoch's
+    checkpoint stays for a resume.
     """
     train = _as_slices(train_slices, settings, "train_slices")
     val = _as_slices(val_slices, settings, "val_slices") if len(val_slices) else None
@@ -586,7 +718,7 @@ def train_translator(
         progress("translator: amp requested but only used on CUDA; training in float32")
     fingerprint = _fingerprint(train, val if val is not None else np.empty((0, 0, 0)))
 
-    with _torch_runtime(settings, torch_device):
+    with _torch_runtime(settings, torch_device), ExitStack() as stack:
         torch.manual_seed(seed)
         generator = build_generator(settings).to(torch_device)
         discriminator = build_discriminator(settings).to(torch_device)
@@ -614,30 +746,40 @@ def train_translator(
                     f"(> {settings.epochs} requested); returning it as is"
                 )
 
-        # The augmented set depends only on the seed, so a resumed run rebuilds the same one.
-        inputs, targets = training_pairs(train, settings, seed)
+        # Each pair depends only on its slice, the settings and the seed, so a resumed run
+        # trains on the same ones.
+        n_pairs = len(train) * pairs_per_slice(settings)
         val_edges = edges_for(settings, val) if val is not None else None
-        inputs_t = torch.from_numpy(inputs).unsqueeze(1)
-        targets_t = torch.from_numpy(targets).unsqueeze(1)
-        steps_per_epoch = -(-len(inputs) // settings.batch_size)
+        steps_per_epoch = -(-n_pairs // settings.batch_size)
         step = done_epochs * steps_per_epoch
 
+        pair_loader = _pair_loader(train, settings, seed, num_workers)
+        loader, epoch_batches = stack.enter_context(pair_loader)
         for epoch in range(done_epochs + 1, settings.epochs + 1):
             started = time.perf_counter()
             # Per-epoch reseeding makes dropout, interpolation weights and batch order a function
             # of (seed, epoch) alone, so resuming reproduces an uninterrupted run.
             torch.manual_seed(_epoch_seed(seed, epoch))
-            order = np.random.default_rng([seed, epoch]).permutation(len(inputs))
+            order = np.random.default_rng([seed, epoch]).permutation(n_pairs)
             corners = None
             if settings.crop_size is not None:
-                corners = crop_corners(seed, epoch, len(inputs), side, settings.crop_size)
+                corners = crop_corners(seed, epoch, n_pairs, side, settings.crop_size)
             generator.train()
             discriminator.train()
             sums = dict.fromkeys(("g_adv", "g_l1", "g_perc", "d_loss", "gp"), 0.0)
-            for first in range(0, len(order), settings.batch_size):
-                batch = order[first : first + settings.batch_size]
-                index = torch.from_numpy(batch)
-                edges, real = inputs_t[index], targets_t[index]
+            epoch_batches.batches = [
+                order[first : first + settings.batch_size]
+                for first in range(0, n_pairs, settings.batch_size)
+            ]
+            for batch, loaded in zip(epoch_batches.batches, loader, strict=True):
+                if isinstance(loaded, StackReadError):
+                    kept = f"{checkpoint_path} holds epoch {epoch - 1}" if epoch > 1 else "none"
+                    raise StackReadError(
+                        loaded.subject,
+                        loaded.path,
+                        f"{loaded.problem} (in translator epoch {epoch}; checkpoint: {kept})",
+                    ) from None
+                edges, real = loaded
                 if corners is not None:
                     edges, real = crop_pairs(edges, real, corners[batch], settings.crop_size)
                 edges, real = edges.to(torch_device), real.to(torch_device)

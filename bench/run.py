@@ -23,6 +23,7 @@ SECTIONS = (
     "refscoring",
     "translator_speed",
     "translator_knobs",
+    "training_memory",
     "demo_anatomy",
     "threshold",
     "ablation",
@@ -39,10 +40,11 @@ TITLES = {
     "refscoring": "6. Patch scoring as the reference implementation does it, at 256²",
     "translator_speed": "7. Translator training step: threads, memory layout, compile, crops",
     "translator_knobs": "8. Translator settings that make the demo translators use their edges",
-    "demo_anatomy": "9. Individual anatomy in the demo brain cohort, and translator epochs",
-    "threshold": "10. The label-free threshold",
-    "ablation": "11. Patch map scaling × median filter",
-    "variants": "12. Patch scoring variants beyond the paper",
+    "training_memory": "9. Training memory against the number of training subjects",
+    "demo_anatomy": "10. Individual anatomy in the demo brain cohort, and translator epochs",
+    "threshold": "11. The label-free threshold",
+    "ablation": "12. Patch map scaling × median filter",
+    "variants": "13. Patch scoring variants beyond the paper",
 }
 # What quality_previous.json measured: the code before the reference implementation's settings
 # became the defaults (unpadded scorer, detached head, clean-edge ROI mining, per-slice ROI
@@ -172,6 +174,10 @@ def measure_section(name: str, args: argparse.Namespace) -> dict:
         from bench import ablation
 
         return ablation.measure(args.run, args.threads)
+    if name == "training_memory":
+        from bench import training_memory
+
+        return training_memory.measure(scratch=args.scratch)
     raise ValueError(name)
 
 

@@ -457,3 +457,17 @@ def test_variant_quantiles_and_intensity_scale_use_healthy_values_only():
     both = maps["arepas_calibrated_both"][0, 0]
     assert both[0] == pytest.approx(0.75 * 3.0) and both[-1] == pytest.approx(0.75 * 1.0)
     assert set(maps) >= {"arepas", "arepas+pp", "dae", "dae+pp", "arepas_dae"}
+def test_training_memory_table_gives_growth_and_verdicts():
+    from bench import training_memory
+
+    rows = []
+    for mode, peaks in (("memory", (300.0, 420.0, 900.0)), ("stream", (300.0, 303.0, 306.0))):
+        for n, peak in zip(training_memory.COHORTS, peaks, strict=True):
+            rows.append(
+                {"rule": "dae", "subjects": n, "size": 64, "mode": mode, "peak_mb": peak,
+                 "steps_per_s": 2.0 if mode == "memory" else 2.5}
+            )
+    text = training_memory.render({"baseline": "abc", "threads": 1, "rows": rows})
+    assert "| dae | +200.0% | +2.0% | pass | 1.25 | pass |" in text
+    assert "| dae | 64² | 160 | 900 | 306 | 2.00 | 2.50 |" in text
+    assert training_memory.FIGURE.as_posix() in text

@@ -331,6 +331,18 @@ def test_mining_inputs_are_every_third_augmented_training_sample():
     )
     np.testing.assert_array_equal(slice_of, [0, 3])
     np.testing.assert_array_equal(edges, -slices[[0, 3]])
+    # Given the set's size, only the mined pairs are asked for, and the result is the same.
+    asked = []
+
+    def some(numbers):
+        asked.append(list(numbers))
+        return aug_inputs[numbers], aug_targets[numbers]
+
+    edges, targets, slice_of = mining_inputs(slices, ScorerSettings(), some, clean, pair_count=18)
+    assert asked == [[0, 3, 6, 9, 12, 15]]
+    np.testing.assert_array_equal(slice_of, np.arange(6))
+    np.testing.assert_array_equal(edges, slices + 100.0)
+    np.testing.assert_array_equal(targets, slices)
 
 
 def random_label_pairs(n: int, seed: int = 0):

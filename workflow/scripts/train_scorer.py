@@ -1,5 +1,7 @@
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
 start = time.perf_counter()
@@ -7,21 +9,28 @@ start = time.perf_counter()
 import numpy as np
 import torch
 
-from arepas import devices, io, scorer, translator
+from arepas import devices, io, scorer, stacks, translator
 
 torch.set_num_threads(snakemake.threads)
 # The GPU when one is visible; a job that asked for one and sees none stops here, naming itself.
 device = devices.job_training_device(snakemake)
 settings = scorer.ScorerSettings.from_dict(snakemake.params.settings)
-real, roi = io.concat_arrays(snakemake.input.train, "slices", "roi")
+# Training slices are copied uncompressed beside the model and only the mined ones are read:
+# the translator's augmented set is never built whole.
+cache = tempfile.TemporaryDirectory(dir=Path(snakemake.output.model).parent, prefix=".stacks_")
+train_stacks = stacks.build_stack_cache(snakemake.input.train, Path(cache.name) / "stacks")
+real, roi = train_stacks.slices, train_stacks.roi
 generator, translator_settings, _ = translator.load_translator(
     snakemake.input.translator, device=device
 )
 edges, targets, slice_of = scorer.mining_inputs(
     real,
     settings,
-    augmented=lambda: translator.training_pairs(real, translator_settings, snakemake.params.seed),
+    augmented=lambda numbers: translator.training_pair_batch(
+        real, numbers, translator_settings, snakemake.params.seed
+    ),
     clean=lambda slices: translator.edges_for(translator_settings, slices),
+    pair_count=len(real) * translator.pairs_per_slice(translator_settings),
 )
 recon = translator.translate(generator, edges, device=device)
 pairs = scorer.mine_hard_pairs(
@@ -53,6 +62,7 @@ except scorer.StalledScorerError as stall:
     # Kept only on request, and marked: every map and table built on it says so.
     print(f"WARNING: {stall}; keeping its best model, flagged as stalled")
     model, history, meta["stalled"] = stall.model, stall.history, str(stall)
+cache.cleanup()
 scorer.save_scorer(snakemake.output.model, model, settings, meta=meta)
 io.save_table(snakemake.output.history, history)
 # Cached rules cannot have a benchmark directive, so they record their own resource use.

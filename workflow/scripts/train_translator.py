@@ -1,6 +1,7 @@
 import math
 import sys
 import time
+from pathlib import Path
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
 start = time.perf_counter()
@@ -8,17 +9,28 @@ start = time.perf_counter()
 
 import torch
 
-from arepas import devices, diagnostics, io, translator
+from arepas import devices, diagnostics, io, stacks, translator
 
 torch.set_num_threads(snakemake.threads)
 # The GPU when one is visible; a job that asked for one and sees none stops here, naming itself.
 device = devices.job_training_device(snakemake)
 settings = translator.TranslatorSettings.from_dict(snakemake.params.settings)
 dataset = snakemake.wildcards.dataset
+# Training slices are copied uncompressed beside the checkpoints and read a batch at a time, so
+# memory does not grow with the number of training subjects.
+train_stacks = stacks.build_stack_cache(
+    snakemake.input.train, Path(snakemake.params.checkpoint_dir) / io.STACK_CACHE
+)
 # ROIs, slice indices and subjects serve the edge-reliance check after training.
-check_slices = diagnostics.load_check_slices(snakemake.input.train, snakemake.input.val)
+check_slices = diagnostics.load_check_slices(
+    snakemake.input.train, snakemake.input.val, train_stacks=train_stacks
+)
 train, val = check_slices["train_slices"], check_slices["val_slices"]
-print(f"{len(train)} training and {len(val)} validation slices of {train.shape[1]}^2 on {device}")
+workers = translator.loader_workers(snakemake.threads)
+print(
+    f"{len(train)} training and {len(val)} validation slices of {train.shape[1]}^2 on {device}, "
+    f"{workers} data-loader workers"
+)
 checkpoints = io.checkpoint_folder(
     snakemake.params.checkpoint_dir,
     # What a resume may change does not define the set-up.
@@ -27,6 +39,9 @@ checkpoints = io.checkpoint_folder(
             k: v for k, v in settings.to_dict().items() if k not in ("epochs", "num_threads")
         },
         "seed": snakemake.params.seed,
+        # Training pairs drawn per (slice, copy) since the stacks are read from disk: a
+        # checkpoint trained on the earlier, jointly drawn set is not resumed with these.
+        "pairs": "per-slice-seeds",
     },
     train,
     val,
@@ -39,6 +54,7 @@ model, history = translator.train_translator(
     seed=snakemake.params.seed,
     device=device,
     progress=print,
+    num_workers=workers,
 )
 
 # Does the translator rebuild slices from their edges, or draw an average slice whatever the
@@ -68,5 +84,7 @@ translator.save_translator(
 )
 io.save_table(snakemake.output.history, history)
 io.save_table(snakemake.output.edge_reliance, reliance_table)
+# The checkpoints stay for a later, longer run; the copy of the stacks is rebuilt when needed.
+train_stacks.remove()
 # Cached rules cannot have a benchmark directive, so they record their own resource use.
 io.save_table(snakemake.output.usage, io.resource_usage(start))
