@@ -240,12 +240,44 @@ def save_torch(payload, path) -> None:
         os.fsync(handle.fileno())
 
 
+def check_resumable(
+    path,
+    saved_settings: dict,
+    settings: dict,
+    saved_seed: int,
+    seed: int,
+    free: tuple[str, ...] = ("epochs",),
+) -> None:
+    """Stop a resume from a checkpoint written with other settings or another seed.
+
+    Settings named in `free` may differ (a resumed job may be asked to train longer). The error
+    names the file, every differing setting with both values, and the fix. Every training loop
+    that resumes goes through this one check.
+    """
+    keys = sorted((set(saved_settings) | set(settings)) - set(free))
+    missing = object()
+    differing = [
+        k for k in keys if saved_settings.get(k, missing) != settings.get(k, missing)
+    ]
+    problems = [
+        f"{k}: checkpoint {saved_settings.get(k, '(unset)')!r} "
+        f"vs now {settings.get(k, '(unset)')!r}"
+        for k in differing
+    ]
+    if saved_seed != seed:
+        problems.append(f"seed: checkpoint {saved_seed} vs now {seed}")
+    if problems:
+        raise ValueError(
+            f"cannot resume from {path}: written with other settings or seed "
+            f"({'; '.join(problems)}); delete it (or its folder) to start afresh"
+        )
+
+
 def load_epoch_checkpoint(checkpoint, settings: dict, seed: int, device) -> dict | None:
     """The per-epoch checkpoint an epoch loop saved with ``settings_json`` and ``seed`` (the
     autoencoders'), loaded onto `device`; None where there is none yet.
 
-    Only the epoch count may differ from the current `settings`: a resumed job can be asked to
-    train longer. Other settings or another seed are an error naming the file.
+    Only the epoch count may differ from the current `settings` (:func:`check_resumable`).
     """
     import json
 
@@ -254,15 +286,8 @@ def load_epoch_checkpoint(checkpoint, settings: dict, seed: int, device) -> dict
     if checkpoint is None or not Path(checkpoint).exists():
         return None
     saved = torch.load(checkpoint, map_location=device, weights_only=True)
-    saved_settings = json.loads(saved["settings_json"])
-    current = dict(settings)
-    saved_settings.pop("epochs", None)
-    current.pop("epochs", None)
-    if saved_settings != current or saved["seed"] != seed:
-        raise ValueError(
-            f"checkpoint {checkpoint} was written with other settings or seed "
-            f"({saved_settings}, seed {saved['seed']}); delete it to start afresh"
-        )
+    check_resumable(checkpoint, json.loads(saved["settings_json"]), dict(settings),
+                    saved["seed"], seed)
     return saved
 
 

@@ -45,7 +45,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from arepas.edges import EDGE_DETECTORS, SWAP_STYLES, canny_edges, edge_maps, swap_augment
-from arepas.io import save_torch
+from arepas.io import check_resumable, save_torch
 from arepas.settings import settings_from_dict
 from arepas.stacks import StackArray, StackReadError, array_chunks
 
@@ -488,20 +488,8 @@ def _check_resumable(
     legacy = state["format"] == _LEGACY_CHECKPOINT_FORMAT
     saved = {k: v for k, v in state["settings"].items() if k not in _RESUME_FREE_SETTINGS}
     saved = _saved_settings({**saved, "epochs": settings.epochs}, legacy).to_dict()
-    current = settings.to_dict()
-    differing = sorted(
-        k for k in current if k not in _RESUME_FREE_SETTINGS and current[k] != saved[k]
-    )
-    if differing:
-        details = ", ".join(
-            f"{k}: checkpoint {saved[k]!r} vs now {current[k]!r}" for k in differing
-        )
-        raise ValueError(
-            f"cannot resume from {path}: settings differ ({details}); "
-            "remove the checkpoint or use another checkpoint directory"
-        )
-    if state["seed"] != seed:
-        raise ValueError(f"cannot resume from {path}: it used seed {state['seed']}, not {seed}")
+    check_resumable(path, saved, settings.to_dict(), state.get("seed"), seed,
+                    free=_RESUME_FREE_SETTINGS)
     if state["data"] != fingerprint:
         raise ValueError(f"cannot resume from {path}: it was trained on different slices")
 

@@ -654,3 +654,25 @@ def test_old_checkpoints_are_compared_with_their_legacy_settings(tmp_path):
         train_translator(
             shape_slices(2, 26), shape_slices(0, 0), settings, tmp_path, seed=0, progress=print
         )
+
+
+def test_resume_checks_share_one_rule_that_names_every_difference(tmp_path):
+    from arepas import io
+    from arepas.translator import _CHECKPOINT_FORMAT, _check_resumable
+
+    settings = TranslatorSettings.from_dict({"base_channels": 4, "n_blocks": 1, "epochs": 3})
+    state = {"format": _CHECKPOINT_FORMAT, "settings": settings.to_dict(), "seed": 0,
+             "data": "abc"}
+    path = tmp_path / "last.pt"
+    longer = TranslatorSettings.from_dict({**settings.to_dict(), "epochs": 9})
+    _check_resumable(state, longer, 0, "abc", path)  # training longer is a resume
+    wider = TranslatorSettings.from_dict({**settings.to_dict(), "base_channels": 8})
+    with pytest.raises(ValueError, match=r"last\.pt.*base_channels: checkpoint 4 vs now 8"):
+        _check_resumable(state, wider, 0, "abc", path)
+    with pytest.raises(ValueError, match="seed: checkpoint 0 vs now 1"):
+        _check_resumable(state, settings, 1, "abc", path)
+    # The autoencoders' loader raises through the same rule, with the same wording.
+    with pytest.raises(ValueError, match=r"ae\.pt: written with other settings or seed "
+                                         r"\(lr: checkpoint 0\.1 vs now 0\.2\)"):
+        io.check_resumable(tmp_path / "ae.pt", {"lr": 0.1, "epochs": 2}, {"lr": 0.2,
+                           "epochs": 5}, 0, 0)
