@@ -13,6 +13,8 @@ from pathlib import Path
 import ants
 import numpy as np
 
+from arepas.preprocessing import resample_mask
+
 # ANTsPy names of the transforms the config may ask for.
 TRANSFORMS = {"affine": "Affine", "syn": "SyN", "rigid": "Rigid"}
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -162,3 +164,14 @@ def load_template(
         img, mask = nib.load(template), nib.load(template_mask)
     data = np.asarray(img.dataobj, dtype=np.float32)
     return data, img.affine.astype(float), np.asarray(mask.dataobj) > 0
+
+
+def template_for_grid(
+    template: str, template_mask: str | None, spacing
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image, RAS affine, boolean organ mask) of a template resampled to the working `spacing`:
+    what the prepare_template rule writes and every registration of a dataset uses."""
+    data, affine, mask = load_template(template, template_mask)
+    image, image_affine = template_on_grid(data, affine, spacing)
+    on_grid = resample_mask(mask, affine, image.shape, image_affine)
+    return image, image_affine, np.asarray(on_grid) > 0

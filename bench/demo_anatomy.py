@@ -55,15 +55,12 @@ def brain_stacks(run_dir: Path, warp_mm: tuple[float, float], smoothness_mm: flo
     preprocessed as the preprocess rule does; paths of their slices.npz (train, val)."""
     from arepas import io, phantoms, pipeline
     from arepas import registration as reg
-    from arepas.preprocessing import resample_mask
     from bench import quality
 
     config = yaml.safe_load((run_dir / "config" / "config.yaml").read_text())
     settings = config["datasets"]["brain_t1"]
     seed, demo_seed = quality.run_seeds(run_dir)
-    data, affine, mask = reg.load_template("mni152", None)
-    template, t_affine = reg.template_on_grid(data, affine, settings["spacing"])
-    t_mask = resample_mask(mask, affine, template.shape, t_affine) > 0
+    template, t_affine, t_mask = reg.template_for_grid("mni152", None, settings["spacing"])
     mni = phantoms.load_mni152()
     sheet = _sheet(run_dir)
     paths: dict[str, list[Path]] = {"train": [], "val": []}

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from scipy import ndimage
 
 from arepas import io, metrics
 from arepas.maps import normalise_patch_map, raw_patch_map
+from arepas.postprocess import median_per_slice
 from arepas.preprocessing import SliceGeometry, assemble_volume
 from bench import ablation, tables
 
@@ -100,9 +100,7 @@ def variant_slices(s: dict, healthy_patch: np.ndarray, scale: np.ndarray) -> dic
     for name, m in maps.items():
         m = np.where(roi, m, 0.0).astype(np.float32)
         out[name] = m
-        out[f"{name}+pp"] = np.where(
-            roi, ndimage.median_filter(m, size=(1, MEDIAN, MEDIAN)), 0.0
-        ).astype(np.float32)
+        out[f"{name}+pp"] = median_per_slice(m, roi, MEDIAN)
     return out
 
 
