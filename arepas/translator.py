@@ -20,6 +20,10 @@ Options that are ours, not the reference's (each a TranslatorSettings field):
   file, nothing is downloaded) or "feature_matching" (pix2pixHD's discriminator feature L1).
 - edge_detector="skimage", augment_clean=True, swap_style="clean_source": the edge maps and
   augmentation this project used before matching the reference (see arepas.edges).
+- gp_every=k > 1: the gradient penalty on every k-th step only, weighted k x lambda_gp, so its
+  average pull stays the same ("lazy regularisation", Karras et al., CVPR 2020, StyleGAN2, who
+  apply their R1 penalty every 16 minibatches). The penalty's double backward is about 40 % of
+  a CPU demo step.
 - crop_size: train on a random crop_size x crop_size window of each pair (a new position every
   epoch) instead of the whole slice, for speed on large slices; inference uses whole slices.
 Model files written before these options existed load with the values they were trained with.
@@ -100,6 +104,8 @@ class TranslatorSettings:
     lambda_perceptual: float = 1.0
     vgg19_weights: str | None = None
     lambda_gp: float = 1.0
+    # 1 (reference): the gradient penalty on every step; k: on every k-th, weighted k x lambda_gp.
+    gp_every: int = 1
     real_label: float = 0.9
     gan_step: str = "reference"
     init: str = "default"
@@ -135,7 +141,7 @@ class TranslatorSettings:
             # A quoted "false" in a config would otherwise count as true.
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        for name in ("base_channels", "disc_channels", "batch_size"):
+        for name in ("base_channels", "disc_channels", "batch_size", "gp_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("n_downsampling", "n_blocks", "epochs", "augment_copies", "augment_swaps"):
@@ -755,6 +761,7 @@ def train_translator(
             generator.train()
             discriminator.train()
             sums = dict.fromkeys(("g_adv", "g_l1", "g_perc", "d_loss", "gp"), 0.0)
+            counts = dict.fromkeys(sums, 0)
             epoch_batches.batches = [
                 order[first : first + settings.batch_size]
                 for first in range(0, n_pairs, settings.batch_size)
@@ -771,11 +778,15 @@ def train_translator(
                 if corners is not None:
                     edges, real = crop_pairs(edges, real, corners[batch], settings.crop_size)
                 edges, real = edges.to(torch_device), real.to(torch_device)
+                # Counted over the whole run, so a resumed run penalises on the same steps.
+                with_gp = step % settings.gp_every == 0
                 losses = _train_step(
-                    generator, discriminator, vgg, opt_g, opt_d, edges, real, settings, use_amp
+                    generator, discriminator, vgg, opt_g, opt_d, edges, real, settings, use_amp,
+                    with_gp,
                 )
                 for key, value in losses.items():
                     sums[key] += value
+                    counts[key] += 1
                 step += 1
                 if step % _STEP_LOG_EVERY == 0:
                     progress(
@@ -787,7 +798,8 @@ def train_translator(
                 recon = translate(generator, val_edges, device=device)
                 val_l1 = float(np.mean(np.abs(recon - val)))
             row = {"epoch": epoch, "step": step}
-            row.update({key: total / steps_per_epoch for key, total in sums.items()})
+            # The penalty's mean is over the steps that computed it (all of them for gp_every 1).
+            row.update({key: sums[key] / max(counts[key], 1) for key in sums})
             row.update({"val_l1": val_l1, "seconds": time.perf_counter() - started})
             history.append(row)
             save_torch(
@@ -825,8 +837,10 @@ def _train_step(
     real: torch.Tensor,
     settings: TranslatorSettings,
     use_amp: bool,
+    with_gp: bool = True,
 ) -> dict[str, float]:
-    """One update of both networks, in the order settings.gan_step names; returns the losses."""
+    """One update of both networks, in the order settings.gan_step names; returns the losses
+    (without "gp" on a step that skips the penalty, see gp_every)."""
     autocast = torch.autocast(device_type=edges.device.type, dtype=torch.bfloat16, enabled=use_amp)
     with autocast:
         fake = generator(edges)
@@ -840,12 +854,12 @@ def _train_step(
         with torch.no_grad(), autocast:
             fresh = generator(edges)
         d_losses = _discriminator_update(
-            discriminator, opt_d, edges, real, fresh, settings, autocast, bce_scale=1.0
+            discriminator, opt_d, edges, real, fresh, settings, autocast, 1.0, with_gp
         )
     else:
         # pix2pix order: halving the two BCE terms halves the discriminator's BCE gradient.
         d_losses = _discriminator_update(
-            discriminator, opt_d, edges, real, fake.detach(), settings, autocast, bce_scale=0.5
+            discriminator, opt_d, edges, real, fake.detach(), settings, autocast, 0.5, with_gp
         )
         g_losses = _generator_update(
             discriminator, vgg, opt_g, edges, real, fake, settings, autocast
@@ -862,8 +876,10 @@ def _discriminator_update(
     settings: TranslatorSettings,
     autocast: torch.autocast,
     bce_scale: float,
+    with_gp: bool = True,
 ) -> dict[str, float]:
-    """One discriminator step on label-smoothed BCE (real 0.9, fake 0) + the gradient penalty."""
+    """One discriminator step on label-smoothed BCE (real 0.9, fake 0) + the gradient penalty,
+    the latter weighted gp_every x lambda_gp on the steps that compute it."""
     with autocast:
         real_logits = discriminator(torch.cat([edges, real], dim=1)).float()
         fake_logits = discriminator(torch.cat([edges, fake], dim=1)).float()
@@ -873,15 +889,16 @@ def _discriminator_update(
             )
             + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
         )
-        gp = (
-            gradient_penalty(discriminator, edges, real, fake)
-            if settings.lambda_gp > 0
-            else torch.zeros((), device=edges.device)
-        )
+        penalise = with_gp and settings.lambda_gp > 0
+        gp = gradient_penalty(discriminator, edges, real, fake) if penalise else None
+    d_total = d_bce if gp is None else d_bce + settings.gp_every * settings.lambda_gp * gp
     opt_d.zero_grad(set_to_none=True)
-    (d_bce + settings.lambda_gp * gp).backward()
+    d_total.backward()
     opt_d.step()
-    return {"d_loss": float(d_bce.detach()), "gp": float(gp.detach())}
+    losses = {"d_loss": float(d_bce.detach())}
+    if with_gp:
+        losses["gp"] = float(gp.detach()) if gp is not None else 0.0
+    return losses
 
 
 def _generator_update(

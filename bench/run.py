@@ -84,6 +84,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "first --reuse, else the repository root if it holds a finished run, else the seed 0 "
         "run of the quality section)",
     )
+    parser.add_argument(
+        "--demo-run",
+        type=Path,
+        default=None,
+        help="speed: a finished, timed run of the shipped demo configuration (default: run it "
+        "in RUNS_DIR/demo, alone on the machine)",
+    )
     parser.add_argument("--runs-dir", type=Path, default=REPO / "results" / "bench",
                         help="quality: where new seed runs get their working directories")
     parser.add_argument("--configfile", action="append", default=[],
@@ -113,6 +120,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         else:
             args.run = args.runs_dir / "seed0"
     args.run = args.run.resolve()
+    if args.demo_run is not None:
+        args.demo_run = args.demo_run.resolve()
     args.sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     return args
 
@@ -132,7 +141,10 @@ def measure_section(name: str, args: argparse.Namespace) -> dict:
     if name == "speed":
         from bench import speed
 
-        return speed.measure(args.run)
+        demo = args.demo_run or quality.demo_run(
+            REPO, args.runs_dir.resolve(), args.cores, args.configfile
+        )
+        return speed.measure(demo)
     if name == "scoring":
         from bench import scoring
 

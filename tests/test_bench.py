@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 # `bench/` sits at the repository root, outside the installed package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -162,13 +163,26 @@ def test_verdicts():
 def test_seed_workdir_overrides_both_seeds(tmp_path):
     repo = tmp_path / "repo"
     (repo / "config").mkdir(parents=True)
-    (repo / "config" / "config.yaml").write_text("seed: 0\ndemo: {enabled: true, seed: 0}\n")
+    (repo / "config" / "config.yaml").write_text(
+        "seed: 0\ndemo: {enabled: true, seed: 0, counts: {a: {train: 4, val: 2, test: 4}}}\n"
+    )
     (repo / "Snakefile").write_text("")
     (repo / "workflow").mkdir()
     workdir = quality.make_seed_workdir(repo, tmp_path / "runs", 2)
     assert (workdir / "Snakefile").is_symlink()
     assert quality.run_seeds(workdir) == (2, 2)
     assert quality.run_seeds(repo) == (0, 0)
+    # Merged as Snakemake merges config files: only the test count changes.
+    from snakemake.utils import update_config
+
+    config = yaml.safe_load((repo / "config" / "config.yaml").read_text())
+    update_config(config, yaml.safe_load((workdir / quality.SEED_CONFIG).read_text()))
+    assert config["demo"]["counts"]["a"] == {
+        "train": 4, "val": 2, "test": quality.QUALITY_TEST_SUBJECTS
+    }
+    # The timed demo run keeps the shipped counts.
+    demo = quality.make_seed_workdir(repo, tmp_path / "runs", 0, test_subjects=None, name="demo")
+    assert "counts" not in yaml.safe_load((demo / quality.SEED_CONFIG).read_text())["demo"]
 
 
 def _scaling_data() -> dict:

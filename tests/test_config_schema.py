@@ -33,6 +33,24 @@ def test_shipped_configs_validate(name):
     validate(config, SCHEMA)
 
 
+def test_full_config_gives_the_reference_networks_whatever_the_demo_sets():
+    """config/full.yaml is merged into config.yaml key by key (snakemake.utils.update_config, as
+    `--configfile` does), so a demo departure it does not set back would leak into it."""
+    from snakemake.utils import update_config
+
+    from arepas.scorer import ScorerSettings
+    from arepas.translator import TranslatorSettings
+
+    config = shipped()
+    update_config(config, yaml.safe_load((REPO / "config" / "full.yaml").read_text()))
+    for name, dataset in config["datasets"].items():
+        translator = TranslatorSettings.from_dict(dataset["translator"])
+        published = TranslatorSettings(epochs=translator.epochs, amp=translator.amp)
+        assert translator == published, name
+        assert ScorerSettings.from_dict(dataset["scorer"]) == ScorerSettings(), name
+        assert dataset["slice_size"] == 256, name
+
+
 def test_defaults_are_filled_in():
     config = {
         "subjects": "s.tsv",

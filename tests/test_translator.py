@@ -207,12 +207,12 @@ def _fresh_networks(settings: TranslatorSettings, lr: float = 0.01):
     return generator, discriminator, opt_g, opt_d
 
 
-def _library_step(settings: TranslatorSettings, vgg=None):
+def _library_step(settings: TranslatorSettings, vgg=None, with_gp: bool = True):
     generator, discriminator, opt_g, opt_d = _fresh_networks(settings)
     edges, real = _step_batch(settings)
     torch.manual_seed(1)
     losses = translator._train_step(
-        generator, discriminator, vgg, opt_g, opt_d, edges, real, settings, use_amp=False
+        generator, discriminator, vgg, opt_g, opt_d, edges, real, settings, False, with_gp
     )
     return generator, discriminator, losses
 
@@ -285,6 +285,32 @@ def test_train_step_order_and_losses_match_a_hand_written_step(gan_step):
     # discriminator, and the discriminator a fresh or the same fake.
     other_g, other_d, _ = _hand_step(settings, generator_first=not reference)
     assert _differs(generator, other_g) and _differs(discriminator, other_d)
+
+
+@pytest.mark.parametrize("gan_step", ["reference", "discriminator_first"])
+def test_lazy_gradient_penalty_weights_the_penalised_steps(gan_step):
+    settings = dataclasses.replace(TINY, gan_step=gan_step, gp_every=3)
+    # A penalised step of gp_every 3 is a step of gp_every 1 with three times the weight ...
+    lazy_g, lazy_d, lazy = _library_step(settings)
+    tripled_g, tripled_d, tripled = _library_step(
+        dataclasses.replace(settings, gp_every=1, lambda_gp=3.0)
+    )
+    _assert_same_parameters(lazy_d, tripled_d)
+    _assert_same_parameters(lazy_g, tripled_g)
+    assert lazy["gp"] == pytest.approx(tripled["gp"]) and lazy["gp"] > 0
+    # ... and the other steps are steps without the penalty, which change the discriminator.
+    skipped_g, skipped_d, skipped = _library_step(settings, with_gp=False)
+    plain_g, plain_d, _ = _library_step(dataclasses.replace(settings, lambda_gp=0.0))
+    _assert_same_parameters(skipped_d, plain_d)
+    _assert_same_parameters(skipped_g, plain_g)
+    assert "gp" not in skipped
+    assert _differs(skipped_d, lazy_d)
+
+
+def test_lazy_gradient_penalty_is_a_positive_step_interval():
+    for bad in (0, -2):
+        with pytest.raises(ValueError, match="gp_every"):
+            dataclasses.replace(TINY, gp_every=bad)
 
 
 def test_vgg19_needs_a_local_weights_file(tmp_path):
@@ -402,9 +428,12 @@ def test_tiny_training_lowers_the_l1(tmp_path):
     assert recon.min() >= -1.0 and recon.max() <= 1.0
 
 
-def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
+# gp_every 2 with 3 steps per epoch: epoch 2 starts on a step without the penalty, so a resumed
+# run must count steps from the start of training, not of the resumed epoch.
+@pytest.mark.parametrize("gp_every", [1, 2])
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path, gp_every):
     train, val = shape_slices(4, 3), shape_slices(2, 4)
-    settings = dataclasses.replace(TINY, epochs=2)
+    settings = dataclasses.replace(TINY, epochs=2, gp_every=gp_every)
     straight, straight_history = train_translator(
         train, val, settings, tmp_path / "straight", seed=7, progress=lambda _: None
     )
