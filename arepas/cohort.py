@@ -138,3 +138,12 @@ def demo_sheet(demo: dict, folder: str = "results/demo") -> pd.DataFrame:
                     }
                 )
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def demo_numbers(sheet: pd.DataFrame) -> list[int]:
+    """Each demo row's position among its dataset's rows (0-based, in sheet order: train, val,
+    test, predict), the number its phantom is generated from: a subject then depends only on its
+    dataset, that position and the demo seed, so one cohort's counts do not change the other's
+    subjects, and more test subjects leave the train and val subjects as they were."""
+    return [int(n) for n in sheet.groupby("dataset", sort=False).cumcount()]
+

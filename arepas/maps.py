@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
+from arepas.methods import CALIBRATED_METHOD, PATCH_METHODS
 from arepas.scorer import (
     SiameseScorer,
     dense_patch_scores_batch,
@@ -27,7 +28,7 @@ REFERENCE_SAMPLING_SEED = 42
 
 # Methods whose map is |reconstruction - input| of the translator; other residual methods come
 # through `extra_recons`.
-TRANSLATOR_METHODS = ("residual", "patch", "arepas")
+TRANSLATOR_METHODS = ("residual", "patch", "arepas", CALIBRATED_METHOD)
 
 
 def _box_accumulate(
@@ -173,6 +174,51 @@ def normalise_patch_map(maps: np.ndarray, roi: np.ndarray, mode: str = "referenc
     return np.where(roi, (maps - low) / (high - low), 0.0).astype(np.float32)
 
 
+def healthy_patch_scores(raw_patch: np.ndarray, roi: np.ndarray) -> np.ndarray:
+    """Sorted unscaled patch scores inside the ROI of one healthy subject (float32): a sample of
+    what the scorer says about normal tissue, for :func:`calibrated_patch_map`."""
+    raw_patch = np.asarray(raw_patch, dtype=np.float32)
+    roi = np.asarray(roi, dtype=bool)
+    if raw_patch.shape != roi.shape:
+        raise ValueError(f"patch map {raw_patch.shape} and ROI {roi.shape} differ in shape")
+    return np.sort(raw_patch[roi])
+
+
+def calibrated_patch_map(
+    raw_patch: np.ndarray, roi: np.ndarray, healthy_scores: np.ndarray
+) -> np.ndarray:
+    """Each unscaled patch score as its quantile among sorted healthy scores (the fraction of
+    healthy scores at or below it), in [0, 1], zero outside the ROI.
+
+    Instead of the reference's division by each slice's maximum, which lifts the most dissimilar
+    patch of every slice to 1 whether or not anything is abnormal there, the score says how
+    unusual this dissimilarity is for healthy tissue; no lesion label is used.
+    """
+    healthy_scores = np.asarray(healthy_scores, dtype=np.float32)
+    if healthy_scores.ndim != 1 or healthy_scores.size == 0:
+        raise ValueError("healthy_scores must be a non-empty 1-D array of sorted scores")
+    if np.any(np.diff(healthy_scores) < 0):
+        raise ValueError("healthy_scores must be sorted in ascending order")
+    raw_patch = np.asarray(raw_patch, dtype=np.float32)
+    quantile = np.searchsorted(healthy_scores, raw_patch, side="right") / healthy_scores.size
+    return np.where(np.asarray(roi, dtype=bool), quantile, 0.0).astype(np.float32)
+
+
+def reference_scores_for(
+    subject: str, subjects: Sequence[str], scores: Sequence[np.ndarray]
+) -> np.ndarray:
+    """The healthy reference of one subject: the sorted scores of every healthy subject but
+    itself, so that a val subject's own map (from which the threshold is chosen) is not
+    calibrated on its own scores."""
+    others = [s for name, s in zip(subjects, scores, strict=True) if name != subject]
+    if not others or not sum(len(s) for s in others):
+        raise ValueError(
+            f"no healthy patch scores to calibrate subject '{subject}' on: the calibration "
+            f"holds only {list(subjects)}"
+        )
+    return np.sort(np.concatenate(others))
+
+
 def _residual(real: np.ndarray, recon: np.ndarray, roi: np.ndarray) -> np.ndarray:
     return np.where(roi, np.abs(np.asarray(recon, np.float32) - real), 0.0).astype(np.float32)
 
@@ -186,11 +232,14 @@ def anomaly_maps(
     median_size: int = 0,
     extra_recons: Mapping[str, np.ndarray] | None = None,
     normalise: str = "reference",
+    healthy_scores: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Maps (n, S, S) per method; all zero outside the ROI.
 
     'residual' = |recon - real|; 'patch' = normalised patch map; 'arepas' = normalised patch map
-    x residual; any method named in `extra_recons` (e.g. 'ae') = |that reconstruction - real|.
+    x residual; 'arepas_calibrated' = the unscaled patch map calibrated on `healthy_scores`
+    (:func:`calibrated_patch_map`) x residual; any method named in `extra_recons` (e.g. 'ae') =
+    |that reconstruction - real|.
     A 2-D median filter of `median_size` (0 = off) is applied to every final map, per slice.
     The patch map is scaled by :func:`normalise_patch_map` with `normalise`.
     """
@@ -216,12 +265,14 @@ def anomaly_maps(
     if median_size < 0:
         raise ValueError(f"median_size must be >= 0, got {median_size}")
 
-    needs_patch = {"patch", "arepas"} & set(methods)
+    needs_patch = set(PATCH_METHODS) & set(methods)
     patch = None
     if needs_patch:
         if patch_map is None:
             raise ValueError(f"methods {sorted(needs_patch)} need a patch map")
         patch = normalise_patch_map(patch_map, roi, normalise)
+    if CALIBRATED_METHOD in methods and healthy_scores is None:
+        raise ValueError(f"method {CALIBRATED_METHOD} needs healthy patch scores")
     residual = _residual(real, recon, roi)
 
     maps: dict[str, np.ndarray] = {}
@@ -232,6 +283,8 @@ def anomaly_maps(
             result = patch
         elif method == "arepas":
             result = patch * residual
+        elif method == CALIBRATED_METHOD:
+            result = calibrated_patch_map(patch_map, roi, healthy_scores) * residual
         else:
             result = _residual(real, extra_recons[method], roi)
         if median_size > 1:

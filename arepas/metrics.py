@@ -581,12 +581,17 @@ def relative_dice_change(
 
     Other methods are raw and post-processed alike (`residual`, `residual+pp`), so a baseline is
     never judged on its unfiltered maps alone; variants of ``method`` itself (`arepas+pp` beside
-    `arepas`) are not "other".
+    `arepas`) are not "other", nor, for a method of the AREPAS family (`COMPARED_METHODS`), are
+    the family's other members: each is measured against the baselines, as the paper measures
+    AREPAS against other reconstruction-based methods.
     """
     rows = []
     for dataset, group in table.groupby("dataset", sort=False):
         own = group.loc[group["method"] == method, column]
-        family = group["method"].map(base_method) == base_method(method)
+        bases = group["method"].map(base_method)
+        family = bases == base_method(method)
+        if base_method(method) in COMPARED_METHODS:
+            family |= bases.isin(COMPARED_METHODS)
         others = group.loc[~family].dropna(subset=[column])
         if own.empty or others.empty:
             continue
@@ -606,9 +611,9 @@ def relative_dice_change(
     return pd.DataFrame(rows)
 
 
-# Methods reported against the best other method: the reference method and the project's earlier
-# variant of it, each raw and post-processed.
-COMPARED_METHODS = ("arepas", "arepas_clean")
+# Methods reported against the best other method: the reference method, the project's earlier
+# variant of it and its healthy-calibrated patch scoring, each raw and post-processed.
+COMPARED_METHODS = ("arepas", "arepas_clean", "arepas_calibrated")
 
 
 def compared_methods(available: Iterable[str]) -> list[str]:

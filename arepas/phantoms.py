@@ -1020,16 +1020,22 @@ def brain_t1_phantom(seed: int, shape: tuple[int, int, int], affine: np.ndarray,
 DEMO_ORIENTATIONS = ("RAS", "LPS", "oblique")
 
 
-def demo_phantom(dataset: str, row: int, demo_seed: int, lesions: bool,
+# Added to a brain subject's seed so that it never shares one with a lung subject.
+_DEMO_SEED_OFFSET = {"lung_ct": 0, "brain_t1": 50_000}
+
+
+def demo_phantom(dataset: str, number: int, demo_seed: int, lesions: bool,
                  mni: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
                  **brain_options) -> Phantom:
-    """Subject number ``row`` (its row in the demo subjects sheet) of a demo cohort: its seed,
-    scan grid (orientation cycling through RAS, LPS and oblique) and phantom. ``mni`` is
-    :func:`load_mni152`'s result, needed for brain_t1; ``brain_options`` go to
-    :func:`brain_t1_phantom` (e.g. another ``warp_mm``)."""
-    seed = int(demo_seed) * 100_003 + int(row)
+    """Subject ``number`` of a demo cohort (its position among the dataset's rows of the demo
+    sheet, arepas.cohort.demo_numbers): its seed, scan grid (orientation cycling through RAS, LPS
+    and oblique) and phantom. ``mni`` is :func:`load_mni152`'s result, needed for brain_t1;
+    ``brain_options`` go to :func:`brain_t1_phantom` (e.g. another ``warp_mm``)."""
+    if dataset not in _DEMO_SEED_OFFSET:
+        raise ValueError(f"no demo generator for dataset '{dataset}'")
+    seed = int(demo_seed) * 100_003 + _DEMO_SEED_OFFSET[dataset] + int(number)
     rng = np.random.default_rng(seed)
-    orientation = DEMO_ORIENTATIONS[row % 3]
+    orientation = DEMO_ORIENTATIONS[number % 3]
     if dataset == "lung_ct":
         shape, affine = native_grid(rng, (300.0, 240.0, 220.0), (2.3, 2.3, 5.0), orientation)
         phantom = lung_ct_phantom(seed, shape, affine, lesions=lesions)

@@ -53,7 +53,7 @@ def brain_stacks(run_dir: Path, warp_mm: tuple[float, float], smoothness_mm: flo
                  folder: Path) -> tuple[list[Path], list[Path]]:
     """The run's brain train and val subjects generated again with another deformation size and
     preprocessed as the preprocess rule does; paths of their slices.npz (train, val)."""
-    from arepas import io, phantoms, pipeline
+    from arepas import cohort, io, phantoms, pipeline
     from arepas import registration as reg
     from bench import quality
 
@@ -64,7 +64,7 @@ def brain_stacks(run_dir: Path, warp_mm: tuple[float, float], smoothness_mm: flo
     mni = phantoms.load_mni152()
     sheet = _sheet(run_dir)
     paths: dict[str, list[Path]] = {"train": [], "val": []}
-    for n, row in enumerate(sheet.itertuples()):
+    for n, row in zip(cohort.demo_numbers(sheet), sheet.itertuples(), strict=True):
         if row.dataset != "brain_t1" or row.split not in paths:
             continue
         phantom = phantoms.demo_phantom("brain_t1", n, demo_seed, False, mni, warp_mm=warp_mm,

@@ -26,7 +26,13 @@ import pandas as pd
 import torch
 
 from arepas import io, metrics
-from arepas.maps import normalise_patch_map, raw_patch_map
+from arepas.maps import (
+    calibrated_patch_map,
+    healthy_patch_scores,
+    normalise_patch_map,
+    raw_patch_map,
+    reference_scores_for,
+)
 from arepas.postprocess import median_per_slice
 from arepas.preprocessing import SliceGeometry, assemble_volume
 from bench import ablation, tables
@@ -36,13 +42,6 @@ BASELINES = ("residual", "dae")
 VARIANTS = ("arepas", "arepas_volume", "arepas_calibrated", "arepas_calibrated_both",
             "arepas_dae")
 INTENSITY_BINS = 32
-
-
-def quantile_map(scores: np.ndarray, healthy: np.ndarray) -> np.ndarray:
-    """Each score's quantile among the sorted healthy scores, in [0, 1]."""
-    if healthy.size == 0:
-        return np.zeros_like(scores, dtype=np.float32)
-    return (np.searchsorted(healthy, scores, side="right") / healthy.size).astype(np.float32)
 
 
 def intensity_scale(real: np.ndarray, residual: np.ndarray, roi: np.ndarray) -> np.ndarray:
@@ -85,7 +84,8 @@ def variant_slices(s: dict, healthy_patch: np.ndarray, scale: np.ndarray) -> dic
     roi = s["roi"]
     reference = normalise_patch_map(s["raw_patch"], roi, "reference")
     volume = normalise_patch_map(s["raw_patch"], roi, "volume")
-    calibrated = np.where(roi, quantile_map(s["raw_patch"], healthy_patch), 0.0)
+    # The workflow's method arepas_calibrated, computed by its own function.
+    calibrated = calibrated_patch_map(s["raw_patch"], roi, healthy_patch)
     residual_cal = np.where(roi, s["residual"] / _by_intensity(s["real"], scale), 0.0)
     maps = {
         "residual": s["residual"],
@@ -119,9 +119,9 @@ def dataset_rows(run_dir: Path, dataset: str, progress=print) -> tuple[list[dict
     model = load_scorer(results / "models" / "scorer.pt")[0]
     started = time.perf_counter()
     slices = {s: subject_slices(run_dir, dataset, s, model, options) for s in val + test}
-    # Healthy references from the val subjects only: no lesion label is used.
-    healthy_patch = np.sort(np.concatenate([slices[s]["raw_patch"][slices[s]["roi"]]
-                                            for s in val]))
+    # Healthy references from the val subjects only (each val subject's own scores left out of
+    # its reference, as the workflow does): no lesion label is used.
+    val_scores = [healthy_patch_scores(slices[s]["raw_patch"], slices[s]["roi"]) for s in val]
     scale = intensity_scale(np.concatenate([slices[s]["real"] for s in val]),
                             np.concatenate([slices[s]["residual"] for s in val]),
                             np.concatenate([slices[s]["roi"] for s in val]))
@@ -130,7 +130,9 @@ def dataset_rows(run_dir: Path, dataset: str, progress=print) -> tuple[list[dict
         geometry = SliceGeometry.from_array(s["geometry"])
         volumes[subject] = {
             name: np.maximum(assemble_volume(m, s["indices"], geometry), 0.0)
-            for name, m in variant_slices(s, healthy_patch, scale).items()
+            for name, m in variant_slices(
+                s, reference_scores_for(subject, val, val_scores), scale
+            ).items()
         }
         folder = results / "preprocessed" / subject
         rois[subject] = ablation._load(folder / "roi.nii.gz") > 0

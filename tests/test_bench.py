@@ -164,7 +164,8 @@ def test_seed_workdir_overrides_both_seeds(tmp_path):
     repo = tmp_path / "repo"
     (repo / "config").mkdir(parents=True)
     (repo / "config" / "config.yaml").write_text(
-        "seed: 0\ndemo: {enabled: true, seed: 0, counts: {a: {train: 4, val: 2, test: 4}}}\n"
+        "seed: 0\nmethods: [arepas, residual]\n"
+        "demo: {enabled: true, seed: 0, counts: {a: {train: 4, val: 2, test: 4}}}\n"
     )
     (repo / "Snakefile").write_text("")
     (repo / "workflow").mkdir()
@@ -180,9 +181,13 @@ def test_seed_workdir_overrides_both_seeds(tmp_path):
     assert config["demo"]["counts"]["a"] == {
         "train": 4, "val": 2, "test": quality.QUALITY_TEST_SUBJECTS
     }
-    # The timed demo run keeps the shipped counts.
-    demo = quality.make_seed_workdir(repo, tmp_path / "runs", 0, test_subjects=None, name="demo")
-    assert "counts" not in yaml.safe_load((demo / quality.SEED_CONFIG).read_text())["demo"]
+    assert config["methods"] == ["arepas", "residual", *quality.QUALITY_EXTRA_METHODS]
+    # The timed demo run keeps the shipped counts and methods.
+    demo = quality.make_seed_workdir(
+        repo, tmp_path / "runs", 0, test_subjects=None, name="demo", extra_methods=()
+    )
+    shipped_run = yaml.safe_load((demo / quality.SEED_CONFIG).read_text())
+    assert "counts" not in shipped_run["demo"] and "methods" not in shipped_run
 
 
 def _scaling_data() -> dict:
@@ -456,8 +461,6 @@ def test_variant_quantiles_and_intensity_scale_use_healthy_values_only():
     from bench import variants
 
     healthy = np.sort(np.array([0.1, 0.2, 0.3, 0.4], dtype=np.float32))
-    q = variants.quantile_map(np.array([0.05, 0.2, 0.35, 0.9], dtype=np.float32), healthy)
-    assert q.tolist() == pytest.approx([0.0, 0.5, 0.75, 1.0])
     real = np.array([[-1.0, -1.0, 1.0, 1.0]], dtype=np.float32)
     residual = np.array([[0.1, 0.3, 0.5, 0.7]], dtype=np.float32)
     roi = np.ones_like(real, dtype=bool)

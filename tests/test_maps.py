@@ -4,10 +4,14 @@ import torch
 from scipy import ndimage
 
 from arepas.maps import (
+    CALIBRATED_METHOD,
     anomaly_maps,
+    calibrated_patch_map,
+    healthy_patch_scores,
     normalise_per_slice,
     patch_map_dense,
     patch_map_sampled,
+    reference_scores_for,
     spread_patch_scores,
 )
 from arepas.scorer import ScorerSettings, mine_hard_pairs, train_scorer
@@ -109,6 +113,63 @@ def test_anomaly_maps_definitions():
     with pytest.raises(ValueError, match="need a patch map"):
         anomaly_maps(real, recon, roi, None, ["arepas"])
     assert set(anomaly_maps(real, recon, roi, None, ["residual"])) == {"residual"}
+
+
+def test_calibrated_patch_score_is_its_quantile_among_healthy_scores():
+    roi = np.zeros((1, 4, 4), dtype=bool)
+    roi[0, :2] = True
+    healthy = healthy_patch_scores(np.arange(16, dtype=np.float32).reshape(1, 4, 4) / 10, roi)
+    np.testing.assert_array_equal(healthy, np.arange(8, dtype=np.float32) / 10)
+    raw = np.full((1, 4, 4), 0.35, dtype=np.float32)
+    raw[0, 0, :4] = [-1.0, 0.0, 0.7, 5.0]
+    calibrated = calibrated_patch_map(raw, roi, healthy)
+    # Below every healthy score 0, at or above the highest 1, between: the fraction at or below.
+    np.testing.assert_allclose(calibrated[0, 0], [0.0, 1 / 8, 1.0, 1.0])
+    np.testing.assert_allclose(calibrated[0, 1], 4 / 8)
+    assert not calibrated[~roi].any()
+    # Monotone in the raw score, whatever the slice: no per-slice rescaling.
+    order = np.argsort(raw[roi], kind="stable")
+    assert np.all(np.diff(calibrated[roi][order]) >= 0)
+    with pytest.raises(ValueError, match="sorted"):
+        calibrated_patch_map(raw, roi, healthy[::-1])
+    with pytest.raises(ValueError, match="non-empty"):
+        calibrated_patch_map(raw, roi, np.empty(0))
+
+
+def test_calibrated_map_of_a_healthy_subject_leaves_out_its_own_scores():
+    scores = [np.array([1.0, 3.0]), np.array([2.0]), np.array([0.5, 4.0])]
+    subjects = ["v1", "v2", "v3"]
+    np.testing.assert_array_equal(reference_scores_for("v2", subjects, scores), [0.5, 1, 3, 4])
+    np.testing.assert_array_equal(
+        reference_scores_for("test1", subjects, scores), [0.5, 1, 2, 3, 4]
+    )
+    with pytest.raises(ValueError, match="no healthy patch scores to calibrate subject 'v1'"):
+        reference_scores_for("v1", ["v1"], [np.array([1.0])])
+
+
+def test_calibrated_arepas_is_the_calibrated_patch_score_times_the_residual():
+    rng = np.random.default_rng(5)
+    real = rng.uniform(-1, 1, (2, 16, 16)).astype(np.float32)
+    recon = rng.uniform(-1, 1, (2, 16, 16)).astype(np.float32)
+    roi = np.zeros((2, 16, 16), dtype=bool)
+    roi[:, 3:13, 2:14] = True
+    patch = rng.uniform(0, 1, (2, 16, 16)).astype(np.float32)
+    healthy = np.sort(rng.uniform(0, 0.8, 500)).astype(np.float32)
+    maps = anomaly_maps(
+        real, recon, roi, patch, ["arepas", CALIBRATED_METHOD], healthy_scores=healthy
+    )
+    expected = calibrated_patch_map(patch, roi, healthy) * np.abs(recon - real)
+    np.testing.assert_allclose(maps[CALIBRATED_METHOD], np.where(roi, expected, 0), rtol=1e-6)
+    # Unlike the reference, a slice whose patch scores are all low for healthy tissue stays low.
+    low = patch.copy()
+    low[1] *= 0.1
+    low_maps = anomaly_maps(
+        real, recon, roi, low, ["arepas", CALIBRATED_METHOD], healthy_scores=healthy
+    )
+    assert low_maps[CALIBRATED_METHOD][1].max() < 0.5 * maps[CALIBRATED_METHOD][1].max()
+    np.testing.assert_allclose(low_maps["arepas"][1], maps["arepas"][1], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="needs healthy patch scores"):
+        anomaly_maps(real, recon, roi, patch, [CALIBRATED_METHOD])
 
 
 def test_median_filter_removes_isolated_spikes():

@@ -287,3 +287,21 @@ def test_demo_phantom_names_what_it_cannot_make():
         phantoms.demo_phantom("knee_mri", 0, 0, False)
     with pytest.raises(ValueError, match="MNI template"):
         phantoms.demo_phantom("brain_t1", 0, 0, False)
+
+
+def test_demo_subjects_do_not_depend_on_the_other_cohort_or_the_test_count():
+    from arepas.cohort import demo_numbers, demo_sheet
+
+    def numbers(lung_test: int, brain_test: int) -> dict[str, int]:
+        sheet = demo_sheet({"counts": {
+            "lung_ct": {"train": 4, "val": 2, "test": lung_test},
+            "brain_t1": {"train": 4, "val": 2, "test": brain_test},
+        }})
+        return dict(zip(sheet["subject"], demo_numbers(sheet), strict=True))
+
+    small, large = numbers(4, 4), numbers(10, 10)
+    # Every subject of the small demo is the same subject (same number) in the larger one ...
+    assert all(large[subject] == n for subject, n in small.items())
+    # ... numbered within its own dataset, train and val first.
+    assert small["brain001"] == small["lung001"] == 0 and small["brain006"] == 5
+    assert numbers(1, 4)["brain003"] == small["brain003"]

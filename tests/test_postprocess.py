@@ -131,3 +131,14 @@ def test_best_other_method_includes_post_processed_baselines_but_not_own_variant
     filtered = relative_dice_change(table, "arepas+pp").iloc[0]
     assert filtered["best_other"] == "residual+pp"
     assert filtered["relative_change"] == pytest.approx(0.7 / 0.6 - 1)
+    # Members of the AREPAS family are measured against the baselines, not against each other.
+    family = pd.concat([table, pd.DataFrame(
+        {"dataset": ["d"] * 2, "method": ["arepas_calibrated", "arepas_clean+pp"],
+         "best_dice": [0.66, 0.90]}
+    )], ignore_index=True)
+    calibrated = relative_dice_change(family, "arepas_calibrated").iloc[0]
+    assert calibrated["best_other"] == "residual+pp"
+    assert calibrated["relative_change"] == pytest.approx(0.66 / 0.6 - 1)
+    assert relative_dice_change(family, "arepas").iloc[0]["best_other"] == "residual+pp"
+    # A baseline's best other method is still the best of all others, AREPAS included.
+    assert relative_dice_change(family, "residual").iloc[0]["best_other"] == "arepas_clean+pp"

@@ -126,3 +126,50 @@ def test_predict_only_scans_need_neither_train_nor_val(tiny_run, models, tmp_pat
     # Without val scans there is no threshold: continuous maps only, and the workflow says so.
     assert not {"mask_thresholds", "lesion_masks"} & set(planned)
     assert "no binary masks for its 'predict' subjects" in " ".join(output.split())
+
+
+def test_calibrated_method_scores_patches_against_healthy_val_scans(tiny_run, models, tmp_path):
+    """arepas_calibrated, run for real on the tiny run's lung scans: the val scan and the healthy
+    predict scan serve as the two val subjects, the lesioned scan as the test subject."""
+    workdir = make_workdir(tmp_path / "run")
+    _, configs = new_scans_config(tiny_run, workdir, models, splits=("val", "test", "predict"))
+    rows = pd.read_csv(workdir / "lung.tsv", sep="\t", keep_default_na=False)
+    rows.loc[rows["split"] == "predict", "split"] = "val"
+    rows.to_csv(workdir / "lung.tsv", sep="\t", index=False)
+    methods = tmp_path / "methods.yaml"
+    methods.write_text("methods: [arepas, residual, arepas_calibrated]\n")
+    result = run_snakemake(workdir, configs=(*configs, str(methods)))
+    ran = planned_jobs(result.stdout + result.stderr)
+    assert ran["patch_calibration"] == 1
+    results = workdir / "results/lung_ct"
+    calibration = np.load(results / "models/patch_calibration.npz")
+    val = sorted(rows.loc[rows["split"] == "val", "subject"])
+    assert sorted(calibration["subjects"]) == val and len(val) == 2
+    assert calibration["counts"].sum() == calibration["scores"].size > 0
+    for subject in rows["subject"]:
+        slices = np.load(results / "maps" / f"{subject}_slices.npz")
+        calibrated, residual = slices["map_arepas_calibrated"], slices["map_residual"]
+        # A quantile in [0, 1] times the residual: never above the residual.
+        assert np.all(calibrated <= residual + 1e-6) and calibrated.min() >= 0
+        native = nib.load(results / "maps/arepas_calibrated" / f"{subject}_native.nii.gz")
+        image = nib.load(rows.set_index("subject").loc[subject, "image"])
+        assert native.shape == image.shape
+    summary = pd.read_csv(results / "metrics/summary.tsv", sep="\t")
+    assert {"arepas_calibrated", "arepas_calibrated+pp"} <= set(summary["method"])
+    changes = pd.read_csv(results / "metrics/relative_change.tsv", sep="\t")
+    calibrated_rows = changes[changes["method"] == "arepas_calibrated"]
+    # Measured against the baselines, not against the reference AREPAS.
+    assert not calibrated_rows.empty
+    assert not calibrated_rows["best_other"].str.startswith("arepas").any()
+
+
+def test_calibrated_method_needs_two_healthy_val_scans(tiny_run, models, tmp_path):
+    workdir = make_workdir(tmp_path)
+    _, configs = new_scans_config(tiny_run, workdir, models)
+    methods = tmp_path / "methods.yaml"
+    methods.write_text("methods: [arepas, arepas_calibrated]\n")
+    result = run_snakemake(workdir, "-n", configs=(*configs, str(methods)), check=False)
+    assert result.returncode != 0
+    message = " ".join((result.stdout + result.stderr).split())
+    assert "method arepas_calibrated: dataset 'lung_ct' has 1 val subjects" in message
+    assert "at least 2" in message

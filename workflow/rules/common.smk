@@ -9,6 +9,7 @@ from snakemake.utils import validate
 
 from arepas import cohort
 from arepas.io import InputError
+from arepas.methods import CALIBRATED_METHOD, PATCH_METHODS
 from arepas.pipeline import CLEAN_METHOD, clean_method_settings
 from arepas.postprocess import PostprocessSettings, evaluated_methods
 
@@ -235,7 +236,7 @@ def preprocess_settings(wildcards):
 
 def needed_models():
     names = ["translator"]
-    if {"arepas", "patch"} & set(config["methods"]):
+    if set(PATCH_METHODS) & set(config["methods"]):
         names.append("scorer")
     if "ae" in config["methods"]:
         names.append("autoencoder")
@@ -323,6 +324,33 @@ def map_reconstructions(wildcards):
             f"{folder}/{CLEAN_METHOD}/{wildcards.subject}.npz"
         )
     return files
+
+
+CALIBRATED = CALIBRATED_METHOD in config["methods"]
+
+
+def check_calibration_subjects():
+    """arepas_calibrated calibrates each val subject on the other val subjects: two at least."""
+    if not CALIBRATED:
+        return
+    for dataset in sorted(set(SUBJECTS["dataset"])):
+        val = subjects_of(dataset, ["val"])
+        if len(val) < 2:
+            raise WorkflowError(
+                f"method {CALIBRATED_METHOD}: dataset '{dataset}' has {len(val)} val subjects "
+                f"({', '.join(val) or 'none'}); its patch scores are calibrated on healthy val "
+                "subjects other than the one being mapped, so it needs at least 2"
+            )
+
+
+check_calibration_subjects()
+
+
+def map_calibration(wildcards):
+    """The healthy val subjects' patch scores, read by the map rule for arepas_calibrated."""
+    if not CALIBRATED:
+        return {}
+    return {"calibration": f"results/{wildcards.dataset}/models/patch_calibration.npz"}
 
 
 def translator_file(wildcards):

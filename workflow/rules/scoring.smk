@@ -105,10 +105,36 @@ rule train_dae:
         "../scripts/train_dae.py"
 
 
+# Method arepas_calibrated: the healthy val subjects' unscaled patch scores inside the ROI.
+rule patch_calibration:
+    input:
+        scorer=lambda wc: model_file(wc.dataset, "scorer"),
+        val=lambda wc: expand(
+            "results/{dataset}/reconstruction/{subject}.npz",
+            dataset=wc.dataset,
+            subject=subjects_of(wc.dataset, ["val"]),
+        ),
+    output:
+        calibration="results/{dataset}/models/patch_calibration.npz",
+    log:
+        "logs/{dataset}/patch_calibration.log",
+    benchmark:
+        "benchmarks/{dataset}/patch_calibration.tsv"
+    conda:
+        "../../envs/arepas.yaml"
+    threads: 1
+    params:
+        subjects=lambda wc: subjects_of(wc.dataset, ["val"]),
+        maps=config["maps"],
+    script:
+        "../scripts/patch_calibration.py"
+
+
 rule anomaly_maps:
     input:
         unpack(map_model_files),
         unpack(map_reconstructions),
+        unpack(map_calibration),
         mapping="results/{dataset}/preprocessed/{subject}/mapping.json",
         transforms="results/{dataset}/preprocessed/{subject}/transforms",
         roi_native="results/{dataset}/preprocessed/{subject}/roi_native.nii.gz",

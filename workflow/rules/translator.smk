@@ -21,6 +21,9 @@ rule train_translator:
     log:
         "logs/{dataset}/train_translator.log",
     cache: "omit-software"
+    # The longest jobs, on the path to every map: started before the autoencoders, which then
+    # fill the cores beside them instead of holding a translator back.
+    priority: 10
     conda:
         "../../envs/arepas.yaml"
     # One thread per training job: on a 2-core machine the two datasets then train side by side,

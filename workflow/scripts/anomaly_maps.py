@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from arepas import io, pipeline
-from arepas.maps import anomaly_maps, raw_patch_map
+from arepas.maps import anomaly_maps, raw_patch_map, reference_scores_for
+from arepas.methods import CALIBRATED_METHOD, PATCH_METHODS
 from arepas.pipeline import CLEAN_METHOD
 from arepas.postprocess import (
     PostprocessSettings,
@@ -42,8 +43,15 @@ def scorer_patch_map(scorer_file, recon, options):
 
 reference_methods = [m for m in methods if m != CLEAN_METHOD]
 patch = None
-if {"arepas", "patch"} & set(methods):
+if set(PATCH_METHODS) & set(methods):
     patch = scorer_patch_map(snakemake.input.scorer, rec["recon"], options)
+healthy = None
+if CALIBRATED_METHOD in methods:
+    # The val subjects' patch scores but this subject's own (when it is one of them).
+    calibration = io.load_arrays(snakemake.input.calibration)
+    subjects = [str(s) for s in calibration["subjects"]]
+    split = np.cumsum(calibration["counts"])[:-1]
+    healthy = reference_scores_for(subject, subjects, np.split(calibration["scores"], split))
 extra = {}
 if "ae" in methods:
     from arepas import autoencoder
@@ -65,6 +73,7 @@ maps = anomaly_maps(
     median_size=options["median_size"],
     normalise=options["normalise"],
     extra_recons=extra,
+    healthy_scores=healthy,
 )
 if CLEAN_METHOD in methods:
     # Its own translator's reconstruction of the same slices, its own scorer and map options.

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from arepas import io, metrics
+from arepas.methods import PATCH_METHODS
 from arepas.postprocess import base_method
 
 dataset = snakemake.wildcards.dataset
@@ -32,7 +33,7 @@ def scores(method, subject):
 
 # Methods whose maps depend on each scorer, flagged when that scorer stalled.
 stalled = {}
-for key, dependent in (("scorer", ("arepas", "patch")), ("clean_scorer", ("arepas_clean",))):
+for key, dependent in (("scorer", PATCH_METHODS), ("clean_scorer", ("arepas_clean",))):
     if key in snakemake.input.keys():
         from arepas.scorer import load_scorer
 

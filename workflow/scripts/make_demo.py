@@ -7,13 +7,13 @@ import numpy as np
 import pandas as pd
 
 from arepas import io, phantoms
-from arepas.cohort import COLUMNS
+from arepas.cohort import COLUMNS, demo_numbers
 
 demo = snakemake.params.demo
 sheet_path = Path(snakemake.output.sheet)
 rows = pd.DataFrame(snakemake.params.rows, columns=COLUMNS)
 mni = None
-for n, row in enumerate(rows.itertuples()):
+for n, row in zip(demo_numbers(rows), rows.itertuples(), strict=True):
     if row.dataset == "brain_t1" and mni is None:
         mni = phantoms.load_mni152()
     ph = phantoms.demo_phantom(row.dataset, n, demo["seed"], row.split == "test", mni)
