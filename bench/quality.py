@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from arepas import metrics
+from arepas.methods import CALIBRATED_METHOD
 from bench import tables
 
 # The paper's relative Dice improvement of AREPAS over the best other reconstruction-based method
@@ -351,15 +353,27 @@ def render(data: dict) -> str:
         "(pair accuracy near 50 %), so its maps are not the method's.\n"
     )
 
-    changes = tables.relative_changes(summaries)
+    present = {m for table in summaries.values() for m in table["method"]}
+    compared = metrics.compared_methods(present)
+    changes = pd.concat(
+        [tables.relative_changes(summaries, method=m) for m in compared] or [pd.DataFrame()],
+        ignore_index=True,
+    )
     if not changes.empty:
         lines.append(
-            "Relative Dice change of `arepas` over the best other method of the same run "
-            "(`arepas.metrics.relative_dice_change`); the paper reports +1.9 % (chest CT) and "
-            "+4.4 % (brain MRI) with its own data and thresholds.\n"
+            "Relative Dice change of each AREPAS method over the best other method of the same "
+            "run (`arepas.metrics.relative_dice_change`; the baselines raw and post-processed, "
+            "not the other AREPAS methods); the paper reports +1.9 % (chest CT) and +4.4 % "
+            "(brain MRI) for `arepas` with its own data and thresholds. "
+            f"`{CALIBRATED_METHOD}` is ours (README), measured on the same runs; its "
+            "target (issue \"a patch scoring that reliably beats the best baseline\") is +5 % "
+            "of best Dice with the paired-bootstrap interval above 0 in every run (next table)."
+            "\n"
         )
         rows = []
-        for (dataset, column), group in changes.groupby(["dataset", "column"], sort=True):
+        for (method, dataset, column), group in changes.groupby(
+            ["method", "dataset", "column"], sort=True
+        ):
             mean, sd = tables.mean_and_sd(group["relative_change"])
             per_run = ", ".join(
                 f"{r.run}: {tables.mean_sd(r.relative_change, float('nan'), percent=True)} "
@@ -370,16 +384,20 @@ def render(data: dict) -> str:
             rows.append(
                 [
                     dataset,
+                    method,
                     tables.QUALITY_METRICS[column],
                     tables.mean_sd(mean, sd, percent=True),
                     per_run,
-                    f"{100 * published:+.1f} %" if published is not None else "",
+                    f"{100 * published:+.1f} %"
+                    if published is not None and method == "arepas"
+                    else "",
                 ]
             )
         lines.append(
             tables.markdown_table(
-                ["dataset", "Dice", "relative change (mean ± sd)", "per run", "paper"], rows,
-                align="llrlr",
+                ["dataset", "method", "Dice", "relative change (mean ± sd)", "per run", "paper"],
+                rows,
+                align="lllrlr",
             )
         )
     return "\n".join(lines)

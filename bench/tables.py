@@ -220,18 +220,22 @@ def aggregate_quality(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def relative_changes(
-    tables: dict[str, pd.DataFrame], columns: Sequence[str] = ("best_dice", "honest_dice")
+    tables: dict[str, pd.DataFrame],
+    columns: Sequence[str] = ("best_dice", "honest_dice"),
+    method: str = "arepas",
 ) -> pd.DataFrame:
-    """Per run, dataset and Dice column: arepas's relative change over the best other method
-    (`arepas.metrics.relative_dice_change`) and which method that was."""
+    """Per run, dataset and Dice column: `method`'s relative change over the best other method
+    (`arepas.metrics.relative_dice_change`) and which method that was; the `arepas` column holds
+    `method`'s own Dice."""
     rows = []
     for label, table in tables.items():
         for column in columns:
-            change = metrics.relative_dice_change(table, "arepas", column)
+            change = metrics.relative_dice_change(table, method, column)
             for row in change.itertuples():
                 rows.append(
                     {
                         "run": label,
+                        "method": method,
                         "column": column,
                         "dataset": row.dataset,
                         "arepas": getattr(row, column),
@@ -244,6 +248,7 @@ def relative_changes(
         rows,
         columns=[
             "run",
+            "method",
             "column",
             "dataset",
             "arepas",
