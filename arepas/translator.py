@@ -24,6 +24,9 @@ Options that are ours, not the reference's (each a TranslatorSettings field):
   average pull stays the same ("lazy regularisation", Karras et al., CVPR 2020, StyleGAN2, who
   apply their R1 penalty every 16 minibatches). The penalty's double backward is about 40 % of
   a CPU demo step.
+- lr_decay_epochs=k: the learning rate of both networks falls linearly over the last k epochs,
+  as pix2pixHD trains (Wang et al., CVPR 2018: constant, then linear decay to zero); epoch e of
+  E uses lr x min(1, (E - e + 1) / (k + 1)).
 - crop_size: train on a random crop_size x crop_size window of each pair (a new position every
   epoch) instead of the whole slice, for speed on large slices; inference uses whole slices.
 Model files written before these options existed load with the values they were trained with.
@@ -106,6 +109,8 @@ class TranslatorSettings:
     lambda_gp: float = 1.0
     # 1 (reference): the gradient penalty on every step; k: on every k-th, weighted k x lambda_gp.
     gp_every: int = 1
+    # 0 (reference): constant learning rate; k: linear decay over the last k epochs (pix2pixHD).
+    lr_decay_epochs: int = 0
     real_label: float = 0.9
     gan_step: str = "reference"
     init: str = "default"
@@ -144,7 +149,8 @@ class TranslatorSettings:
         for name in ("base_channels", "disc_channels", "batch_size", "gp_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("n_downsampling", "n_blocks", "epochs", "augment_copies", "augment_swaps"):
+        for name in ("n_downsampling", "n_blocks", "epochs", "augment_copies", "augment_swaps",
+                     "lr_decay_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if not self.augment_clean and self.augment_copies == 0:
@@ -492,6 +498,13 @@ def _check_resumable(
     if state.get("format") not in (_CHECKPOINT_FORMAT, _LEGACY_CHECKPOINT_FORMAT):
         raise ValueError(f"{path} is not a translator checkpoint")
     legacy = state["format"] == _LEGACY_CHECKPOINT_FORMAT
+    if settings.lr_decay_epochs and state["settings"].get("epochs") != settings.epochs:
+        # The decay ends at the last epoch: a run asked for more epochs decays elsewhere.
+        raise ValueError(
+            f"cannot resume from {path}: it decays its learning rate towards epoch "
+            f"{state['settings'].get('epochs')}, not {settings.epochs} (lr_decay_epochs "
+            f"{settings.lr_decay_epochs}); delete it (or its folder) to start afresh"
+        )
     saved = {k: v for k, v in state["settings"].items() if k not in _RESUME_FREE_SETTINGS}
     saved = _saved_settings({**saved, "epochs": settings.epochs}, legacy).to_dict()
     check_resumable(path, saved, settings.to_dict(), state.get("seed"), seed,
@@ -652,6 +665,13 @@ def loader_workers(threads: int) -> int:
 _CROP_STREAM = 1
 
 
+def epoch_learning_rate(settings: TranslatorSettings, epoch: int) -> float:
+    """Learning rate of epoch `epoch` (1-based) of settings.epochs: constant, then falling
+    linearly over the last lr_decay_epochs epochs (never to zero: the last is lr / (k + 1))."""
+    remaining = settings.epochs - epoch + 1
+    return settings.lr * min(1.0, remaining / (settings.lr_decay_epochs + 1))
+
+
 def crop_corners(seed: int, epoch: int, n: int, side: int, size: int) -> np.ndarray:
     """Top-left (row, column) of each training pair's size x size crop in an epoch, (n, 2).
 
@@ -758,6 +778,10 @@ def train_translator(
             corners = None
             if settings.crop_size is not None:
                 corners = crop_corners(seed, epoch, n_pairs, side, settings.crop_size)
+            # A function of the epoch alone, so a resumed run decays as an uninterrupted one.
+            for optimizer in (opt_g, opt_d):
+                for group in optimizer.param_groups:
+                    group["lr"] = epoch_learning_rate(settings, epoch)
             generator.train()
             discriminator.train()
             sums = dict.fromkeys(("g_adv", "g_l1", "g_perc", "d_loss", "gp"), 0.0)

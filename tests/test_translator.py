@@ -456,6 +456,52 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, gp_every):
     assert sorted(p.name for p in interrupted.iterdir()) == [CHECKPOINT_NAME]
 
 
+class _Stop(Exception):
+    pass
+
+
+def _stop_after_epoch(number: int):
+    def progress(line: str) -> None:
+        if line.startswith(f"translator: epoch {number}/"):
+            raise _Stop
+
+    return progress
+
+
+def test_learning_rate_decays_linearly_over_the_last_epochs(tmp_path):
+    settings = dataclasses.replace(TINY, epochs=5, lr=0.01, lr_decay_epochs=3)
+    rates = [translator.epoch_learning_rate(settings, e) for e in range(1, 6)]
+    assert rates == pytest.approx([0.01, 0.01, 0.0075, 0.005, 0.0025])
+    constant = dataclasses.replace(settings, lr_decay_epochs=0)
+    assert all(translator.epoch_learning_rate(constant, e) == 0.01 for e in range(1, 6))
+    # A run stopped after epoch 1 and resumed takes epoch 2's own rate.
+    train, val = shape_slices(4, 3), shape_slices(2, 4)
+    settings = dataclasses.replace(TINY, epochs=2, lr_decay_epochs=1)
+    straight, straight_history = train_translator(
+        train, val, settings, tmp_path / "straight", seed=7, progress=lambda _: None
+    )
+    with pytest.raises(_Stop):
+        train_translator(
+            train, val, settings, tmp_path / "stopped", seed=7, progress=_stop_after_epoch(1)
+        )
+    resumed, resumed_history = train_translator(
+        train, val, settings, tmp_path / "stopped", seed=7, progress=lambda _: None
+    )
+    assert_same_training(resumed, resumed_history, straight, straight_history)
+    # Without the decay the same steps give other weights.
+    flat, _ = train_translator(
+        train, val, dataclasses.replace(settings, lr_decay_epochs=0), tmp_path / "flat", seed=7,
+        progress=lambda _: None,
+    )
+    assert _differs(flat, straight)
+    # Asked for more epochs, a decaying run would decay elsewhere: refused, naming why.
+    with pytest.raises(ValueError, match="decays its learning rate towards epoch 2, not 3"):
+        train_translator(
+            train, val, dataclasses.replace(settings, epochs=3), tmp_path / "stopped", seed=7,
+            progress=lambda _: None,
+        )
+
+
 def test_finished_checkpoint_is_returned_without_training(tmp_path):
     train, val = shape_slices(2, 5), shape_slices(1, 6)
     settings = dataclasses.replace(TINY, epochs=1)
