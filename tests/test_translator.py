@@ -366,7 +366,7 @@ def test_training_pairs_follow_the_settings_and_the_seed():
 def test_train_translator_trains_on_training_pairs(tmp_path, monkeypatch):
     seen = []
 
-    def record(generator, discriminator, vgg, opt_g, opt_d, edges, real, settings, use_amp):
+    def record(generator, discriminator, vgg, opt_g, opt_d, edges, real, settings, use_amp, gp):
         seen.append(torch.cat([edges, real], dim=1).numpy().copy())
         return dict.fromkeys(("g_adv", "g_l1", "g_perc", "d_loss", "gp"), 0.0)
 
@@ -550,7 +550,7 @@ def test_crop_size_is_checked_naming_the_key(tmp_path):
 def _recorded_crops(tmp_path, monkeypatch, seed: int) -> list[np.ndarray]:
     seen = []
 
-    def record(generator, discriminator, vgg, opt_g, opt_d, edges, real, settings, use_amp):
+    def record(generator, discriminator, vgg, opt_g, opt_d, edges, real, settings, use_amp, gp):
         seen.append(torch.cat([edges, real], dim=1).numpy().copy())
         return dict.fromkeys(("g_adv", "g_l1", "g_perc", "d_loss", "gp"), 0.0)
 
