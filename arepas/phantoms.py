@@ -1039,14 +1039,12 @@ def demo_phantom(dataset: str, number: int, demo_seed: int, lesions: bool,
     if dataset == "lung_ct":
         shape, affine = native_grid(rng, (300.0, 240.0, 220.0), (2.3, 2.3, 5.0), orientation)
         phantom = lung_ct_phantom(seed, shape, affine, lesions=lesions)
-    elif dataset == "brain_t1":
+    else:  # brain_t1, the only other key of _DEMO_SEED_OFFSET
         if mni is None:
             raise ValueError("demo_phantom needs the MNI template (load_mni152()) for brain_t1")
         spacing = tuple(rng.uniform(2.4, 3.2, 3).round(2))
         shape, affine = native_grid(rng, (180.0, 216.0, 180.0), spacing, orientation,
                                     center_mm=(0.0, -18.0, 18.0))
         phantom = brain_t1_phantom(seed, shape, affine, lesions, *mni, **brain_options)
-    else:
-        raise ValueError(f"no demo generator for dataset '{dataset}'")
     phantom.info["orientation"] = orientation
     return phantom

@@ -84,14 +84,22 @@ def test_applied_models_give_the_training_runs_maps(applied_run, tiny_run):
             assert np.array_equal(applied, trained), rel
 
 
-def test_model_for_other_preprocessing_is_refused(tiny_run, models, tmp_path):
+def refusal(tiny_run, models, tmp_path, override: str) -> str:
+    """The message of a dry run of the applied lung models with one more config, which must be
+    refused; whitespace collapsed, since the message may wrap."""
     workdir = make_workdir(tmp_path)
     _, configs = new_scans_config(tiny_run, workdir, models)
-    other = tmp_path / "other_spacing.yaml"
-    other.write_text("datasets: {lung_ct: {spacing: [6.0, 6.0, 10.0]}}\n")
-    result = run_snakemake(workdir, "-n", configs=(*configs, str(other)), check=False)
+    extra = tmp_path / "override.yaml"
+    extra.write_text(override)
+    result = run_snakemake(workdir, "-n", configs=(*configs, str(extra)), check=False)
     assert result.returncode != 0
-    message = " ".join((result.stdout + result.stderr).split())
+    return " ".join((result.stdout + result.stderr).split())
+
+
+def test_model_for_other_preprocessing_is_refused(tiny_run, models, tmp_path):
+    message = refusal(
+        tiny_run, models, tmp_path, "datasets: {lung_ct: {spacing: [6.0, 6.0, 10.0]}}\n"
+    )
     assert "dataset 'lung_ct'" in message
     assert "datasets.lung_ct.spacing: model [7.0, 7.0, 10.0], config [6.0, 6.0, 10.0]" in message
 
@@ -164,12 +172,6 @@ def test_calibrated_method_scores_patches_against_healthy_val_scans(tiny_run, mo
 
 
 def test_calibrated_method_needs_two_healthy_val_scans(tiny_run, models, tmp_path):
-    workdir = make_workdir(tmp_path)
-    _, configs = new_scans_config(tiny_run, workdir, models)
-    methods = tmp_path / "methods.yaml"
-    methods.write_text("methods: [arepas, arepas_calibrated]\n")
-    result = run_snakemake(workdir, "-n", configs=(*configs, str(methods)), check=False)
-    assert result.returncode != 0
-    message = " ".join((result.stdout + result.stderr).split())
+    message = refusal(tiny_run, models, tmp_path, "methods: [arepas, arepas_calibrated]\n")
     assert "method arepas_calibrated: dataset 'lung_ct' has 1 val subjects" in message
     assert "at least 2" in message
