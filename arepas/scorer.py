@@ -25,6 +25,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,7 +36,7 @@ from torch import nn
 
 from arepas.io import save_torch
 from arepas.settings import settings_from_dict
-from arepas.stacks import StackArray
+from arepas.stacks import RowFile, StackArray
 
 # Our stall rule (option `stall_accuracy`): a scorer whose best held-out accuracy is at or below
 # this is indistinguishable from a coin flip on balanced pairs; its maps would be noise times the
@@ -48,6 +49,9 @@ WARMUP_RULES = ("last_batch", "epoch")
 MINING_SOURCES = ("augmented", "clean")
 MINING_REGIONS = ("slice", "roi")
 # What scorer files written before these settings existed were trained with.
+# Slices reconstructed and cut into patches per step of the on-disk mining; a multiple of the
+# translator's inference batch (16).
+MINING_CHUNK = 256
 LEGACY_SETTINGS = {
     "architecture": "unpadded",
     "loss": "detached_head",
@@ -173,34 +177,122 @@ def mining_inputs(
     whole set; with pair_count (its size), `augmented(numbers)` returns only the numbered pairs,
     so only the mined ones are ever in memory. 'clean': every slice_step-th slice with its clean
     edge map, `clean(slices)`. slices may be an array or a StackArray on disk (only the picked
-    slices are read).
+    slices are read). All picked samples are returned in memory: for cohorts of any size,
+    reconstruct_for_mining writes them to disk a chunk at a time instead.
     """
     if not isinstance(slices, StackArray):
         slices = np.asarray(slices, dtype=np.float32)
-    if settings.mining_source == "augmented":
-        if pair_count is not None:
-            picked = np.arange(0, pair_count, settings.slice_step)
-            inputs, targets = augmented(picked)
-            return inputs, targets, picked // max(pair_count // max(len(slices), 1), 1)
+    if settings.mining_source == "augmented" and pair_count is None:
         inputs, targets = augmented()
         per_slice = len(inputs) // max(len(slices), 1)
         picked = np.arange(0, len(inputs), settings.slice_step)
         return inputs[picked], targets[picked], picked // max(per_slice, 1)
-    picked = np.arange(0, len(slices), settings.slice_step)
-    chosen = np.asarray(slices[picked], dtype=np.float32)
-    return clean(chosen), chosen, picked
+    picked, slice_of = mining_plan(len(slices), settings, pair_count)
+    inputs, targets = mining_samples(slices, settings, augmented, clean)(picked)
+    return inputs, targets, slice_of
+
+
+def mining_plan(
+    n_slices: int, settings: ScorerSettings, pair_count: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(sample numbers, slice of each) that mining reconstructs: every slice_step-th of the
+    translator's `pair_count` training pairs (mining_source='augmented'), or of the slices
+    themselves ('clean'). Small arrays: the slices are read later, a chunk at a time."""
+    if settings.mining_source == "augmented":
+        if pair_count is None:
+            raise ValueError("mining from the augmented training set needs its pair count")
+        picked = np.arange(0, pair_count, settings.slice_step)
+        return picked, picked // max(pair_count // max(n_slices, 1), 1)
+    picked = np.arange(0, n_slices, settings.slice_step)
+    return picked, picked
+
+
+def mining_samples(
+    slices,
+    settings: ScorerSettings,
+    augmented: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    clean: Callable[[np.ndarray], np.ndarray],
+) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """numbers -> (edge inputs, target slices) of the samples mining_plan numbered: the
+    translator's training pairs `augmented(numbers)`, or slices with their clean edge maps
+    `clean(slices)`. slices may be a StackArray; only the numbered ones are read."""
+    if settings.mining_source == "augmented":
+        return augmented
+
+    def clean_samples(numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        chosen = np.asarray(slices[numbers], dtype=np.float32)
+        return clean(chosen), chosen
+
+    return clean_samples
+
+
+def reconstruct_for_mining(
+    picked: np.ndarray,
+    slice_of: np.ndarray,
+    make_inputs: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    translate: Callable[[np.ndarray], np.ndarray],
+    folder: str | os.PathLike,
+    roi=None,
+    chunk: int = MINING_CHUNK,
+) -> tuple[StackArray, StackArray, StackArray | None]:
+    """Targets, reconstructions (and ROIs of their slices, when `roi` is given) of the picked
+    samples, written to .npy files under `folder` a chunk at a time: (targets, recon, roi) on
+    disk. make_inputs(numbers) -> (edge inputs, target slices); translate(inputs) -> recon.
+
+    Memory holds one chunk, whatever the number of training slices. `chunk` is a multiple of
+    the translator's inference batch (16), so every reconstruction is computed in the same batch
+    as when all samples are translated at once.
+    """
+    folder = Path(folder)
+    files = None
+    for first in range(0, len(picked), chunk):
+        numbers = picked[first : first + chunk]
+        inputs, targets = make_inputs(numbers)
+        recon = translate(inputs)
+        if files is None:
+            shape = (len(picked), *np.shape(targets)[1:])
+            files = [RowFile(folder / "targets.npy", shape, np.float32),
+                     RowFile(folder / "recon.npy", shape, np.float32)]
+            if roi is not None:
+                files.append(RowFile(folder / "roi.npy", shape, bool))
+        files[0].write(first, targets)
+        files[1].write(first, recon)
+        if roi is not None:
+            files[2].write(first, np.asarray(roi[slice_of[first : first + chunk]], dtype=bool))
+    if files is None:
+        raise ValueError("no training sample to mine from")
+    readers = [f.reader() for f in files]
+    return readers[0], readers[1], readers[2] if roi is not None else None
+
+
+def mining_disk_bytes(n_samples: int, slice_shape, settings: ScorerSettings) -> int:
+    """Disk bytes mining writes at most: targets, reconstructions and ROIs of the samples, and
+    the pairs cut from them (kept patches at most 1 - percentile of the candidates, as two
+    arrays of twice that many patches)."""
+    pixels = int(np.prod(slice_shape))
+    samples = n_samples * pixels * (4 + 4 + 1)
+    candidates = n_samples * settings.patches_per_slice
+    kept = math.ceil(candidates * (1.0 - settings.percentile / 100.0)) + 1
+    return samples + 2 * 2 * kept * settings.patch_size**2 * 4
+
+
+def _as_rows(array):
+    # Row-indexable arrays stay as they are (a StackArray is read a chunk at a time).
+    return array if isinstance(array, StackArray) else np.asarray(array)
 
 
 def mine_hard_pairs(
-    real: np.ndarray,
-    recon: np.ndarray,
+    real,
+    recon,
     settings: ScorerSettings,
     rng: np.random.Generator,
-    roi: np.ndarray | None = None,
+    roi=None,
+    folder: str | os.PathLike | None = None,
+    chunk: int = MINING_CHUNK,
 ) -> dict[str, np.ndarray]:
     """Hard positive/negative patch pairs from real slices and their reconstructions.
 
-    Every slice is sampled (the caller picks every slice_step-th one, see mining_inputs); patch
+    Every slice is sampled (the caller picks every slice_step-th one, see mining_plan); patch
     centres anywhere in the slice, or inside `roi` when given (mining_region='roi', ours).
     Positions are drawn without replacement within a slice (the reference draws with
     replacement; a repeated position would only duplicate a pair). Negatives pair each real
@@ -208,18 +300,24 @@ def mine_hard_pairs(
     patch with its own reconstruction under the label "dissimilar"; a single-cycle permutation
     cannot.
 
+    real, recon and roi are (n, S, S) arrays or StackArrays on disk; they are read `chunk`
+    slices at a time, twice (patch errors, then the kept patches). With `folder`, the pair
+    patches are written there and returned as StackArrays, so memory holds one chunk and a few
+    numbers per candidate patch (its place and error), not the pairs; without, they are
+    arrays. Both give the same pairs.
+
     Returns patches_a (real), patches_b (reconstruction), labels (0 similar, 1 dissimilar),
     positions_a / positions_b as (slice, y, x) of each patch's top-left corner, the MSE of every
     mined patch (mined_mse) and the percentile threshold used.
     """
-    real = np.asarray(real, dtype=np.float32)
-    recon = np.asarray(recon, dtype=np.float32)
-    if real.ndim != 3 or real.shape != recon.shape:
-        raise ValueError(f"real and recon must both be (n, S, S); got {real.shape}, {recon.shape}")
-    if roi is not None:
-        roi = np.asarray(roi, dtype=bool)
-        if roi.shape != real.shape:
-            raise ValueError(f"roi shape {roi.shape} does not match slices {real.shape}")
+    real, recon = _as_rows(real), _as_rows(recon)
+    roi = None if roi is None else _as_rows(roi)
+    if len(real.shape) != 3 or tuple(real.shape) != tuple(recon.shape):
+        raise ValueError(
+            f"real and recon must both be (n, S, S); got {tuple(real.shape)}, {tuple(recon.shape)}"
+        )
+    if roi is not None and tuple(roi.shape) != tuple(real.shape):
+        raise ValueError(f"roi shape {tuple(roi.shape)} does not match slices {tuple(real.shape)}")
     p = settings.patch_size
     n, height, width = real.shape
     if height < p or width < p:
@@ -228,54 +326,118 @@ def mine_hard_pairs(
     corners_y, corners_x = np.meshgrid(
         np.arange(height - p + 1), np.arange(width - p + 1), indexing="ij"
     )
-    corners_y, corners_x = corners_y.ravel(), corners_x.ravel()
-    picked_slices, picked_y, picked_x = [], [], []
-    for s in range(n):
-        if roi is None:
-            candidates = np.arange(corners_y.size)
-        else:
-            candidates = np.flatnonzero(roi[s, corners_y + p // 2, corners_x + p // 2])
-        if candidates.size == 0:
-            continue
-        # Without replacement, so two mined patches of one slice never share a place.
-        chosen = rng.choice(
-            candidates, size=min(settings.patches_per_slice, candidates.size), replace=False
-        )
-        picked_slices.append(np.full(chosen.size, s, dtype=np.int64))
-        picked_y.append(corners_y[chosen])
-        picked_x.append(corners_x[chosen])
-    if not picked_slices:
+    corners = (corners_y.ravel(), corners_x.ravel())
+    # The places are drawn twice from the same stream: once to measure every candidate's error,
+    # once to cut the kept ones. Only the errors (4 bytes per candidate) are held in between.
+    replay = copy.deepcopy(rng)
+    errors = []
+    for rows, places in _candidate_places(roi, n, corners, p, settings, rng, chunk):
+        real_patches, recon_patches = _cut_patches(real, recon, rows, places, p)
+        errors.append(np.mean((real_patches - recon_patches) ** 2, axis=(1, 2)))
+    if not errors:
         raise ValueError("no patch position available (empty ROI on every sampled slice?)")
-    slice_idx = np.concatenate(picked_slices)
-    ys = np.concatenate(picked_y)
-    xs = np.concatenate(picked_x)
-
-    index = _patch_index(slice_idx, ys, xs, p)
-    real_patches = real[index]
-    recon_patches = recon[index]
-    mse = np.mean((real_patches - recon_patches) ** 2, axis=(1, 2))
+    mse = np.concatenate(errors)
+    del errors
     threshold = np.percentile(mse, settings.percentile)
-    keep = mse > threshold
-    n_kept = int(keep.sum())
+    n_kept = int(np.count_nonzero(mse > threshold))
     if n_kept < 2:
         raise ValueError(
             f"only {n_kept} patch(es) above the {settings.percentile}th MSE percentile; "
             "need at least 2 to form negative pairs"
         )
-    real_kept = real_patches[keep]
-    recon_kept = recon_patches[keep]
-    positions = np.stack([slice_idx[keep], ys[keep], xs[keep]], axis=1)
     partner = _single_cycle_permutation(n_kept, rng)
 
+    shapes = {"patches_a": (2 * n_kept, p, p), "patches_b": (2 * n_kept, p, p),
+              "positions_a": (2 * n_kept, 3), "positions_b": (2 * n_kept, 3)}
+    dtypes = {"patches_a": np.float32, "patches_b": np.float32,
+              "positions_a": np.int64, "positions_b": np.int64}
+    if folder is None:
+        out = {key: np.empty(shape, dtype=dtypes[key]) for key, shape in shapes.items()}
+
+        def write(key: str, first: int, block: np.ndarray) -> None:
+            out[key][first : first + len(block)] = block
+    else:
+        files = {
+            key: RowFile(Path(folder) / f"{key}.npy", shape, dtypes[key])
+            for key, shape in shapes.items()
+        }
+
+        def write(key: str, first: int, block: np.ndarray) -> None:
+            files[key].write(first, block)
+
+    # Positives: each kept patch with its own reconstruction, in the order they were drawn.
+    seen = done = 0
+    for rows, places in _candidate_places(roi, n, corners, p, settings, replay, chunk):
+        kept = places[mse[seen : seen + len(places)] > threshold].astype(np.int64)
+        seen += len(places)
+        if not len(kept):
+            continue
+        real_kept, recon_kept = _cut_patches(real, recon, rows, kept, p)
+        for key, block in (("patches_a", real_kept), ("patches_b", recon_kept),
+                           ("positions_a", kept), ("positions_b", kept)):
+            write(key, done, block)
+        # Negatives reuse the kept reconstructions at the same places.
+        write("patches_b", n_kept + done, recon_kept)
+        write("positions_b", n_kept + done, kept)
+        done += len(kept)
+    readers = out if folder is None else {key: f.reader() for key, f in files.items()}
+    # Negatives: the kept real patches, each moved to another kept reconstruction's place.
+    step = chunk * settings.patches_per_slice
+    for first in range(0, n_kept, step):
+        moved = partner[first : first + step]
+        write("patches_a", n_kept + first, readers["patches_a"][moved])
+        write("positions_a", n_kept + first, readers["positions_a"][moved])
+    if folder is not None:
+        readers = {key: f.reader() for key, f in files.items()}
+    # Positions are small beside the patches (3 numbers per pair): returned as arrays.
     return {
-        "patches_a": np.concatenate([real_kept, real_kept[partner]]).astype(np.float32),
-        "patches_b": np.concatenate([recon_kept, recon_kept]).astype(np.float32),
+        "patches_a": readers["patches_a"],
+        "patches_b": readers["patches_b"],
         "labels": np.concatenate([np.zeros(n_kept), np.ones(n_kept)]).astype(np.float32),
-        "positions_a": np.concatenate([positions, positions[partner]]),
-        "positions_b": np.concatenate([positions, positions]),
-        "mined_mse": mse.astype(np.float32),
+        "positions_a": np.asarray(readers["positions_a"][:]),
+        "positions_b": np.asarray(readers["positions_b"][:]),
+        "mined_mse": mse,
         "threshold": np.asarray(threshold, dtype=np.float64),
     }
+
+
+def _candidate_places(roi, n: int, corners, p: int, settings: ScorerSettings, rng, chunk: int):
+    """(rows, places) per chunk of `chunk` slices: the chunk's slice numbers and the patch
+    places (slice, y, x) drawn in it, slice by slice from rng, as int32."""
+    corners_y, corners_x = corners
+    for first in range(0, n, chunk):
+        rows = np.arange(first, min(first + chunk, n))
+        roi_block = None if roi is None else np.asarray(roi[rows], dtype=bool)
+        block = []
+        for k, s in enumerate(rows):
+            if roi_block is None:
+                candidates = np.arange(corners_y.size)
+            else:
+                candidates = np.flatnonzero(roi_block[k, corners_y + p // 2, corners_x + p // 2])
+            if candidates.size == 0:
+                continue
+            # Without replacement, so two mined patches of one slice never share a place.
+            chosen = rng.choice(
+                candidates, size=min(settings.patches_per_slice, candidates.size), replace=False
+            )
+            block.append(
+                np.stack([np.full(chosen.size, s), corners_y[chosen], corners_x[chosen]], axis=1)
+            )
+        if block:
+            yield rows, np.concatenate(block).astype(np.int32)
+
+
+def _cut_patches(
+    real, recon, rows: np.ndarray, places: np.ndarray, patch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The real and reconstructed patches at places (slice, y, x), all of whose slices are in
+    the consecutive `rows` (read once here)."""
+    real_block = np.asarray(real[rows], dtype=np.float32)
+    recon_block = np.asarray(recon[rows], dtype=np.float32)
+    index = _patch_index(
+        places[:, 0].astype(np.int64) - int(rows[0]), places[:, 1], places[:, 2], patch_size
+    )
+    return real_block[index], recon_block[index]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -418,6 +580,19 @@ def _predict(model: SiameseScorer, a: torch.Tensor, b: torch.Tensor, batch: int)
     return torch.cat(scores)
 
 
+def _predict_rows(
+    model: SiameseScorer, pairs: Callable[[np.ndarray], tuple], rows: np.ndarray, batch: int
+) -> torch.Tensor:
+    # As _predict, for pairs gathered a batch at a time.
+    model.eval()
+    with torch.no_grad():
+        scores = []
+        for first in range(0, len(rows), batch):
+            a, b, _ = pairs(rows[first : first + batch])
+            scores.append(model(a, b))
+    return torch.cat(scores)
+
+
 def _is_dissimilar(score: torch.Tensor) -> torch.Tensor:
     # The reference counts p >= 0.5 as "dissimilar".
     return (score >= 0.5).float()
@@ -454,29 +629,29 @@ def _batch_loss(
 def _train_epoch(
     model: SiameseScorer,
     optimiser: torch.optim.Optimizer,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    labels: torch.Tensor,
+    pairs: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    rows: np.ndarray,
     settings: ScorerSettings,
     generator: torch.Generator,
 ) -> _EpochResult:
     model.train()
     # The generator lives on the CPU, so the order is the same whatever the device.
-    order = torch.randperm(len(a), generator=generator).to(a.device)
+    order = torch.randperm(len(rows), generator=generator).numpy()
     total_loss, correct, seen, last = 0.0, 0, 0, float("nan")
-    for start in range(0, len(a), settings.batch_size):
+    for start in range(0, len(rows), settings.batch_size):
         idx = order[start : start + settings.batch_size]
-        if idx.numel() < 2:  # batch norm needs two samples for batch statistics
+        if idx.size < 2:  # batch norm needs two samples for batch statistics
             continue
-        loss, score = _batch_loss(model, a[idx], b[idx], labels[idx], settings)
+        a, b, y = pairs(rows[idx])
+        loss, score = _batch_loss(model, a, b, y, settings)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        hits = int((_is_dissimilar(score.detach()) == labels[idx]).sum())
-        total_loss += loss.item() * idx.numel()
+        hits = int((_is_dissimilar(score.detach()) == y).sum())
+        total_loss += loss.item() * idx.size
         correct += hits
-        seen += idx.numel()
-        last = hits / idx.numel()
+        seen += idx.size
+        last = hits / idx.size
     return _EpochResult(total_loss / max(seen, 1), correct / max(seen, 1), last)
 
 
@@ -493,8 +668,8 @@ def _new_optimiser(model: SiameseScorer, settings: ScorerSettings) -> torch.opti
 
 
 def train_scorer(
-    patches_a: np.ndarray,
-    patches_b: np.ndarray,
+    patches_a: np.ndarray | StackArray,
+    patches_b: np.ndarray | StackArray,
     labels: np.ndarray,
     settings: ScorerSettings,
     seed: int,
@@ -503,9 +678,11 @@ def train_scorer(
 ) -> tuple[SiameseScorer, pd.DataFrame]:
     """Train with the restart rule; keep the state with the best held-out accuracy.
 
-    On ``device`` ("cpu", "cuda", "cuda:1"): the pairs move there once and the model is built
-    there, so CPU and GPU run the same steps; batch order and initialisation come from seeded
-    CPU generators either way. The model is returned on ``device``.
+    patches_a / patches_b are arrays or StackArrays on disk (mine_hard_pairs with a folder);
+    each batch is gathered from them when it is needed. On ``device`` ("cpu", "cuda",
+    "cuda:1"): each batch moves there and the model is built there, so CPU and GPU run the same
+    steps; batch order and initialisation come from seeded CPU generators either way. The model
+    is returned on ``device``.
 
     History columns: try, epoch (0 = warm-up epoch), train_loss, train_acc, heldout_acc,
     warmup_acc (the accuracy the restart rule judged; warm-up rows only).
@@ -513,28 +690,38 @@ def train_scorer(
     best held-out accuracy is at or below it.
     """
     torch_device = torch.device(device)
-    a = torch.as_tensor(np.asarray(patches_a, dtype=np.float32), device=torch_device).unsqueeze(1)
-    b = torch.as_tensor(np.asarray(patches_b, dtype=np.float32), device=torch_device).unsqueeze(1)
-    y = torch.as_tensor(np.asarray(labels, dtype=np.float32), device=torch_device)
-    if not (len(a) == len(b) == len(y)):
-        raise ValueError(f"pair arrays differ in length: {len(a)}, {len(b)}, {len(y)}")
-    if a.shape[-1] != settings.patch_size or a.shape[-2] != settings.patch_size:
-        raise ValueError(f"patches are {tuple(a.shape[-2:])}, settings say {settings.patch_size}")
+    a_rows, b_rows = _as_rows(patches_a), _as_rows(patches_b)
+    y_all = np.asarray(labels, dtype=np.float32)
+    if not (len(a_rows) == len(b_rows) == len(y_all)):
+        raise ValueError(
+            f"pair arrays differ in length: {len(a_rows)}, {len(b_rows)}, {len(y_all)}"
+        )
+    if tuple(a_rows.shape[-2:]) != (settings.patch_size,) * 2:
+        raise ValueError(
+            f"patches are {tuple(a_rows.shape[-2:])}, settings say {settings.patch_size}"
+        )
+
+    def pairs(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # One batch at a time from wherever the pairs are (memory or disk), so a pair set of a
+        # large cohort is never whole in memory, on the host or on the device.
+        a = torch.from_numpy(np.asarray(a_rows[rows], dtype=np.float32)).unsqueeze(1)
+        b = torch.from_numpy(np.asarray(b_rows[rows], dtype=np.float32)).unsqueeze(1)
+        y = torch.from_numpy(y_all[rows])
+        return a.to(torch_device), b.to(torch_device), y.to(torch_device)
 
     # One split for all tries, so warm-up epochs never see the held-out pairs. (The reference
     # warms up on all pairs and splits afterwards, so its held-out accuracy is measured partly
     # on pairs the network has trained on; we keep them apart.)
-    order = np.random.default_rng(seed).permutation(len(a))
-    n_held = int(round(settings.holdout * len(a)))
-    if n_held < 1 or len(a) - n_held < 2:
-        raise ValueError(f"{len(a)} pairs are too few for a {settings.holdout} hold-out split")
-    held = torch.as_tensor(order[:n_held], device=torch_device)
-    train = torch.as_tensor(order[n_held:], device=torch_device)
-    train_set = (a[train], b[train], y[train])
-    a_held, b_held, y_held = a[held], b[held], y[held]
+    n_pairs = len(y_all)
+    order = np.random.default_rng(seed).permutation(n_pairs)
+    n_held = int(round(settings.holdout * n_pairs))
+    if n_held < 1 or n_pairs - n_held < 2:
+        raise ValueError(f"{n_pairs} pairs are too few for a {settings.holdout} hold-out split")
+    held, train = order[:n_held], order[n_held:]
+    y_held = torch.from_numpy(y_all[held]).to(torch_device)
 
     def heldout_accuracy(model: SiameseScorer) -> float:
-        scores = _predict(model, a_held, b_held, settings.batch_size)
+        scores = _predict_rows(model, pairs, held, settings.batch_size)
         return float((_is_dissimilar(scores) == y_held).float().mean())
 
     rows: list[dict[str, float]] = []
@@ -547,7 +734,7 @@ def train_scorer(
         generator = torch.Generator().manual_seed(try_seed)
 
         result = _train_epoch(
-            model, _new_optimiser(model, settings), *train_set, settings, generator
+            model, _new_optimiser(model, settings), pairs, train, settings, generator
         )
         passed, judged = _passes_warmup(result, settings)
         held_acc = heldout_accuracy(model)
@@ -567,7 +754,7 @@ def train_scorer(
         optimiser = _new_optimiser(model, settings)
         best_acc, best_state = -1.0, None
         for epoch in range(1, settings.epochs + 1):
-            result = _train_epoch(model, optimiser, *train_set, settings, generator)
+            result = _train_epoch(model, optimiser, pairs, train, settings, generator)
             held_acc = heldout_accuracy(model)
             rows.append(_history_row(attempt, epoch, result.loss, result.accuracy, held_acc))
             progress(

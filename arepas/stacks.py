@@ -348,3 +348,49 @@ def build_stack_cache(
     with atomic_path(manifest_path) as tmp:
         tmp.write_text(json.dumps(manifest, indent=1))
     return SliceStacks(folder, manifest)
+
+
+class RowFile:
+    """An uncompressed .npy file of known shape, written in row blocks at any position and read
+    back as a StackArray: for arrays built during a job that must not be held in memory (the
+    patch scorer's mined pairs and the reconstructions they are cut from)."""
+
+    def __init__(
+        self, path: str | os.PathLike, shape: Sequence[int], dtype, owner: str = "mined pairs"
+    ) -> None:
+        self.path = Path(path)
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.owner = owner
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        header = {
+            "descr": np.lib.format.dtype_to_descr(self.dtype),
+            "fortran_order": False,
+            "shape": self.shape,
+        }
+        with open(self.path, "wb") as handle:
+            np.lib.format.write_array_header_2_0(handle, header)
+            self._offset = handle.tell()
+            self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+            # Full length at once (sparse where the file system allows): rows may come in any
+            # order, and a reader sees the promised size only once the header is right.
+            handle.truncate(self._offset + self.shape[0] * self._row_bytes)
+
+    def write(self, first: int, block: np.ndarray) -> None:
+        """Rows first .. first + len(block) - 1."""
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        if block.shape[1:] != self.shape[1:] or not 0 <= first <= self.shape[0] - len(block):
+            raise ValueError(
+                f"block {block.shape} at row {first} does not fit {self.path} {self.shape}"
+            )
+        with open(self.path, "r+b") as handle:
+            handle.seek(self._offset + first * self._row_bytes)
+            handle.write(block.tobytes())
+
+    def reader(self) -> StackArray:
+        return StackArray(self.path, [self.owner], [self.shape[0]])
+
+
+def row_file_bytes(shape: Sequence[int], dtype) -> int:
+    """Disk bytes of a RowFile's rows (header aside)."""
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize

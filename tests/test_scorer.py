@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy import ndimage
@@ -13,12 +14,17 @@ from arepas.scorer import (
     dense_patch_scores_batch,
     load_scorer,
     mine_hard_pairs,
+    mining_disk_bytes,
     mining_inputs,
+    mining_plan,
+    mining_samples,
     patch_scores_at,
+    reconstruct_for_mining,
     sampled_patch_scores,
     save_scorer,
     train_scorer,
 )
+from arepas.stacks import StackArray
 
 torch.set_num_threads(1)
 
@@ -479,3 +485,74 @@ def test_scorer_files_from_before_the_reference_defaults_load_as_ours(tmp_path):
         "clean",
     )
     assert settings.stall_accuracy == 0.55
+
+
+@pytest.mark.parametrize("with_roi", [False, True])
+def test_mining_on_disk_in_chunks_gives_the_pairs_of_mining_in_memory(tmp_path, with_roi):
+    rng = np.random.default_rng(4)
+    real = smooth_slices(rng, 9, size=32)
+    recon = imperfect_reconstruction(rng, real)
+    roi = None
+    if with_roi:
+        roi = np.zeros(real.shape, dtype=bool)
+        roi[:, 4:28, 6:30] = True
+        roi[2] = False  # a slice without a candidate place
+    settings = ScorerSettings(patch_size=6, patches_per_slice=40)
+    whole = mine_hard_pairs(real, recon, settings, np.random.default_rng(1), roi=roi)
+    on_disk = mine_hard_pairs(
+        real, recon, settings, np.random.default_rng(1), roi=roi, folder=tmp_path, chunk=2
+    )
+    assert isinstance(on_disk["patches_a"], StackArray)
+    for key, value in whole.items():
+        np.testing.assert_array_equal(np.asarray(on_disk[key]), value, err_msg=key)
+    # Training reads the pairs a batch at a time from disk and learns exactly the same.
+    small = ScorerSettings(patch_size=6, epochs=2, batch_size=64, warmup_accuracy=0.0)
+    models = []
+    for pairs in (whole, on_disk):
+        model, history = train_scorer(
+            pairs["patches_a"], pairs["patches_b"], pairs["labels"], small, 2, lambda _: None
+        )
+        models.append((model.state_dict(), history))
+    pd.testing.assert_frame_equal(models[0][1], models[1][1])
+    for name, weights in models[0][0].items():
+        assert torch.equal(weights, models[1][0][name]), name
+
+
+def test_reconstruction_for_mining_is_written_a_chunk_at_a_time(tmp_path):
+    slices = np.arange(40 * 8 * 8, dtype=np.float32).reshape(40, 8, 8) / 2560.0
+    roi = slices > 0.5
+    settings = ScorerSettings(patch_size=6, slice_step=3, mining_source="clean")
+    picked, slice_of = mining_plan(len(slices), settings)
+    np.testing.assert_array_equal(picked, np.arange(0, 40, 3))
+    sizes = []
+
+    def translate(inputs):
+        sizes.append(len(inputs))
+        return inputs * 2.0
+
+    make_inputs = mining_samples(slices, settings, augmented=None, clean=lambda s: s + 1.0)
+    targets, recon, mined_roi = reconstruct_for_mining(
+        picked, slice_of, make_inputs, translate, tmp_path, roi=roi, chunk=5
+    )
+    assert sizes == [5, 5, 4]
+    np.testing.assert_array_equal(targets[:], slices[picked])
+    np.testing.assert_array_equal(recon[:], (slices[picked] + 1.0) * 2.0)
+    np.testing.assert_array_equal(mined_roi[:], roi[picked])
+    written = sum(path.stat().st_size for path in tmp_path.iterdir())
+    assert mining_disk_bytes(len(picked), slices.shape[1:], settings) >= written - 3 * 128
+    # The augmented source asks the translator's pair maker for every third pair alone.
+    asked = []
+
+    def pair_batch(numbers):
+        asked.append(numbers.copy())
+        return slices[numbers // 3], slices[numbers // 3]
+
+    aug = ScorerSettings(patch_size=6, slice_step=3)
+    picked, slice_of = mining_plan(len(slices), aug, pair_count=3 * len(slices))
+    reconstruct_for_mining(
+        picked, slice_of, mining_samples(slices, aug, pair_batch, None), translate,
+        tmp_path / "aug", chunk=16,
+    )
+    np.testing.assert_array_equal(np.concatenate(asked), np.arange(0, 120, 3))
+    assert [len(a) for a in asked] == [16, 16, 8]
+    np.testing.assert_array_equal(slice_of, np.arange(40))

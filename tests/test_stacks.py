@@ -216,3 +216,29 @@ def test_autoencoders_train_from_the_cache_as_from_memory(tmp_path):
     disk = dae.train_dae(cached.slices, cached.roi, None, None, dae_settings, 1, progress=_silent)
     memory = dae.train_dae(slices, roi, None, None, dae_settings, 1, progress=_silent)
     np.testing.assert_array_equal(disk[1].to_numpy(), memory[1].to_numpy())
+
+
+def test_row_files_take_blocks_in_any_order_and_give_back_any_rows(tmp_path):
+    rng = np.random.default_rng(3)
+    data = rng.normal(size=(500, 5, 5)).astype(np.float32)
+    rows = stacks.RowFile(tmp_path / "pairs" / "patches.npy", data.shape, np.float32)
+    rows.write(300, data[300:])
+    rows.write(0, data[:300])
+    with pytest.raises(ValueError, match="does not fit"):
+        rows.write(450, data[:100])
+    np.testing.assert_array_equal(np.load(rows.path), data)
+    reader = rows.reader()
+    shuffled = rng.permutation(500)
+    for count in (1, 3, 400):
+        np.testing.assert_array_equal(reader[shuffled[:count]], data[shuffled[:count]])
+
+
+def test_a_row_file_cut_short_names_the_file(tmp_path):
+    rows = stacks.RowFile(tmp_path / "patches.npy", (200, 4, 4), np.float32)
+    rows.write(0, np.ones((200, 4, 4), dtype=np.float32))
+    reader = rows.reader()
+    with open(rows.path, "r+b") as handle:
+        handle.truncate(reader.nbytes_on_disk - 8)
+    expected = rf"'mined pairs', file '{rows.path}': truncated"
+    with pytest.raises(stacks.StackReadError, match=expected):
+        reader.read(np.arange(150))

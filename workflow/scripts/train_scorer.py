@@ -15,34 +15,49 @@ torch.set_num_threads(snakemake.threads)
 # The GPU when one is visible; a job that asked for one and sees none stops here, naming itself.
 device = devices.job_training_device(snakemake)
 settings = scorer.ScorerSettings.from_dict(snakemake.params.settings)
-# Training slices are copied uncompressed beside the model and only the mined ones are read:
-# the translator's augmented set is never built whole.
+# Training slices are copied uncompressed beside the model, then the mined samples are
+# reconstructed and cut into pairs a chunk at a time, all on disk: the job's memory does not grow
+# with the number of training subjects.
 cache = tempfile.TemporaryDirectory(dir=Path(snakemake.output.model).parent, prefix=".stacks_")
 train_stacks = stacks.build_stack_cache(snakemake.input.train, Path(cache.name) / "stacks")
 real, roi = train_stacks.slices, train_stacks.roi
 generator, translator_settings, _ = translator.load_translator(
     snakemake.input.translator, device=device
 )
-edges, targets, slice_of = scorer.mining_inputs(
+picked, slice_of = scorer.mining_plan(
+    len(real), settings, len(real) * translator.pairs_per_slice(translator_settings)
+)
+stacks.check_free_space(
+    Path(cache.name), scorer.mining_disk_bytes(len(picked), real.shape[1:], settings)
+)
+make_inputs = scorer.mining_samples(
     real,
     settings,
     augmented=lambda numbers: translator.training_pair_batch(
         real, numbers, translator_settings, snakemake.params.seed
     ),
     clean=lambda slices: translator.edges_for(translator_settings, slices),
-    pair_count=len(real) * translator.pairs_per_slice(translator_settings),
 )
-recon = translator.translate(generator, edges, device=device)
+targets, recon, mined_roi = scorer.reconstruct_for_mining(
+    picked,
+    slice_of,
+    make_inputs,
+    lambda inputs: translator.translate(generator, inputs, device=device),
+    Path(cache.name) / "mining",
+    roi=roi if settings.mining_region == "roi" else None,
+)
 pairs = scorer.mine_hard_pairs(
     targets,
     recon,
     settings,
     np.random.default_rng(snakemake.params.seed),
-    roi=roi[slice_of] if settings.mining_region == "roi" else None,
+    roi=mined_roi,
+    folder=Path(cache.name) / "pairs",
 )
 print(
     f"mined {len(pairs['labels'])} hard pairs from {len(targets)} reconstructions "
-    f"({settings.mining_source} edges, {settings.mining_region}) of {len(real)} training slices; "
+    f"({settings.mining_source} edges, {settings.mining_region}) of {len(real)} training slices "
+    f"(pairs on disk, {pairs['patches_a'].nbytes_on_disk * 2 / 1e6:.0f} MB); "
     f"training on {device}"
 )
 meta = {"n_pairs": len(pairs["labels"]), "stalled": ""}
