@@ -28,9 +28,10 @@ SECTIONS = (
     "threshold",
     "ablation",
     "variants",
+    "heldout",
 )
 # Hours of training: measured only when named in --only.
-ON_REQUEST = ("translator_knobs", "demo_anatomy", "variants")
+ON_REQUEST = ("translator_knobs", "demo_anatomy", "variants", "heldout")
 TITLES = {
     "quality": "1. Quality over seeds",
     "speed": "2. Speed per rule and stage",
@@ -45,6 +46,7 @@ TITLES = {
     "threshold": "11. The label-free threshold",
     "ablation": "12. Patch map scaling × median filter",
     "variants": "13. Patch scoring variants beyond the paper",
+    "heldout": "14. Held-out confirmation on demo seeds never used in development",
 }
 # What quality_previous.json measured: the code before the reference implementation's settings
 # became the defaults (unpadded scorer, detached head, clean-edge ROI mining, per-slice ROI
@@ -186,6 +188,11 @@ def measure_section(name: str, args: argparse.Namespace) -> dict:
         from bench import ablation
 
         return ablation.measure(args.run, args.threads)
+    if name == "heldout":
+        from bench import heldout
+
+        return heldout.measure(REPO, args.reuse, args.runs_dir.resolve(), args.cores,
+                               args.configfile)
     if name == "training_memory":
         from bench import training_memory
 

@@ -488,3 +488,39 @@ def test_training_memory_table_gives_growth_and_verdicts():
     assert "| dae | +200.0% | +2.0% | pass | 1.25 | pass |" in text
     assert "| dae | 64² | 160 | 900 | 306 | 2.00 | 2.50 |" in text
     assert training_memory.FIGURE.as_posix() in text
+
+
+def test_heldout_target_needs_the_gain_its_interval_and_the_val_threshold():
+    from bench import heldout
+
+    def change(method, dataset, gain, low):
+        return {
+            "dataset": dataset, "method": method, "threshold_kind": "best", "own_dice": 0.5,
+            "other_dice": 0.45, "best_other": "residual+pp", "relative_change": gain,
+            "ci_low": low, "ci_high": gain + 0.05, "n_subjects": 10,
+        }
+
+    summary = [
+        {"dataset": "lung_ct", "method": "arepas_calibrated", "honest_over_best": 0.9},
+        {"dataset": "brain_t1", "method": "arepas_calibrated", "honest_over_best": 0.9},
+        {"dataset": "lung_ct", "method": "arepas_calibrated+pp", "honest_over_best": 0.7},
+        {"dataset": "lung_ct", "method": "residual", "honest_over_best": 0.9},
+    ]
+    run_record = {
+        "label": "seed 100", "status": "finished",
+        "relative_change": [
+            change("arepas_calibrated", "lung_ct", 0.08, 0.01),  # met
+            change("arepas_calibrated", "brain_t1", 0.08, -0.01),  # interval reaches 0
+            change("arepas_calibrated+pp", "lung_ct", 0.08, 0.02),  # val threshold too low
+            {**change("arepas_calibrated", "lung_ct", 0.08, 0.01), "threshold_kind": "honest"},
+        ],
+    }
+    data = {"runs": [run_record], "summaries": {"seed 100": summary}}
+    rows = heldout.target_rows(data)
+    verdicts = {(r[0], r[1]): r[-1] for r in rows}
+    assert verdicts == {
+        ("lung_ct", "arepas_calibrated"): "met",
+        ("brain_t1", "arepas_calibrated"): "missed",
+        ("lung_ct", "arepas_calibrated+pp"): "missed",
+    }
+    assert [r[2] for r in rows] == ["seed 100"] * 3
