@@ -24,6 +24,7 @@ import json
 import math
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -637,12 +638,14 @@ def _train_epoch(
     model.train()
     # The generator lives on the CPU, so the order is the same whatever the device.
     order = torch.randperm(len(rows), generator=generator).numpy()
+    batches = [
+        order[start : start + settings.batch_size]
+        for start in range(0, len(rows), settings.batch_size)
+    ]
+    # Batch norm needs two samples for batch statistics.
+    batches = [idx for idx in batches if idx.size >= 2]
     total_loss, correct, seen, last = 0.0, 0, 0, float("nan")
-    for start in range(0, len(rows), settings.batch_size):
-        idx = order[start : start + settings.batch_size]
-        if idx.size < 2:  # batch norm needs two samples for batch statistics
-            continue
-        a, b, y = pairs(rows[idx])
+    for idx, (a, b, y) in zip(batches, _prefetched(pairs, [rows[i] for i in batches]), strict=True):
         loss, score = _batch_loss(model, a, b, y, settings)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -653,6 +656,21 @@ def _train_epoch(
         seen += idx.size
         last = hits / idx.size
     return _EpochResult(total_loss / max(seen, 1), correct / max(seen, 1), last)
+
+
+def _prefetched(pairs: Callable[[np.ndarray], tuple], batches: list[np.ndarray]):
+    """pairs(batch) for each batch in turn, the next one read in a background thread while the
+    caller trains on the current one: reads from disk release the interpreter, so a GPU does not
+    wait for them. The order and the values are those of reading one after the other."""
+    if not batches:
+        return
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = reader.submit(pairs, batches[0])
+        for following in [*batches[1:], None]:
+            ready = pending.result()
+            if following is not None:
+                pending = reader.submit(pairs, following)
+            yield ready
 
 
 def _passes_warmup(result: _EpochResult, settings: ScorerSettings) -> tuple[bool, float]:
