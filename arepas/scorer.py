@@ -305,7 +305,7 @@ def mine_hard_pairs(
     slices at a time, twice (patch errors, then the kept patches). With `folder`, the pair
     patches are written there and returned as StackArrays, so memory holds one chunk and a few
     numbers per candidate patch (its place and error), not the pairs; without, they are
-    arrays. Both give the same pairs.
+    arrays. Both give the same pairs (with a folder, the patches and positions as StackArrays).
 
     Returns patches_a (real), patches_b (reconstruction), labels (0 similar, 1 dissimilar),
     positions_a / positions_b as (slice, y, x) of each patch's top-left corner, the MSE of every
@@ -390,13 +390,13 @@ def mine_hard_pairs(
         write("positions_a", n_kept + first, readers["positions_a"][moved])
     if folder is not None:
         readers = {key: f.reader() for key, f in files.items()}
-    # Positions are small beside the patches (3 numbers per pair): returned as arrays.
+    # With a folder, the positions stay on disk too (training does not read them).
     return {
         "patches_a": readers["patches_a"],
         "patches_b": readers["patches_b"],
         "labels": np.concatenate([np.zeros(n_kept), np.ones(n_kept)]).astype(np.float32),
-        "positions_a": np.asarray(readers["positions_a"][:]),
-        "positions_b": np.asarray(readers["positions_b"][:]),
+        "positions_a": readers["positions_a"],
+        "positions_b": readers["positions_b"],
         "mined_mse": mse,
         "threshold": np.asarray(threshold, dtype=np.float64),
     }
