@@ -49,10 +49,10 @@ LOSSES = ("reference", "detached_head")
 WARMUP_RULES = ("last_batch", "epoch")
 MINING_SOURCES = ("augmented", "clean")
 MINING_REGIONS = ("slice", "roi")
-# What scorer files written before these settings existed were trained with.
 # Slices reconstructed and cut into patches per step of the on-disk mining; a multiple of the
 # translator's inference batch (16).
 MINING_CHUNK = 256
+# What scorer files written before these settings existed were trained with.
 LEGACY_SETTINGS = {
     "architecture": "unpadded",
     "loss": "detached_head",
@@ -388,8 +388,6 @@ def mine_hard_pairs(
         moved = partner[first : first + step]
         write("patches_a", n_kept + first, readers["patches_a"][moved])
         write("positions_a", n_kept + first, readers["positions_a"][moved])
-    if folder is not None:
-        readers = {key: f.reader() for key, f in files.items()}
     # With a folder, the positions stay on disk too (training does not read them).
     return {
         "patches_a": readers["patches_a"],

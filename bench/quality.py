@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -150,14 +151,14 @@ def finished(run_dir: Path) -> bool:
 def measure(
     repo: Path,
     reuse: list[Path],
-    seeds: int | list[int] | tuple[int, ...],
+    seeds: Sequence[int],
     runs_dir: Path,
     cores: int,
     configfiles: list[str],
     progress=print,
 ) -> dict:
-    """Collect finished runs (`reuse`), run the seeds they lack (`seeds`: a list, or a count n
-    for 0..n-1), and return every run's summary table and wall time."""
+    """Collect finished runs (`reuse`), run the `seeds` they lack, and return every run's summary
+    table and wall time."""
     runs = []
     covered = set()
     for run_dir in reuse:
@@ -166,7 +167,7 @@ def measure(
             raise FileNotFoundError(f"{run_dir} has no results/summary.tsv: not a finished run")
         covered.add(seed)
         runs.append({"dir": str(run_dir), "seed": seed, "demo_seed": demo_seed, "reused": True})
-    for seed in range(seeds) if isinstance(seeds, int) else seeds:
+    for seed in seeds:
         if seed in covered:
             continue
         workdir = make_seed_workdir(repo, runs_dir, seed)

@@ -138,8 +138,8 @@ def parse_size(text: str) -> tuple[int, int, int]:
 
 def measure_section(name: str, args: argparse.Namespace) -> dict:
     if name == "quality":
-        return quality.measure(REPO, args.reuse, args.seeds, args.runs_dir.resolve(), args.cores,
-                               args.configfile)
+        return quality.measure(REPO, args.reuse, range(args.seeds), args.runs_dir.resolve(),
+                               args.cores, args.configfile)
     if name == "speed":
         from bench import speed
 
