@@ -3,6 +3,7 @@
 import copy
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -116,58 +117,77 @@ def refused_at_start(tmp_path, section: str, settings: dict) -> str:
     return result.stdout + result.stderr
 
 
+# Network settings that cannot run, each with what the refusal must say.
+START_REFUSALS = [
+    (
+        "scorer",
+        {"architecture": "unpadded", "patch_size": 8},
+        "datasets.lung_ct.scorer: patch_size=8 is too small for the unpadded network",
+    ),
+    (
+        "scorer",
+        {"patch_size": 80},
+        "datasets.lung_ct.scorer.patch_size: 80 is larger than the slices",
+    ),
+    ("scorer", {"archtecture": "unpadded"}, "datasets.lung_ct.scorer: unknown scorer setting"),
+    (
+        "scorer",
+        {"loss": "bce"},
+        "datasets.lung_ct.scorer: scorer setting loss='bce' is not one of",
+    ),
+    (
+        "translator",
+        {"crop_size": 96},
+        "datasets.lung_ct.translator.crop_size: 96 is larger than the slices",
+    ),
+    (
+        "translator",
+        {"n_block": 4},
+        "datasets.lung_ct.translator: unknown translator setting(s) ['n_block'] "
+        "(did you mean 'n_block' -> 'n_blocks'?)",
+    ),
+    (
+        "autoencoder",
+        {"epoch": 3},
+        "datasets.lung_ct.autoencoder: unknown autoencoder setting(s) ['epoch'] "
+        "(did you mean 'epoch' -> 'epochs'?)",
+    ),
+    (
+        "autoencoder",
+        {"depth": 0},
+        "datasets.lung_ct.autoencoder: depth must be >= 1",
+    ),
+    (
+        "autoencoder",
+        {"depth": 7},
+        "datasets.lung_ct.autoencoder.depth: 7 halvings need a slice size divisible by 128",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def start_refusals(tmp_path_factory) -> list[str]:
+    """The output of a refused dry run per START_REFUSALS case. Each is a Snakemake start of a
+    few seconds on one core, so two run at a time."""
+    root = tmp_path_factory.mktemp("refusals")
+
+    def refuse(number: int) -> str:
+        section, settings, _ = START_REFUSALS[number]
+        folder = root / str(number)
+        folder.mkdir()
+        return refused_at_start(folder, section, settings)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(refuse, range(len(START_REFUSALS))))
+
+
 @pytest.mark.parametrize(
-    "section, settings, fragment",
-    [
-        (
-            "scorer",
-            {"architecture": "unpadded", "patch_size": 8},
-            "datasets.lung_ct.scorer: patch_size=8 is too small for the unpadded network",
-        ),
-        (
-            "scorer",
-            {"patch_size": 80},
-            "datasets.lung_ct.scorer.patch_size: 80 is larger than the slices",
-        ),
-        ("scorer", {"archtecture": "unpadded"}, "datasets.lung_ct.scorer: unknown scorer setting"),
-        (
-            "scorer",
-            {"loss": "bce"},
-            "datasets.lung_ct.scorer: scorer setting loss='bce' is not one of",
-        ),
-        (
-            "translator",
-            {"crop_size": 96},
-            "datasets.lung_ct.translator.crop_size: 96 is larger than the slices",
-        ),
-        (
-            "translator",
-            {"n_block": 4},
-            "datasets.lung_ct.translator: unknown translator setting(s) ['n_block'] "
-            "(did you mean 'n_block' -> 'n_blocks'?)",
-        ),
-        (
-            "autoencoder",
-            {"epoch": 3},
-            "datasets.lung_ct.autoencoder: unknown autoencoder setting(s) ['epoch'] "
-            "(did you mean 'epoch' -> 'epochs'?)",
-        ),
-        (
-            "autoencoder",
-            {"depth": 0},
-            "datasets.lung_ct.autoencoder: depth must be >= 1",
-        ),
-        (
-            "autoencoder",
-            {"depth": 7},
-            "datasets.lung_ct.autoencoder.depth: 7 halvings need a slice size divisible by 128",
-        ),
-    ],
+    "number",
+    range(len(START_REFUSALS)),
+    ids=[f"{section}-{'-'.join(settings)}" for section, settings, _ in START_REFUSALS],
 )
-def test_network_settings_that_cannot_run_stop_the_workflow_at_start(
-    tmp_path, section, settings, fragment
-):
-    assert fragment in refused_at_start(tmp_path, section, settings)
+def test_network_settings_that_cannot_run_stop_the_workflow_at_start(start_refusals, number):
+    assert START_REFUSALS[number][2] in start_refusals[number]
 
 
 def test_clean_method_keeps_the_dataset_sizes_and_takes_the_earlier_choices():

@@ -53,9 +53,19 @@ def models(tiny_run, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def applied_run(tiny_run, models, tmp_path_factory):
+    """The lung models applied to the tiny run's lung val, test and predict scans. The healthy
+    predict scan is entered as a second val scan, so that arepas_calibrated, which needs two,
+    runs beside every other method."""
     workdir = make_workdir(tmp_path_factory.mktemp("applied"))
-    rows, configs = new_scans_config(tiny_run, workdir, models)
-    result = run_snakemake(workdir, configs=configs)
+    _, configs = new_scans_config(tiny_run, workdir, models)
+    rows = pd.read_csv(workdir / "lung.tsv", sep="\t", keep_default_na=False)
+    rows.loc[rows["split"] == "predict", "split"] = "val"
+    rows.to_csv(workdir / "lung.tsv", sep="\t", index=False)
+    methods = workdir / "methods.yaml"
+    methods.write_text(
+        "methods: [arepas, residual, patch, ae, dae, arepas_clean, arepas_calibrated]\n"
+    )
+    result = run_snakemake(workdir, configs=(*configs, str(methods)))
     return workdir, rows, result.stdout + result.stderr
 
 
@@ -68,7 +78,9 @@ def test_pretrained_models_are_applied_without_training(applied_run):
     assert not (trainers | {"make_demo"}) & set(ran)
     # Only the sheet's scans are preprocessed: there are no train rows to preprocess.
     assert ran["preprocess"] == ran["reconstruct"] == ran["anomaly_maps"] == len(rows)
-    assert not (workdir / "results/lung_ct/models").exists()
+    # No model is written: only the calibration of arepas_calibrated's patch scores.
+    models = workdir / "results/lung_ct/models"
+    assert [p.name for p in models.iterdir()] == ["patch_calibration.npz"]
     assert (workdir / "results/lung_ct/metrics/summary.tsv").exists()
     assert (workdir / "results/lung_ct/figures/pr_curves.png").exists()
 
@@ -136,18 +148,11 @@ def test_predict_only_scans_need_neither_train_nor_val(tiny_run, models, tmp_pat
     assert "no binary masks for its 'predict' subjects" in " ".join(output.split())
 
 
-def test_calibrated_method_scores_patches_against_healthy_val_scans(tiny_run, models, tmp_path):
+def test_calibrated_method_scores_patches_against_healthy_val_scans(applied_run):
     """arepas_calibrated, run for real on the tiny run's lung scans: the val scan and the healthy
     predict scan serve as the two val subjects, the lesioned scan as the test subject."""
-    workdir = make_workdir(tmp_path / "run")
-    _, configs = new_scans_config(tiny_run, workdir, models, splits=("val", "test", "predict"))
-    rows = pd.read_csv(workdir / "lung.tsv", sep="\t", keep_default_na=False)
-    rows.loc[rows["split"] == "predict", "split"] = "val"
-    rows.to_csv(workdir / "lung.tsv", sep="\t", index=False)
-    methods = tmp_path / "methods.yaml"
-    methods.write_text("methods: [arepas, residual, arepas_calibrated]\n")
-    result = run_snakemake(workdir, configs=(*configs, str(methods)))
-    ran = planned_jobs(result.stdout + result.stderr)
+    workdir, rows, output = applied_run
+    ran = planned_jobs(output)
     assert ran["patch_calibration"] == 1
     results = workdir / "results/lung_ct"
     calibration = np.load(results / "models/patch_calibration.npz")

@@ -38,6 +38,11 @@ chown mysql:mysql /run/mysqld
 touch "$STATE/pids"
 
 running() { pgrep -x "$1" >/dev/null 2>&1; }
+# The PID file names a running process of that daemon (not a file left by an earlier one).
+pid_runs() {  # pid_runs NAME PIDFILE
+  local pid
+  pid=$(cat "$2" 2>/dev/null) && [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ]
+}
 record() { echo "$1 $2" >>"$STATE/pids"; }
 
 wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
@@ -115,8 +120,9 @@ if ! running munged; then
     chown munge:munge /etc/munge/munge.key
     chmod 400 /etc/munge/munge.key
   }
+  rm -f /run/munge/munged.pid
   su -s /bin/sh munge -c /usr/sbin/munged
-  wait_for 10 munged test -s /run/munge/munged.pid
+  wait_for 10 munged pid_runs munged /run/munge/munged.pid
   record munged "$(cat /run/munge/munged.pid)"
 fi
 
@@ -132,8 +138,9 @@ mariadb -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db;
   GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';"
 
 if ! running slurmdbd; then
+  rm -f /run/slurmdbd.pid
   /usr/sbin/slurmdbd
-  wait_for 20 slurmdbd test -s /run/slurmdbd.pid
+  wait_for 20 slurmdbd pid_runs slurmdbd /run/slurmdbd.pid
   record slurmdbd "$(cat /run/slurmdbd.pid)"
 fi
 wait_for 20 "the accounting daemon" sacctmgr -n list cluster
@@ -142,14 +149,15 @@ sacctmgr -i add cluster local >/dev/null 2>&1 || true
 
 if ! running slurmctld; then
   # A throwaway cluster: forget the name of an earlier one that used this state directory.
-  rm -f /var/spool/slurmctld/clustername
+  rm -f /var/spool/slurmctld/clustername /run/slurmctld.pid
   /usr/sbin/slurmctld
-  wait_for 20 slurmctld test -s /run/slurmctld.pid
+  wait_for 20 slurmctld pid_runs slurmctld /run/slurmctld.pid
   record slurmctld "$(cat /run/slurmctld.pid)"
 fi
 if ! running slurmd; then
+  rm -f /run/slurmd.pid
   /usr/sbin/slurmd
-  wait_for 20 slurmd test -s /run/slurmd.pid
+  wait_for 20 slurmd pid_runs slurmd /run/slurmd.pid
   record slurmd "$(cat /run/slurmd.pid)"
 fi
 
