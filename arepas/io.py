@@ -296,6 +296,18 @@ def load_epoch_checkpoint(checkpoint, settings: dict, seed: int, device) -> dict
 STACK_CACHE = "stack_cache"
 
 
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read a block at a time: part of a checkpoint folder's key
+    when a training job starts from another job's model."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def checkpoint_folder(root, setup: dict, *arrays: np.ndarray) -> Path:
     """The folder for one training set-up under ``root``: a hash of ``setup`` (settings that a
     resume may not change, the seed) and of the training arrays (ndarrays or on-disk

@@ -400,6 +400,52 @@ def mine_hard_pairs(
     }
 
 
+# Written beside the pair files once they are complete: a rerun of the job (after a kill) reuses
+# them instead of mining again.
+PAIRS_MANIFEST = "pairs.json"
+_PAIRS_FORMAT = "arepas-mined-pairs-1"
+_PAIR_FILES = ("patches_a", "patches_b", "positions_a", "positions_b")
+
+
+def keep_mined_pairs(folder: str | os.PathLike, pairs: dict) -> None:
+    """Mark the pair files that mine_hard_pairs wrote under `folder` as complete: flushed to
+    disk, then a small manifest written atomically, so load_mined_pairs can trust them."""
+    from arepas.io import atomic_path
+
+    folder = Path(folder)
+    for name in _PAIR_FILES:
+        with open(folder / f"{name}.npy", "rb+") as handle:
+            os.fsync(handle.fileno())
+    manifest = {
+        "format": _PAIRS_FORMAT,
+        "n_pairs": int(len(pairs["labels"])),
+        "threshold": float(pairs["threshold"]),
+    }
+    with atomic_path(folder / PAIRS_MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest))
+
+
+def load_mined_pairs(folder: str | os.PathLike) -> dict | None:
+    """The pairs a finished mining left under `folder` (keep_mined_pairs), as StackArrays and
+    labels; None where mining did not finish there. Positives come first, then as many
+    negatives, as mine_hard_pairs orders them."""
+    folder = Path(folder)
+    manifest_path = folder / PAIRS_MANIFEST
+    if not manifest_path.exists():
+        return None
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format") != _PAIRS_FORMAT:
+        return None
+    n_pairs = int(manifest["n_pairs"])
+    loaded = {
+        name: StackArray(folder / f"{name}.npy", ["mined pairs"], [n_pairs])
+        for name in _PAIR_FILES
+    }
+    half = n_pairs // 2
+    labels = np.concatenate([np.zeros(half), np.ones(n_pairs - half)]).astype(np.float32)
+    return {**loaded, "labels": labels, "threshold": np.asarray(manifest["threshold"])}
+
+
 def _candidate_places(roi, n: int, corners, p: int, settings: ScorerSettings, rng, chunk: int):
     """(rows, places) per chunk of `chunk` slices: the chunk's slice numbers and the patch
     places (slice, y, x) drawn in it, slice by slice from rng, as int32."""
@@ -683,6 +729,33 @@ def _new_optimiser(model: SiameseScorer, settings: ScorerSettings) -> torch.opti
     return torch.optim.RMSprop(model.parameters(), lr=settings.lr)
 
 
+# File name of the scorer's per-epoch checkpoint inside its checkpoint folder.
+CHECKPOINT_NAME = "scorer_last.pt"
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _main_state(
+    model: SiameseScorer,
+    optimiser: torch.optim.Optimizer,
+    generator: torch.Generator,
+    best_acc: float,
+    best_state: dict | None,
+    held_acc: float,
+) -> dict:
+    """What a resume of the main training needs besides the try and the epoch."""
+    return {
+        "model": _cpu_state(model),
+        "optimiser": optimiser.state_dict(),
+        "generator": generator.get_state(),
+        "best_acc": best_acc,
+        "best_state": best_state,
+        "held_acc": held_acc,
+    }
+
+
 def train_scorer(
     patches_a: np.ndarray | StackArray,
     patches_b: np.ndarray | StackArray,
@@ -691,6 +764,7 @@ def train_scorer(
     seed: int,
     progress: Callable[[str], None] = print,
     device: str = "cpu",
+    checkpoint_dir: str | os.PathLike | None = None,
 ) -> tuple[SiameseScorer, pd.DataFrame]:
     """Train with the restart rule; keep the state with the best held-out accuracy.
 
@@ -700,11 +774,18 @@ def train_scorer(
     steps; batch order and initialisation come from seeded CPU generators either way. The model
     is returned on ``device``.
 
+    With `checkpoint_dir`, the whole training state (try, epoch, weights, optimiser, batch-order
+    generator, best states, history) is written atomically after every warm-up and training
+    epoch, and a run that finds it resumes after the last finished epoch with the same result
+    as an uninterrupted run, given the same pairs. Only `epochs` may differ on a resume.
+
     History columns: try, epoch (0 = warm-up epoch), train_loss, train_acc, heldout_acc,
     warmup_acc (the accuracy the restart rule judged; warm-up rows only).
     Raises StalledScorerError if no try passes warm-up, or if `stall_accuracy` is set and the
     best held-out accuracy is at or below it.
     """
+    from arepas.io import load_epoch_checkpoint
+
     torch_device = torch.device(device)
     a_rows, b_rows = _as_rows(patches_a), _as_rows(patches_b)
     y_all = np.asarray(labels, dtype=np.float32)
@@ -741,35 +822,80 @@ def train_scorer(
         return float((_is_dissimilar(scores) == y_held).float().mean())
 
     rows: list[dict[str, float]] = []
-    best_warmup, best_warmup_model = -1.0, None
-    for attempt in range(settings.max_restarts):
+    best_warmup, best_warmup_state = -1.0, None
+    checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    # The settings a resume may not change; the pair count stands in for the pairs themselves
+    # (the caller's checkpoint folder is keyed on what they were mined from).
+    fixed = {**settings.to_dict(), "n_pairs": n_pairs}
+    saved = load_epoch_checkpoint(checkpoint, fixed, seed, torch_device)
+    first_try, resume = 0, None
+    if saved is not None:
+        rows = json.loads(saved["history_json"])
+        best_warmup, best_warmup_state = float(saved["best_warmup"]), saved["best_warmup_model"]
+        if saved["phase"] == "warmup_failed":
+            first_try = int(saved["try"]) + 1
+            progress(f"scorer: resuming after the failed warm-up of try {first_try}")
+        else:
+            first_try, resume = int(saved["try"]), saved
+            progress(f"scorer: resuming try {first_try + 1} after epoch {int(saved['epoch'])}")
+
+    def save(phase: str, attempt: int, epoch: int, **state) -> None:
+        if checkpoint is None:
+            return
+        save_torch(
+            {
+                "phase": phase,
+                "try": attempt,
+                "epoch": epoch,
+                "seed": seed,
+                "settings_json": json.dumps(fixed),
+                "history_json": json.dumps(rows),
+                "best_warmup": best_warmup,
+                "best_warmup_model": best_warmup_state,
+                **state,
+            },
+            checkpoint,
+        )
+
+    for attempt in range(first_try, settings.max_restarts):
         try_seed = _derived_seed(seed, attempt)
         torch.manual_seed(try_seed)
         # Built on the CPU, then moved: the initial weights do not depend on the device.
         model = build_siamese(settings).to(torch_device)
         generator = torch.Generator().manual_seed(try_seed)
-
-        result = _train_epoch(
-            model, _new_optimiser(model, settings), pairs, train, settings, generator
-        )
-        passed, judged = _passes_warmup(result, settings)
-        held_acc = heldout_accuracy(model)
-        rows.append(_history_row(attempt, 0, result.loss, result.accuracy, held_acc, judged))
-        if judged > best_warmup:
-            best_warmup, best_warmup_model = judged, copy.deepcopy(model).eval()
-        if not passed:
-            progress(
-                f"scorer try {attempt + 1}/{settings.max_restarts}: warm-up accuracy "
-                f"{judged:.3f} ({settings.warmup_rule}) not above {settings.warmup_accuracy}, "
-                "restarting"
-            )
-            continue
-        progress(f"scorer try {attempt + 1}: warm-up accuracy {judged:.3f}, training on")
-
         # A fresh optimiser for the main training, as in the reference.
         optimiser = _new_optimiser(model, settings)
-        best_acc, best_state = -1.0, None
-        for epoch in range(1, settings.epochs + 1):
+        if resume is not None:
+            model.load_state_dict(resume["model"])
+            optimiser.load_state_dict(resume["optimiser"])
+            generator.set_state(resume["generator"])
+            best_acc, best_state = float(resume["best_acc"]), resume["best_state"]
+            held_acc, first_epoch = float(resume["held_acc"]), int(resume["epoch"]) + 1
+            resume = None
+        else:
+            result = _train_epoch(
+                model, _new_optimiser(model, settings), pairs, train, settings, generator
+            )
+            passed, judged = _passes_warmup(result, settings)
+            held_acc = heldout_accuracy(model)
+            rows.append(_history_row(attempt, 0, result.loss, result.accuracy, held_acc, judged))
+            if judged > best_warmup:
+                best_warmup, best_warmup_state = judged, _cpu_state(model)
+            if not passed:
+                progress(
+                    f"scorer try {attempt + 1}/{settings.max_restarts}: warm-up accuracy "
+                    f"{judged:.3f} ({settings.warmup_rule}) not above "
+                    f"{settings.warmup_accuracy}, restarting"
+                )
+                save("warmup_failed", attempt, 0)
+                continue
+            progress(f"scorer try {attempt + 1}: warm-up accuracy {judged:.3f}, training on")
+            best_acc, best_state, first_epoch = -1.0, None, 1
+
+        if first_epoch == 1:
+            save("main", attempt, 0, **_main_state(
+                model, optimiser, generator, best_acc, best_state, held_acc))
+        for epoch in range(first_epoch, settings.epochs + 1):
             result = _train_epoch(model, optimiser, pairs, train, settings, generator)
             held_acc = heldout_accuracy(model)
             rows.append(_history_row(attempt, epoch, result.loss, result.accuracy, held_acc))
@@ -778,7 +904,9 @@ def train_scorer(
                 f"train acc {result.accuracy:.3f}, held-out acc {held_acc:.3f}"
             )
             if held_acc > best_acc:
-                best_acc, best_state = held_acc, copy.deepcopy(model.state_dict())
+                best_acc, best_state = held_acc, _cpu_state(model)
+            save("main", attempt, epoch, **_main_state(
+                model, optimiser, generator, best_acc, best_state, held_acc))
         history = _history_frame(rows)
         if best_state is not None:
             model.load_state_dict(best_state)
@@ -795,6 +923,11 @@ def train_scorer(
         return model, history
 
     history = _history_frame(rows)
+    best_warmup_model = None
+    if best_warmup_state is not None:
+        best_warmup_model = build_siamese(settings).to(torch_device)
+        best_warmup_model.load_state_dict(best_warmup_state)
+        best_warmup_model.eval()
     raise StalledScorerError(
         f"Siamese scorer stalled: no try of {settings.max_restarts} reached the warm-up "
         f"accuracy {settings.warmup_accuracy} ({settings.warmup_rule}; best seen "

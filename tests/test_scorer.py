@@ -12,6 +12,8 @@ from arepas.scorer import (
     contrastive_loss,
     dense_patch_scores,
     dense_patch_scores_batch,
+    keep_mined_pairs,
+    load_mined_pairs,
     load_scorer,
     mine_hard_pairs,
     mining_disk_bytes,
@@ -556,3 +558,92 @@ def test_reconstruction_for_mining_is_written_a_chunk_at_a_time(tmp_path):
     np.testing.assert_array_equal(np.concatenate(asked), np.arange(0, 120, 3))
     assert [len(a) for a in asked] == [16, 16, 8]
     np.testing.assert_array_equal(slice_of, np.arange(40))
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_at(text: str, messages: list[str]):
+    """A progress callback that stops training (as a killed job) at the first message holding
+    `text`, after recording the messages before it."""
+
+    def progress(message: str) -> None:
+        if text in message:
+            raise _Killed(message)
+        messages.append(message)
+
+    return progress
+
+
+def learnable_pairs(n: int = 600, seed: int = 4):
+    a, b, _ = random_label_pairs(n, seed=seed)
+    gap = np.abs(a - b).mean(axis=(1, 2))
+    return a, b, (gap > np.median(gap)).astype(np.float32)
+
+
+def assert_same_model(first: torch.nn.Module, second: torch.nn.Module) -> None:
+    for name, weights in first.state_dict().items():
+        assert torch.equal(weights, second.state_dict()[name]), name
+
+
+def test_killed_scorer_resumes_to_the_uninterrupted_result(tmp_path):
+    a, b, labels = learnable_pairs()
+    settings = ScorerSettings(warmup_accuracy=0.0, epochs=4, batch_size=64)
+    straight, straight_history = train_scorer(a, b, labels, settings, 3, lambda _: None)
+
+    folder = tmp_path / "checkpoint"
+    with pytest.raises(_Killed):
+        train_scorer(a, b, labels, settings, 3, _kill_at("epoch 3/4", []), checkpoint_dir=folder)
+    messages = []
+    resumed, resumed_history = train_scorer(
+        a, b, labels, settings, 3, messages.append, checkpoint_dir=folder
+    )
+    assert messages[0] == "scorer: resuming try 1 after epoch 2"
+    assert [m.split(":")[0] for m in messages[1:]] == ["scorer epoch 3/4", "scorer epoch 4/4"]
+    pd.testing.assert_frame_equal(resumed_history, straight_history)
+    assert_same_model(resumed, straight)
+
+    # A longer run resumes after the last epoch; another setting is refused, naming it.
+    longer = ScorerSettings(**{**settings.to_dict(), "epochs": 5})
+    messages = []
+    train_scorer(a, b, labels, longer, 3, messages.append, checkpoint_dir=folder)
+    assert messages[0] == "scorer: resuming try 1 after epoch 4" and len(messages) == 2
+    other = ScorerSettings(**{**settings.to_dict(), "lr": 0.01})
+    with pytest.raises(ValueError, match="cannot resume .*lr: checkpoint 0.001 vs now 0.01"):
+        train_scorer(a, b, labels, other, 3, lambda _: None, checkpoint_dir=folder)
+
+
+def test_scorer_killed_between_restarts_resumes_at_the_next_try(tmp_path):
+    a, b, labels = random_label_pairs(1000)
+    settings = ScorerSettings(max_restarts=3)
+    with pytest.raises(StalledScorerError) as straight:
+        train_scorer(a, b, labels, settings, 0, lambda _: None)
+
+    folder = tmp_path / "checkpoint"
+    with pytest.raises(_Killed):
+        # Try 2's warm-up fails too; the kill comes before its checkpoint is written.
+        train_scorer(a, b, labels, settings, 0, _kill_at("try 2/3", []), checkpoint_dir=folder)
+    messages = []
+    with pytest.raises(StalledScorerError) as resumed:
+        train_scorer(a, b, labels, settings, 0, messages.append, checkpoint_dir=folder)
+    assert messages[0] == "scorer: resuming after the failed warm-up of try 1"
+    assert [m.split(":")[0] for m in messages[1:]] == ["scorer try 2/3", "scorer try 3/3"]
+    pd.testing.assert_frame_equal(resumed.value.history, straight.value.history)
+    # The best warm-up model kept for a flagged stall is the same one.
+    assert_same_model(resumed.value.model, straight.value.model)
+
+
+def test_finished_mining_is_found_again_and_unfinished_mining_is_not(tmp_path):
+    rng = np.random.default_rng(4)
+    real = smooth_slices(rng, 6, size=32)
+    recon = imperfect_reconstruction(rng, real)
+    settings = ScorerSettings(patch_size=6, patches_per_slice=40)
+    mined = mine_hard_pairs(real, recon, settings, np.random.default_rng(1), folder=tmp_path)
+    # Pair files without the manifest are an unfinished mining: mined again, never trusted.
+    assert load_mined_pairs(tmp_path) is None
+    keep_mined_pairs(tmp_path, mined)
+    found = load_mined_pairs(tmp_path)
+    for key in ("patches_a", "patches_b", "positions_a", "positions_b", "labels"):
+        np.testing.assert_array_equal(np.asarray(found[key]), np.asarray(mined[key]), key)
+    assert float(found["threshold"]) == pytest.approx(float(mined["threshold"]))

@@ -25,6 +25,7 @@ rule train_scorer:
     params:
         settings=lambda wc: DATASETS[wc.dataset]["scorer"],
         on_stall=config["scorer_stall"],
+        checkpoint_dir=lambda wc: f"results/{wc.dataset}/models/scorer_checkpoint",
         seed=config["seed"],
     script:
         "../scripts/train_scorer.py"
@@ -49,6 +50,7 @@ use rule train_scorer as train_scorer_clean with:
     params:
         settings=lambda wc: CLEAN_SETTINGS[wc.dataset]["scorer"],
         on_stall=config["scorer_stall"],
+        checkpoint_dir=lambda wc: f"results/{wc.dataset}/models/arepas_clean/scorer_checkpoint",
         seed=config["seed"],
 
 

@@ -1,5 +1,5 @@
+import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -15,51 +15,71 @@ torch.set_num_threads(snakemake.threads)
 # The GPU when one is visible; a job that asked for one and sees none stops here, naming itself.
 device = devices.job_training_device(snakemake)
 settings = scorer.ScorerSettings.from_dict(snakemake.params.settings)
-# Training slices are copied uncompressed beside the model, then the mined samples are
+seed = snakemake.params.seed
+checkpoint_root = Path(snakemake.params.checkpoint_dir)
+# Training slices are copied uncompressed beside the checkpoints, then the mined samples are
 # reconstructed and cut into pairs a chunk at a time, all on disk: the job's memory does not grow
 # with the number of training subjects.
-cache = tempfile.TemporaryDirectory(dir=Path(snakemake.output.model).parent, prefix=".stacks_")
-train_stacks = stacks.build_stack_cache(snakemake.input.train, Path(cache.name) / "stacks")
+train_stacks = stacks.build_stack_cache(snakemake.input.train, checkpoint_root / io.STACK_CACHE)
 real, roi = train_stacks.slices, train_stacks.roi
-generator, translator_settings, _ = translator.load_translator(
-    snakemake.input.translator, device=device
-)
-picked, slice_of = scorer.mining_plan(
-    len(real), settings, len(real) * translator.pairs_per_slice(translator_settings)
-)
-stacks.check_free_space(
-    Path(cache.name), scorer.mining_disk_bytes(len(picked), real.shape[1:], settings)
-)
-make_inputs = scorer.mining_samples(
+# One folder per set-up (settings a resume may not change, seed, translator, training slices):
+# a job killed mid-way finds its pairs and its last epoch there.
+folder = io.checkpoint_folder(
+    checkpoint_root,
+    {
+        "settings": {k: v for k, v in settings.to_dict().items() if k != "epochs"},
+        "seed": seed,
+        "translator": io.file_digest(snakemake.input.translator),
+    },
     real,
-    settings,
-    augmented=lambda numbers: translator.training_pair_batch(
-        real, numbers, translator_settings, snakemake.params.seed
-    ),
-    clean=lambda slices: translator.edges_for(translator_settings, slices),
 )
-targets, recon, mined_roi = scorer.reconstruct_for_mining(
-    picked,
-    slice_of,
-    make_inputs,
-    lambda inputs: translator.translate(generator, inputs, device=device),
-    Path(cache.name) / "mining",
-    roi=roi if settings.mining_region == "roi" else None,
-)
-pairs = scorer.mine_hard_pairs(
-    targets,
-    recon,
-    settings,
-    np.random.default_rng(snakemake.params.seed),
-    roi=mined_roi,
-    folder=Path(cache.name) / "pairs",
-)
-print(
-    f"mined {len(pairs['labels'])} hard pairs from {len(targets)} reconstructions "
-    f"({settings.mining_source} edges, {settings.mining_region}) of {len(real)} training slices "
-    f"(pairs on disk, {pairs['patches_a'].nbytes_on_disk * 2 / 1e6:.0f} MB); "
-    f"training on {device}"
-)
+pairs = scorer.load_mined_pairs(folder / "pairs")
+if pairs is not None:
+    print(f"reusing the {len(pairs['labels'])} hard pairs mined before, in {folder / 'pairs'}")
+else:
+    generator, translator_settings, _ = translator.load_translator(
+        snakemake.input.translator, device=device
+    )
+    picked, slice_of = scorer.mining_plan(
+        len(real), settings, len(real) * translator.pairs_per_slice(translator_settings)
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    stacks.check_free_space(
+        folder, scorer.mining_disk_bytes(len(picked), real.shape[1:], settings)
+    )
+    make_inputs = scorer.mining_samples(
+        real,
+        settings,
+        augmented=lambda numbers: translator.training_pair_batch(
+            real, numbers, translator_settings, seed
+        ),
+        clean=lambda slices: translator.edges_for(translator_settings, slices),
+    )
+    targets, recon, mined_roi = scorer.reconstruct_for_mining(
+        picked,
+        slice_of,
+        make_inputs,
+        lambda inputs: translator.translate(generator, inputs, device=device),
+        folder / "mining",
+        roi=roi if settings.mining_region == "roi" else None,
+    )
+    pairs = scorer.mine_hard_pairs(
+        targets,
+        recon,
+        settings,
+        np.random.default_rng(seed),
+        roi=mined_roi,
+        folder=folder / "pairs",
+    )
+    scorer.keep_mined_pairs(folder / "pairs", pairs)
+    # The reconstructions were only needed to cut the pairs.
+    shutil.rmtree(folder / "mining")
+    print(
+        f"mined {len(pairs['labels'])} hard pairs from {len(targets)} reconstructions "
+        f"({settings.mining_source} edges, {settings.mining_region}) of {len(real)} training "
+        f"slices (pairs on disk, {pairs['patches_a'].nbytes_on_disk * 2 / 1e6:.0f} MB)"
+    )
+print(f"training on {device}")
 meta = {"n_pairs": len(pairs["labels"]), "stalled": ""}
 try:
     model, history = scorer.train_scorer(
@@ -67,9 +87,10 @@ try:
         pairs["patches_b"],
         pairs["labels"],
         settings,
-        seed=snakemake.params.seed,
+        seed=seed,
         progress=print,
         device=device,
+        checkpoint_dir=folder,
     )
 except scorer.StalledScorerError as stall:
     if snakemake.params.on_stall != "flag" or stall.model is None:
@@ -77,8 +98,11 @@ except scorer.StalledScorerError as stall:
     # Kept only on request, and marked: every map and table built on it says so.
     print(f"WARNING: {stall}; keeping its best model, flagged as stalled")
     model, history, meta["stalled"] = stall.model, stall.history, str(stall)
-cache.cleanup()
 scorer.save_scorer(snakemake.output.model, model, settings, meta=meta)
 io.save_table(snakemake.output.history, history)
+# The checkpoint stays for a later, longer run; the pairs and the copy of the stacks can be
+# rebuilt and would only take disk space.
+shutil.rmtree(folder / "pairs")
+train_stacks.remove()
 # Cached rules cannot have a benchmark directive, so they record their own resource use.
 io.save_table(snakemake.output.usage, io.resource_usage(start))
