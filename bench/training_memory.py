@@ -54,6 +54,11 @@ STEPS = {"translator": 12, "autoencoder": 20, "dae": 20, "scorer": 20}
 LARGE_STEPS = 4
 # Optimiser steps per training step: the translator updates generator and discriminator.
 OPTIMISER_STEPS = {"translator": 2, "autoencoder": 1, "dae": 1, "scorer": 1}
+# Steps per second of the two versions differ by less than single short measurements scatter,
+# so each rule is also timed in pairs (before, now), again and again, with longer timings.
+SPEED_REPEATS = 5
+SPEED_SUBJECTS = 40
+SPEED_STEP_FACTOR = 3
 # Issue 17's target: peak RSS grows by less than this from the smallest to the largest cohort.
 TARGET_GROWTH = 0.10
 FIGURE = Path("docs") / "img" / "training_memory.png"
@@ -204,6 +209,8 @@ def _scorer(paths: list[str], work: Path, mode: str) -> None:
             lambda inputs: translator.translate(generator, inputs), work / "mining",
         )
         pairs = scorer.mine_hard_pairs(targets, recon, settings, rng, folder=work / "pairs")
+        scorer.keep_mined_pairs(work / "pairs", pairs)
+        checkpoint = work / "scorer_checkpoint"
     else:
         real, _ = io.concat_arrays(paths, "slices", "roi")
         edges, targets, _ = scorer.mining_inputs(
@@ -214,9 +221,11 @@ def _scorer(paths: list[str], work: Path, mode: str) -> None:
         )
         recon = translator.translate(generator, edges)
         pairs = scorer.mine_hard_pairs(targets, recon, settings, rng)
+        checkpoint = None
+    kwargs = {"checkpoint_dir": checkpoint} if checkpoint is not None else {}
     scorer.train_scorer(
         pairs["patches_a"], pairs["patches_b"], pairs["labels"], settings, 0,
-        progress=lambda _: None,
+        progress=lambda _: None, **kwargs,
     )
 
 
@@ -264,9 +273,67 @@ def measure(threads: int = 1, scratch: Path | None = None) -> dict:
                 print(f"bench: {rule} {n} subjects {size}² {mode}", flush=True)
                 result = _run_child(rule, mode, paths, steps, packages[mode], work)
                 rows.append({"rule": rule, "subjects": n, "size": size, "mode": mode, **result})
-    data = {"baseline": BASELINE, "threads": 1, "rows": rows}
+        speed_rows = measure_speed(tmp, cohort[:SPEED_SUBJECTS], packages, SPEED_REPEATS)
+    data = {"baseline": BASELINE, "threads": 1, "rows": rows, "speed_rows": speed_rows}
     draw_figure(data, REPO / FIGURE)
     return data
+
+
+def measure_speed(tmp: Path, paths: list[Path], packages: dict, repeats: int) -> list[dict]:
+    """Steps per second of every rule, before and now, timed `repeats` times in pairs on one
+    cohort, with SPEED_STEP_FACTOR times the steps of the memory rows."""
+    rows = []
+    for rule in RULES:
+        steps = STEPS[rule] * SPEED_STEP_FACTOR
+        for repeat in range(repeats):
+            # Which version runs first alternates, so a drift of the machine's speed within a
+            # pair favours neither.
+            order = ("memory", "stream") if repeat % 2 == 0 else ("stream", "memory")
+            for mode in order:
+                work = tmp / f"speed_{rule}_{repeat}_{mode}"
+                print(f"bench: speed {rule} repeat {repeat + 1}/{repeats} {mode}", flush=True)
+                result = _run_child(rule, mode, paths, steps, packages[mode], work)
+                rows.append({"rule": rule, "repeat": repeat, "mode": mode,
+                             "subjects": len(paths), "steps": steps,
+                             "steps_per_s": result["steps_per_s"]})
+    return rows
+
+
+def speed_verdicts(speed_rows: list[dict]) -> dict[str, dict]:
+    """Per rule: median steps/s before and now, the per-pair ratios now/before and a verdict:
+    pass when the median ratio is at least 1, FAIL when every pair was slower now (a one-sided
+    sign test, p = 0.5^pairs), otherwise "no slowdown shown" (slower in some pairs only)."""
+    found = {}
+    for rule in RULES:
+        pairs: dict[int, dict[str, float]] = {}
+        for r in speed_rows:
+            if r["rule"] == rule and r["steps_per_s"]:
+                pairs.setdefault(r["repeat"], {})[r["mode"]] = r["steps_per_s"]
+        complete = [p for p in pairs.values() if {"memory", "stream"} <= set(p)]
+        if not complete:
+            continue
+        ratios = np.array([p["stream"] / p["memory"] for p in complete])
+        median = float(np.median(ratios))
+        if median >= 1.0:
+            verdict = "pass"
+        elif (ratios < 1.0).all():
+            verdict = (
+                f"FAIL (slower in {len(ratios)} of {len(ratios)} pairs, "
+                f"p = {0.5 ** len(ratios):.2f})"
+            )
+        else:
+            slower = int((ratios < 1.0).sum())
+            verdict = f"no slowdown shown (slower in {slower} of {len(ratios)} pairs)"
+        found[rule] = {
+            "before": float(np.median([p["memory"] for p in complete])),
+            "now": float(np.median([p["stream"] for p in complete])),
+            "ratio": median,
+            "low": float(ratios.min()),
+            "high": float(ratios.max()),
+            "pairs": len(ratios),
+            "verdict": verdict,
+        }
+    return found
 
 
 def draw_figure(data: dict, path: Path) -> None:
@@ -312,6 +379,7 @@ def _growth(rows: list[dict]) -> float | None:
 
 def render(data: dict) -> str:
     rows = data["rows"]
+    repeated = speed_verdicts(data.get("speed_rows", []))
     lines = [
         f"Synthetic cohorts of {', '.join(str(n) for n in COHORTS)} subjects ({DEMO_SLICES} "
         f"slices of {DEMO_SIZE}² each, the demo's stack shape), {data['threads']} torch thread, "
@@ -376,6 +444,13 @@ def render(data: dict) -> str:
             if speeds["stream"] and speeds["memory"]
             else None
         )
+        if rule in repeated:
+            ratio = repeated[rule]["ratio"]
+            speed_verdict = repeated[rule]["verdict"].split(" (")[0]
+        else:
+            speed_verdict = (
+                tables.verdict(ratio, 1.0, at_most=False) if ratio is not None else "n/a"
+            )
         verdicts.append(
             [
                 rule,
@@ -383,12 +458,33 @@ def render(data: dict) -> str:
                 "n/a" if growth["stream"] is None else f"{growth['stream']:+.1%}",
                 tables.verdict(growth["stream"], TARGET_GROWTH),
                 "n/a" if ratio is None else f"{ratio:.2f}",
-                tables.verdict(ratio, 1.0, at_most=False) if ratio is not None else "n/a",
+                speed_verdict,
             ]
         )
+    if repeated:
+        first = next(r for r in data["speed_rows"])
+        lines.append(
+            f"Steps per second timed again in pairs (before, now; which runs first alternates), "
+            f"{SPEED_REPEATS} pairs per rule on the {first['subjects']}-subject cohort, "
+            f"{SPEED_STEP_FACTOR}x the steps above. Verdict: pass when the median of the pairs' "
+            "ratios now/before is at least 1; FAIL when now was slower in every pair (one-sided "
+            "sign test); otherwise no slowdown shown:\n"
+        )
+        lines.append(
+            tables.markdown_table(
+                ["rule", "steps/s before (median)", "steps/s now (median)",
+                 "now/before, median of pairs", "range", "verdict"],
+                [
+                    [rule, f"{v['before']:.2f}", f"{v['now']:.2f}", f"{v['ratio']:.2f}",
+                     f"{v['low']:.2f}–{v['high']:.2f}", v["verdict"]]
+                    for rule, v in repeated.items()
+                ],
+            )
+        )
+    basis = "median of the timed pairs" if repeated else f"mean over the {DEMO_SIZE}² cohorts"
     lines.append(
         f"Peak RSS growth from {min(COHORTS)} to {max(COHORTS)} subjects, and steps per second "
-        f"now over before (mean over the {DEMO_SIZE}² cohorts):\n"
+        f"now over before ({basis}):\n"
     )
     lines.append(
         tables.markdown_table(

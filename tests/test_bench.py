@@ -490,6 +490,44 @@ def test_training_memory_table_gives_growth_and_verdicts():
     assert training_memory.FIGURE.as_posix() in text
 
 
+def test_repeated_speed_pairs_decide_the_speed_verdict():
+    from bench import training_memory
+
+    def pairs(rule, ratios):
+        rows = []
+        for repeat, ratio in enumerate(ratios):
+            rows.append({"rule": rule, "repeat": repeat, "mode": "memory", "subjects": 40,
+                         "steps": 60, "steps_per_s": 2.0})
+            rows.append({"rule": rule, "repeat": repeat, "mode": "stream", "subjects": 40,
+                         "steps": 60, "steps_per_s": 2.0 * ratio})
+        return rows
+
+    speed_rows = (
+        pairs("translator", [1.02, 0.99, 1.01])
+        + pairs("dae", [0.97, 1.01, 0.98])
+        + pairs("scorer", [0.9, 0.95, 0.97])
+    )
+    verdicts = training_memory.speed_verdicts(speed_rows)
+    assert verdicts["translator"]["verdict"] == "pass"
+    assert verdicts["translator"]["ratio"] == pytest.approx(1.01)
+    assert verdicts["dae"]["verdict"] == "no slowdown shown (slower in 2 of 3 pairs)"
+    assert verdicts["scorer"]["verdict"] == "FAIL (slower in 3 of 3 pairs, p = 0.12)"
+    assert verdicts["scorer"]["low"] == pytest.approx(0.9)
+    assert "autoencoder" not in verdicts
+    # The repeated pairs replace the single measurements in the summary verdict.
+    rows = [
+        {"rule": "scorer", "subjects": n, "size": 64, "mode": mode, "peak_mb": 300.0,
+         "steps_per_s": 3.0 if mode == "stream" else 2.0}
+        for n in training_memory.COHORTS
+        for mode in ("memory", "stream")
+    ]
+    text = training_memory.render(
+        {"baseline": "abc", "threads": 1, "rows": rows, "speed_rows": speed_rows}
+    )
+    assert "| scorer | +0.0% | +0.0% | pass | 0.95 | FAIL |" in text
+    assert "| scorer | 2.00 | 1.90 | 0.95 | 0.90–0.97 | FAIL (slower in 3 of 3 pairs" in text
+
+
 def test_heldout_target_needs_the_gain_its_interval_and_the_val_threshold():
     from bench import heldout
 
