@@ -302,7 +302,7 @@ def measure_speed(tmp: Path, paths: list[Path], packages: dict, repeats: int) ->
 def speed_verdicts(speed_rows: list[dict]) -> dict[str, dict]:
     """Per rule: median steps/s before and now, the per-pair ratios now/before and a verdict:
     pass when the median ratio is at least 1, FAIL when every pair was slower now (a one-sided
-    sign test, p = 0.5^pairs), otherwise "no slowdown shown" (slower in some pairs only)."""
+    sign test, p = 0.5^pairs), otherwise "inconclusive" (slower in some pairs only)."""
     found = {}
     for rule in RULES:
         pairs: dict[int, dict[str, float]] = {}
@@ -323,7 +323,7 @@ def speed_verdicts(speed_rows: list[dict]) -> dict[str, dict]:
             )
         else:
             slower = int((ratios < 1.0).sum())
-            verdict = f"no slowdown shown (slower in {slower} of {len(ratios)} pairs)"
+            verdict = f"inconclusive (slower in {slower} of {len(ratios)} pairs)"
         found[rule] = {
             "before": float(np.median([p["memory"] for p in complete])),
             "now": float(np.median([p["stream"] for p in complete])),
@@ -468,7 +468,7 @@ def render(data: dict) -> str:
             f"{SPEED_REPEATS} pairs per rule on the {first['subjects']}-subject cohort, "
             f"{SPEED_STEP_FACTOR}x the steps above. Verdict: pass when the median of the pairs' "
             "ratios now/before is at least 1; FAIL when now was slower in every pair (one-sided "
-            "sign test); otherwise no slowdown shown:\n"
+            "sign test); otherwise inconclusive:\n"
         )
         lines.append(
             tables.markdown_table(

@@ -510,7 +510,7 @@ def test_repeated_speed_pairs_decide_the_speed_verdict():
     verdicts = training_memory.speed_verdicts(speed_rows)
     assert verdicts["translator"]["verdict"] == "pass"
     assert verdicts["translator"]["ratio"] == pytest.approx(1.01)
-    assert verdicts["dae"]["verdict"] == "no slowdown shown (slower in 2 of 3 pairs)"
+    assert verdicts["dae"]["verdict"] == "inconclusive (slower in 2 of 3 pairs)"
     assert verdicts["scorer"]["verdict"] == "FAIL (slower in 3 of 3 pairs, p = 0.12)"
     assert verdicts["scorer"]["low"] == pytest.approx(0.9)
     assert "autoencoder" not in verdicts
