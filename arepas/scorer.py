@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arepas.io import save_torch
+from arepas.io import atomic_path, load_epoch_checkpoint, save_torch
 from arepas.settings import settings_from_dict
 from arepas.stacks import RowFile, StackArray
 
@@ -410,8 +410,6 @@ _PAIR_FILES = ("patches_a", "patches_b", "positions_a", "positions_b")
 def keep_mined_pairs(folder: str | os.PathLike, pairs: dict) -> None:
     """Mark the pair files that mine_hard_pairs wrote under `folder` as complete: flushed to
     disk, then a small manifest written atomically, so load_mined_pairs can trust them."""
-    from arepas.io import atomic_path
-
     folder = Path(folder)
     for name in _PAIR_FILES:
         with open(folder / f"{name}.npy", "rb+") as handle:
@@ -784,8 +782,6 @@ def train_scorer(
     Raises StalledScorerError if no try passes warm-up, or if `stall_accuracy` is set and the
     best held-out accuracy is at or below it.
     """
-    from arepas.io import load_epoch_checkpoint
-
     torch_device = torch.device(device)
     a_rows, b_rows = _as_rows(patches_a), _as_rows(patches_b)
     y_all = np.asarray(labels, dtype=np.float32)
