@@ -392,12 +392,17 @@ def mine_hard_pairs(
     return {
         "patches_a": readers["patches_a"],
         "patches_b": readers["patches_b"],
-        "labels": np.concatenate([np.zeros(n_kept), np.ones(n_kept)]).astype(np.float32),
+        "labels": _pair_labels(n_kept),
         "positions_a": readers["positions_a"],
         "positions_b": readers["positions_b"],
         "mined_mse": mse,
         "threshold": np.asarray(threshold, dtype=np.float64),
     }
+
+
+def _pair_labels(n_kept: int) -> np.ndarray:
+    """Labels of mine_hard_pairs' order: n_kept positives (0, similar), then as many negatives."""
+    return np.concatenate([np.zeros(n_kept), np.ones(n_kept)]).astype(np.float32)
 
 
 # Written beside the pair files once they are complete: a rerun of the job (after a kill) reuses
@@ -439,9 +444,11 @@ def load_mined_pairs(folder: str | os.PathLike) -> dict | None:
         name: StackArray(folder / f"{name}.npy", ["mined pairs"], [n_pairs])
         for name in _PAIR_FILES
     }
-    half = n_pairs // 2
-    labels = np.concatenate([np.zeros(half), np.ones(n_pairs - half)]).astype(np.float32)
-    return {**loaded, "labels": labels, "threshold": np.asarray(manifest["threshold"])}
+    return {
+        **loaded,
+        "labels": _pair_labels(n_pairs // 2),
+        "threshold": np.asarray(manifest["threshold"]),
+    }
 
 
 def _candidate_places(roi, n: int, corners, p: int, settings: ScorerSettings, rng, chunk: int):
@@ -888,7 +895,7 @@ def train_scorer(
             progress(f"scorer try {attempt + 1}: warm-up accuracy {judged:.3f}, training on")
             best_acc, best_state, first_epoch = -1.0, None, 1
 
-        if first_epoch == 1:
+        if first_epoch == 1 and checkpoint is not None:
             save("main", attempt, 0, **_main_state(
                 model, optimiser, generator, best_acc, best_state, held_acc))
         for epoch in range(first_epoch, settings.epochs + 1):
@@ -901,8 +908,9 @@ def train_scorer(
             )
             if held_acc > best_acc:
                 best_acc, best_state = held_acc, _cpu_state(model)
-            save("main", attempt, epoch, **_main_state(
-                model, optimiser, generator, best_acc, best_state, held_acc))
+            if checkpoint is not None:  # the state is copied only to be written
+                save("main", attempt, epoch, **_main_state(
+                    model, optimiser, generator, best_acc, best_state, held_acc))
         history = _history_frame(rows)
         if best_state is not None:
             model.load_state_dict(best_state)

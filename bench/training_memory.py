@@ -462,13 +462,14 @@ def render(data: dict) -> str:
             ]
         )
     if repeated:
-        first = next(r for r in data["speed_rows"])
+        first = data["speed_rows"][0]
         lines.append(
             f"Steps per second timed again in pairs (before, now; which runs first alternates), "
-            f"{SPEED_REPEATS} pairs per rule on the {first['subjects']}-subject cohort, "
-            f"{SPEED_STEP_FACTOR}x the steps above. Verdict: pass when the median of the pairs' "
-            "ratios now/before is at least 1; FAIL when now was slower in every pair (one-sided "
-            "sign test); otherwise inconclusive:\n"
+            f"{max(v['pairs'] for v in repeated.values())} pairs per rule on the "
+            f"{first['subjects']}-subject cohort, {first['steps'] // STEPS[first['rule']]}x "
+            "the steps above. Verdict: pass when the median of the pairs' ratios now/before is "
+            "at least 1; FAIL when now was slower in every pair (one-sided sign test); "
+            "otherwise inconclusive:\n"
         )
         lines.append(
             tables.markdown_table(
