@@ -235,10 +235,14 @@ def reconstruct_for_mining(
     folder: str | os.PathLike,
     roi=None,
     chunk: int = MINING_CHUNK,
+    mirrored: np.ndarray | None = None,
 ) -> tuple[StackArray, StackArray, StackArray | None]:
     """Targets, reconstructions (and ROIs of their slices, when `roi` is given) of the picked
     samples, written to .npy files under `folder` a chunk at a time: (targets, recon, roi) on
     disk. make_inputs(numbers) -> (edge inputs, target slices); translate(inputs) -> recon.
+
+    `mirrored` (bool per picked sample) marks samples that make_inputs returns mirrored across
+    the slice's first axis (translator.mirrored_pairs); their ROIs are mirrored the same way.
 
     Memory holds one chunk, whatever the number of training slices. `chunk` is a multiple of
     the translator's inference batch (16), so every reconstruction is computed in the same batch
@@ -259,7 +263,11 @@ def reconstruct_for_mining(
         files[0].write(first, targets)
         files[1].write(first, recon)
         if roi is not None:
-            files[2].write(first, np.asarray(roi[slice_of[first : first + chunk]], dtype=bool))
+            rows = np.asarray(roi[slice_of[first : first + chunk]], dtype=bool)
+            if mirrored is not None:
+                flip = np.asarray(mirrored[first : first + chunk], dtype=bool)
+                rows[flip] = rows[flip][:, ::-1]
+            files[2].write(first, rows)
     if files is None:
         raise ValueError("no training sample to mine from")
     readers = [f.reader() for f in files]

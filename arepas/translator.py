@@ -27,6 +27,11 @@ Options that are ours, not the reference's (each a TranslatorSettings field):
 - lr_decay_epochs=k: the learning rate of both networks falls linearly over the last k epochs,
   as pix2pixHD trains (Wang et al., CVPR 2018: constant, then linear decay to zero); epoch e of
   E uses lr x min(1, (E - e + 1) / (k + 1)).
+- augment_mirror=True: each augmented copy (never the clean edge map) is mirrored across the
+  slice's first axis with probability 1/2, edges and target alike; on slices registered to a
+  template that axis is left-right, so a mirrored healthy slice is still a plausible healthy
+  slice (mirroring is the standard augmentation of brain MRI networks, e.g. nnU-Net, Isensee et
+  al., Nature Methods 2021). The reference mirrors nothing.
 - crop_size: train on a random crop_size x crop_size window of each pair (a new position every
   epoch) instead of the whole slice, for speed on large slices; inference uses whole slices.
 Model files written before these options existed load with the values they were trained with.
@@ -121,6 +126,7 @@ class TranslatorSettings:
     swap_style: str = "reference"
     augment_copies: int = 3
     augment_swaps: int = 20
+    augment_mirror: bool = False
     # bfloat16 autocast on CUDA only; ignored on CPU.
     amp: bool = False
     # None leaves torch's thread count alone.
@@ -142,7 +148,7 @@ class TranslatorSettings:
         ):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
-        for name in ("affine_norm", "augment_clean"):
+        for name in ("affine_norm", "augment_clean", "augment_mirror"):
             # A quoted "false" in a config would otherwise count as true.
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -521,6 +527,8 @@ def edges_for(settings: TranslatorSettings, slices: np.ndarray) -> np.ndarray:
 # Second entry of each training pair's augmentation seed, apart from the batch order's and the
 # crops' streams.
 _AUGMENT_STREAM = 2
+# Apart from the swaps' stream, so mirroring leaves every copy's swaps as they were.
+_MIRROR_STREAM = 4
 
 
 def pairs_per_slice(settings: TranslatorSettings) -> int:
@@ -557,7 +565,26 @@ def training_pair_batch(
         inputs[k] = swap_augment(
             clean[at], rng, n_swaps=settings.augment_swaps, style=settings.swap_style
         )
-    return inputs, slices[position]
+    targets = slices[position]
+    for k in np.flatnonzero(mirrored_pairs(settings, pairs, seed)):
+        inputs[k] = inputs[k][::-1]
+        targets[k] = targets[k][::-1]
+    return inputs, targets
+
+
+def mirrored_pairs(settings: TranslatorSettings, pairs: np.ndarray, seed: int) -> np.ndarray:
+    """Which of the training pairs numbered `pairs` are mirrored across the slice's first axis
+    (augment_mirror: each augmented copy with probability 1/2, never a clean edge map), so that
+    anything read per slice for a pair (its ROI) can be mirrored with it."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1)
+    if not settings.augment_mirror:
+        return np.zeros(len(pairs), dtype=bool)
+    slice_rows, copies = np.divmod(pairs, pairs_per_slice(settings))
+    return np.array([
+        not (settings.augment_clean and copy == 0)
+        and np.random.default_rng([seed, _MIRROR_STREAM, int(row), int(copy)]).random() < 0.5
+        for row, copy in zip(slice_rows, copies, strict=True)
+    ], dtype=bool)
 
 
 def training_pairs(

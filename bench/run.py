@@ -29,9 +29,10 @@ SECTIONS = (
     "ablation",
     "variants",
     "heldout",
+    "translator_schedule",
 )
 # Hours of training: measured only when named in --only.
-ON_REQUEST = ("translator_knobs", "demo_anatomy", "variants", "heldout")
+ON_REQUEST = ("translator_knobs", "demo_anatomy", "variants", "heldout", "translator_schedule")
 TITLES = {
     "quality": "1. Quality over seeds",
     "speed": "2. Speed per rule and stage",
@@ -47,6 +48,7 @@ TITLES = {
     "ablation": "12. Patch map scaling × median filter",
     "variants": "13. Patch scoring variants beyond the paper",
     "heldout": "14. Held-out confirmation on demo seeds never used in development",
+    "translator_schedule": "15. Translator learning-rate schedule and mirrored copies",
 }
 # What quality_previous.json measured: the code before the reference implementation's settings
 # became the defaults (unpadded scorer, detached head, clean-edge ROI mining, per-slice ROI
@@ -193,6 +195,10 @@ def measure_section(name: str, args: argparse.Namespace) -> dict:
 
         return heldout.measure(REPO, args.reuse, args.runs_dir.resolve(), args.cores,
                                args.configfile)
+    if name == "translator_schedule":
+        from bench import threshold, translator_schedule
+
+        return translator_schedule.measure(threshold.study_runs(args.results_dir, args.run))
     if name == "training_memory":
         from bench import training_memory
 

@@ -558,6 +558,17 @@ def test_reconstruction_for_mining_is_written_a_chunk_at_a_time(tmp_path):
     np.testing.assert_array_equal(np.concatenate(asked), np.arange(0, 120, 3))
     assert [len(a) for a in asked] == [16, 16, 8]
     np.testing.assert_array_equal(slice_of, np.arange(40))
+    # Samples the pair maker mirrors (augment_mirror) get their slice's ROI mirrored too.
+    mirrored = np.arange(len(picked)) % 2 == 1
+    upper = np.zeros_like(roi)
+    upper[:, :3] = True
+    _, _, mirrored_roi = reconstruct_for_mining(
+        picked, slice_of, mining_samples(slices, aug, pair_batch, None), translate,
+        tmp_path / "mirror", roi=upper, chunk=16, mirrored=mirrored,
+    )
+    np.testing.assert_array_equal(mirrored_roi[~mirrored], upper[slice_of][~mirrored])
+    np.testing.assert_array_equal(mirrored_roi[mirrored], upper[slice_of][mirrored][:, ::-1])
+    assert not mirrored_roi[mirrored][:, :3].any()
 
 
 class _Killed(Exception):

@@ -363,6 +363,37 @@ def test_training_pairs_follow_the_settings_and_the_seed():
     np.testing.assert_array_equal(legacy_targets, np.repeat(slices, 4, axis=0))
 
 
+def test_mirrored_copies_flip_edges_and_target_together():
+    # Shapes without a mirror symmetry, so that a mirrored target differs from the original.
+    slices = shape_slices(4, 22)
+    slices[:, : SIZE // 4] = -1.0
+    settings = dataclasses.replace(TINY, augment_clean=True, augment_copies=3)
+    plain_inputs, plain_targets = training_pairs(slices, settings, seed=4)
+    mirrored = dataclasses.replace(settings, augment_mirror=True)
+    inputs, targets = training_pairs(slices, mirrored, seed=4)
+    flipped = [p for p in range(len(inputs)) if not np.array_equal(targets[p], plain_targets[p])]
+    # The clean edge maps (every 4th pair) are never mirrored; about half of the copies are.
+    assert all(p % 4 for p in flipped)
+    assert 2 <= len(flipped) <= 10
+    for p in range(len(inputs)):
+        if p in flipped:
+            # The same swaps as without mirroring, mirrored with the target across the first axis.
+            np.testing.assert_array_equal(inputs[p], plain_inputs[p][::-1])
+            np.testing.assert_array_equal(targets[p], plain_targets[p][::-1])
+        else:
+            np.testing.assert_array_equal(inputs[p], plain_inputs[p])
+    np.testing.assert_array_equal(
+        np.flatnonzero(translator.mirrored_pairs(mirrored, np.arange(16), seed=4)), flipped
+    )
+    assert not translator.mirrored_pairs(settings, np.arange(16), seed=4).any()
+    picked = np.array(flipped[:1] + [0, 5])
+    alone, alone_targets = translator.training_pair_batch(slices, picked, mirrored, seed=4)
+    np.testing.assert_array_equal(alone, inputs[picked])
+    np.testing.assert_array_equal(alone_targets, targets[picked])
+    with pytest.raises(ValueError, match="augment_mirror"):
+        dataclasses.replace(settings, augment_mirror="yes")
+
+
 def test_train_translator_trains_on_training_pairs(tmp_path, monkeypatch):
     seen = []
 

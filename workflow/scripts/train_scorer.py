@@ -62,6 +62,10 @@ else:
         lambda inputs: translator.translate(generator, inputs, device=device),
         folder / "mining",
         roi=roi if settings.mining_region == "roi" else None,
+        # Mirrored training pairs (augment_mirror) need their ROI mirrored too.
+        mirrored=translator.mirrored_pairs(translator_settings, picked, seed)
+        if settings.mining_source == "augmented"
+        else None,
     )
     pairs = scorer.mine_hard_pairs(
         targets,
