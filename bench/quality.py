@@ -25,6 +25,8 @@ PUBLISHED_RELATIVE_DICE = {"lung_ct": 0.019, "brain_t1": 0.044}
 
 SEED_CONFIG = "bench_seed.yaml"
 WALL_RECORD = "bench_wall.json"
+# run_wall's source for a run this command ran and timed in one go.
+TIMED_WHOLE = "timed by the benchmark command"
 # Test subjects per demo cohort in the quality runs: more than the demo's, so that paired
 # bootstrap intervals over subjects mean something (training sees only the train subjects, so
 # the models are those of the demo with the same seed).
@@ -129,7 +131,7 @@ def run_wall(run_dir: Path) -> tuple[float, str]:
     if record.exists():
         data = json.loads(record.read_text())
         if data.get("returncode") == 0:
-            return float(data["wall_s"]), "timed by the benchmark command"
+            return float(data["wall_s"]), TIMED_WHOLE
     records = tables.read_job_records(run_dir)
     busy = tables.busy_seconds(records["start"], records["end"])
     span = tables.run_span_seconds(records)
@@ -299,6 +301,8 @@ def render(data: dict) -> str:
         "Values are mean ± sd over the runs (sd with ddof 1; a single run shows its value)."
     )
     lines.append("")
+    if data.get("origin"):
+        lines += [data["origin"], ""]
     run_rows = []
     for run in data["runs"]:
         run_rows.append(

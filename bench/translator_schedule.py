@@ -34,7 +34,7 @@ BASE = {
 }
 # name, datasets, changes to BASE, what it tests.
 VARIANTS = [
-    ("base", ("brain_t1",), {}, "the demo settings before this study"),
+    ("base", ("brain_t1", "lung_ct"), {}, "the demo settings before this study"),
     ("decay 6", ("brain_t1",), {"lr_decay_epochs": 6},
      "pix2pixHD's linear decay, over the last 6 of 12 epochs"),
     ("decay 12", ("brain_t1",), {"lr_decay_epochs": 12}, "linear decay over all 12 epochs"),

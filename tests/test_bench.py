@@ -286,6 +286,24 @@ def test_translator_knob_table_gives_the_ratios():
     assert "translator_knobs" not in run.parse_args([]).only
 
 
+def test_translator_schedule_table_counts_the_seeds_meeting_the_target():
+    from bench import translator_schedule
+
+    def row(dataset, variant, seed, own_other, own_mean):
+        return {"dataset": dataset, "variant": variant, "why": "w", "seed": seed,
+                "l1_own_edges": 0.1, "l1_other_edges": 0.1 / own_other,
+                "l1_mean_image": 0.1 / own_mean, "own_over_other": own_other,
+                "own_over_mean_image": own_mean}
+
+    rows = [row("brain_t1", "base", 0, 0.6, 0.72), row("brain_t1", "base", 1, 0.6, 0.68),
+            row("lung_ct", "base", 0, 0.65, 0.9)]
+    text = translator_schedule.render({"rows": rows})
+    # Brain needs both ratios under 0.7 (registered); lung only own / other.
+    assert "| brain_t1 | base | w | 2 | 0.1000 | 0.600 | 0.700 | 0.720, 0.680 | 1 of 2 |" in text
+    assert "| lung_ct | base | w | 1 | 0.1000 | 0.650 | 0.900 | 0.650 | 1 of 1 |" in text
+    assert "translator_schedule" not in run.parse_args([]).only
+
+
 def _cohort(seed: int, shift: float = 0.0):
     """Healthy val and test ROI scores with lesion flags: lesion voxels score higher."""
     rng = np.random.default_rng(seed)
