@@ -28,10 +28,11 @@ Options that are ours, not the reference's (each a TranslatorSettings field):
   as pix2pixHD trains (Wang et al., CVPR 2018: constant, then linear decay to zero); epoch e of
   E uses lr x min(1, (E - e + 1) / (k + 1)).
 - augment_mirror=True: each augmented copy (never the clean edge map) is mirrored across the
-  slice's first axis with probability 1/2, edges and target alike; on slices registered to a
-  template that axis is left-right, so a mirrored healthy slice is still a plausible healthy
-  slice (mirroring is the standard augmentation of brain MRI networks, e.g. nnU-Net, Isensee et
-  al., Nature Methods 2021). The reference mirrors nothing.
+  slice's first axis with probability 1/2, edges and target alike; in the workflow's axial and
+  coronal slices (RAS order) that axis is left-right, so on scans registered to a template a
+  mirrored healthy slice is still a plausible healthy slice (the workflow refuses it for
+  sagittal slices). Mirroring is a standard augmentation of brain MRI networks (e.g. nnU-Net,
+  Isensee et al., Nature Methods 2021); the reference mirrors nothing.
 - crop_size: train on a random crop_size x crop_size window of each pair (a new position every
   epoch) instead of the whole slice, for speed on large slices; inference uses whole slices.
 Model files written before these options existed load with the values they were trained with.

@@ -91,10 +91,12 @@ def test_bad_configs_are_rejected(mutate, fragment):
 
 
 def refused_at_start(tmp_path, section: str, settings: dict) -> str:
-    """Dry-run the workflow on the shipped config with lung_ct's `section` settings updated;
-    the run must fail, and its output (which should name the key) is returned."""
+    """Dry-run the workflow on the shipped config with lung_ct's `section` settings updated
+    (section "": lung_ct's own keys); the run must fail, and its output (which should name the
+    key) is returned."""
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config["datasets"]["lung_ct"][section].update(settings)
+    dataset = config["datasets"]["lung_ct"]
+    (dataset[section] if section else dataset).update(settings)
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(config))
     result = subprocess.run(
@@ -156,6 +158,12 @@ START_REFUSALS = [
         "autoencoder",
         {"depth": 0},
         "datasets.lung_ct.autoencoder: depth must be >= 1",
+    ),
+    (
+        "",
+        {"slice_axis": "sagittal", "translator": {"augment_mirror": True}},
+        "datasets.lung_ct.translator.augment_mirror: mirrors the slices left-right, but "
+        "datasets.lung_ct.slice_axis is sagittal",
     ),
     (
         "autoencoder",

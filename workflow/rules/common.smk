@@ -66,6 +66,16 @@ def check_network_settings():
                     built = build.from_dict(values)
                 except (TypeError, ValueError) as error:
                     raise WorkflowError(f"config {where}: {error}") from None
+                if getattr(built, "augment_mirror", False) and (
+                    settings.get("slice_axis", "axial") == "sagittal"
+                ):
+                    # A sagittal slice's first axis runs front to back: its mirror image is
+                    # no healthy slice.
+                    raise WorkflowError(
+                        f"config {where.split(' ')[0]}.augment_mirror: mirrors the slices "
+                        f"left-right, but datasets.{name}.slice_axis is sagittal (no left-right "
+                        "axis in the slice); use axial or coronal slices or set it false"
+                    )
                 size = getattr(built, window) if window else None
                 if size is not None and size > settings["slice_size"]:
                     raise WorkflowError(
