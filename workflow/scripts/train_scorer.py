@@ -62,9 +62,10 @@ else:
         lambda inputs: translator.translate(generator, inputs, device=device),
         folder / "mining",
         roi=roi if settings.mining_region == "roi" else None,
-        # Mirrored training pairs (augment_mirror) need their ROI mirrored too.
+        # Mirrored training pairs (augment_mirror) need their ROI mirrored too; without ROIs
+        # nothing reads the flags.
         mirrored=translator.mirrored_pairs(translator_settings, picked, seed)
-        if settings.mining_source == "augmented"
+        if settings.mining_source == "augmented" and settings.mining_region == "roi"
         else None,
     )
     pairs = scorer.mine_hard_pairs(
