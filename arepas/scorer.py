@@ -1152,6 +1152,24 @@ def _pooled_entry_per_patch(
     return total * 0.25
 
 
+def _second_stage_matrix(
+    conv: nn.Conv2d, size: int, channels: int, pad: int, pad_after: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The second convolution on a zero-padded size x size pooled map as one matrix (weight
+    (size² C_in, C_out K²) for channels-last rows, bias (C_out K²,)), or None where the
+    convolution is cheaper. On a small map most of each 4x4 window lies in the zero padding:
+    with size < 4 the matrix needs fewer multiplications, and one large matrix product runs
+    faster on the CPU than many tiny convolutions."""
+    if size >= _KERNEL:
+        return None
+    # The image of each channels-last basis vector under the (bias-free) convolution.
+    basis = torch.eye(size * size * channels, device=conv.weight.device)
+    basis = basis.reshape(-1, size, size, channels).permute(0, 3, 1, 2)
+    columns = F.conv2d(F.pad(basis, (pad, pad_after, pad, pad_after)), conv.weight)
+    outputs = columns.shape[-1] * columns.shape[-2]
+    return columns.flatten(1), conv.bias.repeat_interleave(outputs)
+
+
 def _padded_embeddings(
     model: SiameseScorer, images: np.ndarray, positions: np.ndarray, chunk_size: int
 ) -> torch.Tensor:
@@ -1186,6 +1204,12 @@ def _padded_embeddings(
     second_size = _stage_size(size, pad)
     pad_after = 2 * second_size - size + _KERNEL - 1 - pad
     conv2 = model.convs[1]
+    second_stage = _second_stage_matrix(conv2, size, channels, pad, pad_after)
+    # The 2x2 average pool and the linear layer after it are both linear: one matrix on the
+    # tanh of the second convolution's (2s x 2s) outputs.
+    fc_weight = model.fc.weight.reshape(-1, conv2.out_channels, second_size, second_size)
+    fc_weight = 0.25 * fc_weight.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    fc_weight = fc_weight.flatten(1).T
     out = torch.empty((n_images, len(pos), model.fc.out_features), device=device)
     for start in range(0, len(pos), chunk_size):
         chunk = pos[start : start + chunk_size]
@@ -1194,12 +1218,17 @@ def _padded_embeddings(
         pooled = rows.index_select(0, index.reshape(-1)).reshape(n_images, -1, size, size, channels)
         for u, v, values in corners:
             pooled[:, :, u, v] = values[:, start : start + len(chunk)]
-        # Channels-last view: oneDNN's fastest layout for this small convolution.
-        pooled = pooled.reshape(-1, size, size, channels).permute(0, 3, 1, 2)
-        # Only the second convolution's outputs that the floor pooling keeps are computed.
-        y = F.conv2d(F.pad(pooled, (pad, pad_after, pad, pad_after)), conv2.weight, conv2.bias)
-        y = F.avg_pool2d(y.tanh_(), 2)
-        emb = torch.tanh(model.fc(y.flatten(1)))
+        if second_stage is not None:
+            weight, bias = second_stage
+            y = torch.addmm(bias, pooled.reshape(-1, size * size * channels), weight)
+            y = y.reshape(-1, conv2.out_channels, 2 * second_size, 2 * second_size)
+        else:
+            # Channels-last view: oneDNN's fastest layout for this small convolution.
+            pooled = pooled.reshape(-1, size, size, channels).permute(0, 3, 1, 2)
+            # Only the second convolution's outputs that the floor pooling keeps are computed.
+            padded = F.pad(pooled, (pad, pad_after, pad, pad_after))
+            y = F.conv2d(padded, conv2.weight, conv2.bias)
+        emb = torch.addmm(model.fc.bias, y.tanh_().flatten(1), fc_weight).tanh_()
         out[:, start : start + len(chunk)] = emb.reshape(n_images, len(chunk), -1)
     return out
 
