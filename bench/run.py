@@ -31,9 +31,11 @@ SECTIONS = (
     "variants",
     "heldout",
     "translator_schedule",
+    "heldout_mining",
 )
 # Hours of training: measured only when named in --only.
-ON_REQUEST = ("translator_knobs", "demo_anatomy", "variants", "heldout", "translator_schedule")
+ON_REQUEST = ("translator_knobs", "demo_anatomy", "variants", "heldout", "translator_schedule",
+              "heldout_mining")
 TITLES = {
     "quality": "1. Quality over seeds",
     "speed": "2. Speed per rule and stage",
@@ -50,6 +52,7 @@ TITLES = {
     "variants": "13. Patch scoring variants beyond the paper",
     "heldout": "14. Held-out confirmation on demo seeds never used in development",
     "translator_schedule": "15. Translator learning-rate schedule and mirrored copies",
+    "heldout_mining": "16. A patch scorer mined from healthy subjects the translator never saw",
 }
 # What quality_previous.json measured: the code before the reference implementation's settings
 # became the defaults (unpadded scorer, detached head, clean-edge ROI mining, per-slice ROI
@@ -200,6 +203,11 @@ def measure_section(name: str, args: argparse.Namespace) -> dict:
         from bench import threshold, translator_schedule
 
         return translator_schedule.measure(threshold.study_runs(args.results_dir, args.run))
+    if name == "heldout_mining":
+        from bench import heldout_mining, threshold
+
+        runs = [run for run, _ in threshold.study_runs(args.results_dir, args.run)]
+        return heldout_mining.measure(runs, workers=args.cores)
     if name == "training_memory":
         from bench import training_memory
 
@@ -289,6 +297,14 @@ def budget_rows(sections: dict[str, dict]) -> list[list[str]]:
                 f"{tables.mean_sd(*tables.mean_and_sd(walls), digits=1)} min, "
                 f"longest {max(walls):.1f}"
             )
+        clone = speed.get("fresh_clone")
+        if clone:
+            # The issue's budget is `make demo` on a fresh clone, its set-up included.
+            from bench.speed import fresh_clone_text
+
+            span = tables.run_span_seconds(pd.DataFrame(speed["records"]))
+            text = fresh_clone_text(clone, span) + "; " + text
+            wall = clone["total_s"]
         rows.append(["full default run (`make demo`) ≤ 15 min wall", "issues 2, 7, 12", text,
                      tables.verdict(wall, 900)])
     scoring = sections.get("scoring", {}).get("data")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import quality, tables
+from bench import fresh_clone, quality, tables
 
 
 def measure(run_dir: Path) -> dict:
@@ -29,7 +29,21 @@ def measure(run_dir: Path) -> dict:
         "records": records.drop(columns=["source"]).to_dict("records"),
         "translator": translator,
         "test_subjects": quality.test_subjects(run_dir),
+        # Set only for a run made by bench.fresh_clone: `make demo` timed from a fresh clone.
+        "fresh_clone": fresh_clone.read(run_dir),
     }
+
+
+def fresh_clone_text(clone: dict, workflow_s: float) -> str:
+    """`make demo` on a fresh clone: in all, and its parts."""
+    rest = clone["demo_s"] - workflow_s
+    return (
+        f"`make demo` on a fresh clone of commit {clone['commit'][:7]}: "
+        f"{clone['total_s'] / 60:.1f} min in all ({clone['total_s']:.0f} s): set-up of the "
+        f"virtual environment {clone['install_s'] / 60:.1f} min, the workflow "
+        f"{workflow_s / 60:.1f} min (first job start to last end), Snakemake's start-up and "
+        f"the report {rest:.0f} s"
+    )
 
 
 def records_of(data: dict) -> pd.DataFrame:
@@ -45,6 +59,9 @@ def render(data: dict) -> str:
         "of its jobs. Busy wall: time during which at least one job of the stage ran "
         "(parallel jobs count once).\n"
     ]
+    if data.get("fresh_clone"):
+        span = tables.run_span_seconds(records)
+        lines.append(fresh_clone_text(data["fresh_clone"], span) + ".\n")
     by_rule = tables.rule_summary(records)
     rows = [
         [

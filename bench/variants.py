@@ -108,8 +108,6 @@ def dataset_rows(run_dir: Path, dataset: str, progress=print) -> tuple[list[dict
     from arepas.scorer import load_scorer
 
     options, evaluation = ablation.map_options(run_dir)
-    mode = evaluation.get("threshold_mode", "percentile")
-    value = float(evaluation.get("threshold_value", 99.0))
     sheet = pd.read_csv(run_dir / "results" / "demo" / "subjects.tsv", sep="\t",
                         keep_default_na=False)
     subjects = sheet[sheet["dataset"] == dataset]
@@ -139,6 +137,20 @@ def dataset_rows(run_dir: Path, dataset: str, progress=print) -> tuple[list[dict
         if subject in test:
             lesions[subject] = ablation._load(folder / "lesion.nii.gz") > 0
     seconds = time.perf_counter() - started
+    rows = evaluate_volumes(run_dir, dataset, volumes, rois, lesions, val, test, evaluation)
+    progress(f"variants: {run_dir.name} {dataset} in {seconds:.0f} s")
+    return rows, seconds
+
+
+def evaluate_volumes(
+    run_dir: Path, dataset: str, volumes: dict, rois: dict, lesions: dict, val: list[str],
+    test: list[str], evaluation: dict,
+) -> list[dict]:
+    """Best Dice and Dice at the label-free threshold (from the val subjects' maps) of every map
+    in volumes[subject] (working grid), with the workflow's evaluation code; each row keeps its
+    per-subject histograms for paired bootstraps."""
+    mode = evaluation.get("threshold_mode", "percentile")
+    value = float(evaluation.get("threshold_value", 99.0))
     rows = []
     for name in volumes[val[0]]:
         histograms: list = []
@@ -160,8 +172,7 @@ def dataset_rows(run_dir: Path, dataset: str, progress=print) -> tuple[list[dict
         rows.append({"run": str(run_dir), "dataset": dataset, "method": name,
                      "best_dice": summary["best_dice"], "honest_dice": summary["honest_dice"],
                      "histograms": histograms})
-    progress(f"variants: {run_dir.name} {dataset} in {seconds:.0f} s")
-    return rows, seconds
+    return rows
 
 
 def measure(run_dirs: list[Path], threads: int = 1, progress=print) -> dict:

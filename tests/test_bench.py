@@ -580,3 +580,28 @@ def test_heldout_target_needs_the_gain_its_interval_and_the_val_threshold():
         ("lung_ct", "arepas_calibrated+pp"): "missed",
     }
     assert [r[2] for r in rows] == ["seed 100"] * 3
+
+
+def test_demo_budget_counts_the_fresh_clones_set_up(run_dir):
+    from bench import fresh_clone, speed
+
+    sheet = pd.DataFrame({"subject": ["lung002"], "dataset": ["lung_ct"], "split": ["test"]})
+    (run_dir / "results" / "demo").mkdir(parents=True)
+    sheet.to_csv(run_dir / "results" / "demo" / "subjects.tsv", sep="\t", index=False)
+    data = speed.measure(run_dir)
+    assert data["fresh_clone"] is None
+    rows = {r[0]: r for r in run.budget_rows({"speed": {"data": data}})}
+    demo_row = rows["full default run (`make demo`) ≤ 15 min wall"]
+    assert demo_row[-1] == "pass" and "fresh clone" not in demo_row[2]
+    # The workflow alone fits; with the environment's set-up the fresh clone does not.
+    record = {"commit": "0123456789abcdef", "install_s": 120.0, "demo_s": 800.0,
+              "total_s": 920.0, "date": "2026-11-27 06:00 UTC"}
+    (run_dir / fresh_clone.RECORD).write_text(__import__("json").dumps(record))
+    data = speed.measure(run_dir)
+    assert data["fresh_clone"] == record
+    rows = {r[0]: r for r in run.budget_rows({"speed": {"data": data}})}
+    demo_row = rows["full default run (`make demo`) ≤ 15 min wall"]
+    assert demo_row[-1] == "FAIL"
+    assert "fresh clone of commit 0123456: 15.3 min in all (920 s)" in demo_row[2]
+    assert "set-up of the virtual environment 2.0 min" in demo_row[2]
+    assert "fresh clone of commit 0123456" in speed.render(data)
