@@ -605,3 +605,30 @@ def test_demo_budget_counts_the_fresh_clones_set_up(run_dir):
     assert "fresh clone of commit 0123456: 15.3 min in all (920 s)" in demo_row[2]
     assert "set-up of the virtual environment 2.0 min" in demo_row[2]
     assert "fresh clone of commit 0123456" in speed.render(data)
+
+
+def test_heldout_mining_reads_the_runs_seed_and_tables_the_change(tmp_path):
+    from bench import heldout_mining
+
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text("seed: 3\n")
+    assert heldout_mining.run_seed(tmp_path) == 3
+    # The bench's own seed file wins over the linked shipped config.
+    (tmp_path / quality.SEED_CONFIG).write_text("seed: 101\n")
+    assert heldout_mining.run_seed(tmp_path) == 101
+    rows = [
+        {"run": f"/runs/seed{k}", "dataset": "lung_ct", "method": method,
+         "best_dice": dice + k / 10, "honest_dice": dice / 2}
+        for k in (0, 1) for method, dice in (("arepas", 0.3), ("arepas_heldout", 0.4))
+    ]
+    changes = [{"run": "/runs/seed0", "dataset": "lung_ct", "method": "arepas_heldout",
+                "other": "arepas", "best_other": True, "own_dice": 0.4, "other_dice": 0.3,
+                "relative_change": 1 / 3, "ci_low": 0.1, "ci_high": 0.5}]
+    training = [{"scorer": name, "pairs": pairs, "heldout_acc": 0.8, "stalled": stalled}
+                for name, pairs, stalled in (("all", 1000, ""), ("val001", 500, "stalled"))]
+    text = heldout_mining.render({"rows": rows, "changes": changes, "training": training,
+                                  "seconds": 120.0, "workers": 2})
+    assert "| arepas_heldout | 0.450 ± 0.071 | 0.200 ± 0.000 |" in text
+    assert "| seed0 | lung_ct | arepas_heldout | arepas (best other) | 0.400 vs 0.300 | +33.3% |" \
+        in text
+    assert "Scorers trained: 2 (1 stalled, kept flagged)" in text
