@@ -157,8 +157,10 @@ def measure(run_dirs: list[Path], workers: int = 2, progress=print) -> dict:
         indexed = group.set_index("method")
         others = [m for m in indexed.index if m.split("+")[0] in OTHERS]
         best_other = indexed.loc[others, "best_dice"].idxmax()
-        for own, against in ((VARIANT, "arepas"), (f"{VARIANT}+pp", "arepas+pp"),
-                             (f"{VARIANT}+pp", best_other)):
+        compared = [(VARIANT, "arepas"), (f"{VARIANT}+pp", "arepas+pp")]
+        if best_other != "arepas+pp":
+            compared.append((f"{VARIANT}+pp", best_other))
+        for own, against in compared:
             change = metrics.paired_bootstrap_change(indexed.loc[own, "histograms"],
                                                      indexed.loc[against, "histograms"])
             changes.append({"run": run, "dataset": dataset, "method": own, "other": against,
@@ -215,17 +217,33 @@ def render(data: dict) -> str:
         "variant against the run's best other method (residual, DAE or reference `arepas`, raw "
         "or post-processed):\n\n"
     )
+    # One row per comparison (the best other method may be the reference's own map).
+    unique = {(c["run"], c["dataset"], c["method"], c["other"]): c for c in data["changes"]}
     change_rows = [
         [Path(c["run"]).name, c["dataset"], c["method"],
          c["other"] + (" (best other)" if c["best_other"] else ""),
          f"{c['own_dice']:.3f} vs {c['other_dice']:.3f}", f"{100 * c['relative_change']:+.1f}%",
          f"{100 * c['ci_low']:+.1f}% to {100 * c['ci_high']:+.1f}%"]
-        for c in data["changes"]
+        for c in unique.values()
     ]
     text += tables.markdown_table(
         ["run", "dataset", "method", "against", "best Dice", "change", "95 % interval"],
         change_rows, left=4,
     )
+    alone = pd.DataFrame([c for c in unique.values()
+                          if c["method"] == VARIANT and c["other"] == "arepas"])
+    if not alone.empty:
+        parts = []
+        for dataset, group in alone.groupby("dataset"):
+            above = int((group["ci_low"] > 0).sum())
+            below = int((group["ci_high"] < 0).sum())
+            change = tables.mean_and_sd(group["relative_change"])
+            parts.append(
+                f"{dataset} {tables.mean_sd(*change, percent=True)} (interval above 0 in "
+                f"{above}, below 0 in {below} of {len(group)} runs)"
+            )
+        text += ("\nThe mining source alone (raw `arepas_heldout` against raw `arepas`), mean ± "
+                 "sd of the relative best-Dice change over runs: " + "; ".join(parts) + ".\n")
     training = pd.DataFrame(data["training"])
     stalled = int((training["stalled"] != "").sum())
     everyone = training["scorer"] == "all"
