@@ -486,10 +486,15 @@ def _torch_runtime(settings: TranslatorSettings, device: torch.device) -> Iterat
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
+        # Deterministic mode also fills every new tensor with NaN (to expose reads of memory
+        # never written), a tenth of a CPU step at the demo's size; the results are the same
+        # bit for bit without it (BENCHMARKS.md, "Translator training step").
+        torch.utils.deterministic.fill_uninitialized_memory = False
     # On CUDA the reflection-pad backward has no deterministic kernel, so GPU runs are
     # reproducible only up to floating-point summation order.
     try:
@@ -497,6 +502,7 @@ def _torch_runtime(settings: TranslatorSettings, device: torch.device) -> Iterat
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 def _check_resumable(

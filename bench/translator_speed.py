@@ -42,6 +42,9 @@ class Variant:
     option: bool = True
     # Translator settings that change the training itself (not only how it is computed).
     training: tuple[tuple[str, object], ...] = ()
+    # Deterministic mode's NaN fill of every new tensor (torch's default with deterministic
+    # algorithms; train_translator turns it off).
+    nan_fill: bool = False
 
 
 def variants(threads: int) -> list[Variant]:
@@ -53,6 +56,7 @@ def variants(threads: int) -> list[Variant]:
         Variant(base, 64, threads),
         Variant(f"64², {more} threads", 64, more, against=base),
         Variant("64², channels_last", 64, threads, channels_last=True, against=base),
+        Variant("64², new tensors filled with NaN", 64, threads, nan_fill=True, against=base),
         Variant("64², torch.compile G and D", 64, threads, compiled="both", against=base),
         Variant("64², torch.compile G only", 64, threads, compiled="generator", against=base),
         Variant(
@@ -132,6 +136,7 @@ def _step(run: dict, variant: Variant, settings, step: int, seed: int) -> None:
     from arepas import translator
 
     torch.set_num_threads(variant.threads)
+    torch.utils.deterministic.fill_uninitialized_memory = variant.nan_fill
     settings = dataclasses.replace(settings, **dict(variant.training))
     # Both runs of a variant draw the same dropout masks and penalty interpolates at each step.
     torch.manual_seed(seed + step)
@@ -323,8 +328,10 @@ def render(data: dict) -> str:
         f"Seconds per translator training step (`arepas.translator._train_step`: generator and "
         f"discriminator update with the gradient penalty) at the CPU demo's size "
         f"({', '.join(f'{k} {v:g}' for k, v in data['settings'].items())}), batch "
-        f"{data['batch']} of synthetic slices, deterministic kernels as in training, torch "
-        f"{data['torch']}. Each variant is run twice from one seed: {data['warmup']} warm-up "
+        f"{data['batch']} of synthetic slices, deterministic kernels as in training (without "
+        "deterministic mode's NaN fill of every new tensor, as in training; the row \"new "
+        f"tensors filled with NaN\" puts it back), torch {data['torch']}. Each variant is run "
+        f"twice from one seed: {data['warmup']} warm-up "
         f"steps per run, variant by variant, then {data['repeats']} timed steps per run, the "
         "variants taking turns step by step; the time is the median of the timed steps of both "
         "runs. *Speed-up* is against the row named in *against*; *identical* says "

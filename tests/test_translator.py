@@ -782,3 +782,15 @@ def test_resume_checks_share_one_rule_that_names_every_difference(tmp_path):
                                          r"\(lr: checkpoint 0\.1 vs now 0\.2\)"):
         io.check_resumable(tmp_path / "ae.pt", {"lr": 0.1, "epochs": 2}, {"lr": 0.2,
                            "epochs": 5}, 0, 0)
+
+
+def test_cpu_training_runs_deterministic_kernels_without_the_nan_fill_and_restores_both():
+    settings = TranslatorSettings()
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.utils.deterministic.fill_uninitialized_memory)
+    with translator._torch_runtime(settings, torch.device("cpu")):
+        assert torch.are_deterministic_algorithms_enabled()
+        # New tensors are not filled: torch.empty keeps whatever the allocator hands out.
+        assert not torch.utils.deterministic.fill_uninitialized_memory
+    assert (torch.are_deterministic_algorithms_enabled(),
+            torch.utils.deterministic.fill_uninitialized_memory) == before
