@@ -492,8 +492,9 @@ def _torch_runtime(settings: TranslatorSettings, device: torch.device) -> Iterat
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
         # Deterministic mode also fills every new tensor with NaN (to expose reads of memory
-        # never written), a tenth of a CPU step at the demo's size; the results are the same
-        # bit for bit without it (BENCHMARKS.md, "Translator training step").
+        # never written): about a tenth of a CPU step at the demo's size in alternating
+        # timings, and the weights are the same bit for bit without it. The bench's
+        # "Translator training step" has a row that puts the fill back.
         torch.utils.deterministic.fill_uninitialized_memory = False
     # On CUDA the reflection-pad backward has no deterministic kernel, so GPU runs are
     # reproducible only up to floating-point summation order.

@@ -324,13 +324,16 @@ def break_even_steps(row: dict) -> float:
 
 
 def render(data: dict) -> str:
+    fill = ""
+    if any(row.get("name", "").endswith("filled with NaN") for row in data["rows"]):
+        fill = (" (without deterministic mode's NaN fill of every new tensor, as in training; "
+                "the row \"new tensors filled with NaN\" puts it back)")
     text = (
         f"Seconds per translator training step (`arepas.translator._train_step`: generator and "
         f"discriminator update with the gradient penalty) at the CPU demo's size "
         f"({', '.join(f'{k} {v:g}' for k, v in data['settings'].items())}), batch "
-        f"{data['batch']} of synthetic slices, deterministic kernels as in training (without "
-        "deterministic mode's NaN fill of every new tensor, as in training; the row \"new "
-        f"tensors filled with NaN\" puts it back), torch {data['torch']}. Each variant is run "
+        f"{data['batch']} of synthetic slices, deterministic kernels as in training{fill}, "
+        f"torch {data['torch']}. Each variant is run "
         f"twice from one seed: {data['warmup']} warm-up "
         f"steps per run, variant by variant, then {data['repeats']} timed steps per run, the "
         "variants taking turns step by step; the time is the median of the timed steps of both "
