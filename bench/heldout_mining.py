@@ -88,11 +88,7 @@ def dataset_rows(run_dir: Path, dataset: str) -> dict:
 
     torch.set_num_threads(1)
     options, evaluation = ablation.map_options(run_dir)
-    sheet = pd.read_csv(run_dir / "results" / "demo" / "subjects.tsv", sep="\t",
-                        keep_default_na=False)
-    subjects = sheet[sheet["dataset"] == dataset]
-    val = sorted(subjects.loc[subjects["split"] == "val", "subject"])
-    test = sorted(subjects.loc[subjects["split"] == "test", "subject"])
+    val, test = variants.val_and_test(run_dir, dataset)
     results = run_dir / "results" / dataset
     reference, settings, _ = load_scorer(results / "models" / "scorer.pt")
     # Every slice of the few held-out subjects, not every third of the training set's samples.
@@ -111,8 +107,7 @@ def dataset_rows(run_dir: Path, dataset: str) -> dict:
     for subject in val + test:
         s = variants.subject_slices(run_dir, dataset, subject, reference, options)
         model = models[subject] if subject in val else models["all"]
-        rec = recs.get(subject) or io.load_arrays(results / "reconstruction" / f"{subject}.npz")
-        own = raw_patch_map(model, s["real"], rec["recon"], s["roi"], options)
+        own = raw_patch_map(model, s["real"], s["recon"], s["roi"], options)
         maps = {
             "residual": s["residual"],
             "dae": s["dae"],
@@ -128,10 +123,7 @@ def dataset_rows(run_dir: Path, dataset: str) -> dict:
                 volumes[subject][key] = np.maximum(
                     assemble_volume(slices, s["indices"], geometry), 0.0
                 )
-        folder = results / "preprocessed" / subject
-        rois[subject] = ablation._load(folder / "roi.nii.gz") > 0
-        if subject in test:
-            lesions[subject] = ablation._load(folder / "lesion.nii.gz") > 0
+        variants.load_masks(results, subject, subject in test, rois, lesions)
     rows = variants.evaluate_volumes(run_dir, dataset, volumes, rois, lesions, val, test,
                                      evaluation)
     return {"rows": rows, "training": training, "val": val, "test": test}
@@ -197,20 +189,7 @@ def render(data: dict) -> str:
         "subjects. `+pp`: 5 × 5 median per slice. Working grid, pooled Dice, lesion voxels "
         "outside the ROI counted as misses. Mean ± sd over runs.\n\n"
     )
-    order = list(dict.fromkeys(frame["method"]))
-    datasets = sorted(frame["dataset"].unique())
-    table_rows = []
-    for method in order:
-        cells = [method]
-        for dataset in datasets:
-            part = frame[(frame["dataset"] == dataset) & (frame["method"] == method)]
-            for column in ("best_dice", "honest_dice"):
-                cells.append(tables.mean_sd(*tables.mean_and_sd(part[column].astype(float))))
-        table_rows.append(cells)
-    header = ["method"]
-    for dataset in datasets:
-        header += [f"{dataset} best Dice", f"{dataset} val-thr. Dice"]
-    text += tables.markdown_table(header, table_rows, left=1) + "\n"
+    text += variants.method_table(frame) + "\n"
     text += (
         "\nPer run, paired bootstrap over test subjects (95 % interval): the mining source alone "
         "(`arepas_heldout` against `arepas`, raw and post-processed), and the post-processed "

@@ -72,6 +72,7 @@ def subject_slices(run_dir: Path, dataset: str, subject: str, model, options: di
         "real": real,
         "roi": roi,
         "residual": residual,
+        "recon": rec["recon"],
         "dae": np.asarray(stored["map_dae"], dtype=np.float32),
         "raw_patch": raw_patch_map(model, real, rec["recon"], roi, options),
         "geometry": rec["geometry"],
@@ -104,15 +105,47 @@ def variant_slices(s: dict, healthy_patch: np.ndarray, scale: np.ndarray) -> dic
     return out
 
 
+def val_and_test(run_dir: Path, dataset: str) -> tuple[list[str], list[str]]:
+    """The run's healthy val subjects and its test subjects of one dataset, sorted."""
+    sheet = pd.read_csv(run_dir / "results" / "demo" / "subjects.tsv", sep="\t",
+                        keep_default_na=False)
+    subjects = sheet[sheet["dataset"] == dataset]
+    return (sorted(subjects.loc[subjects["split"] == "val", "subject"]),
+            sorted(subjects.loc[subjects["split"] == "test", "subject"]))
+
+
+def load_masks(results: Path, subject: str, test: bool, rois: dict, lesions: dict) -> None:
+    """The subject's working-grid ROI into rois, and its lesion mask into lesions if a test
+    subject."""
+    folder = results / "preprocessed" / subject
+    rois[subject] = ablation._load(folder / "roi.nii.gz") > 0
+    if test:
+        lesions[subject] = ablation._load(folder / "lesion.nii.gz") > 0
+
+
+def method_table(frame: pd.DataFrame) -> str:
+    """Best Dice and val-threshold Dice per method (rows, in order of appearance) and dataset,
+    mean ± sd over runs."""
+    datasets = sorted(frame["dataset"].unique())
+    rows = []
+    for method in dict.fromkeys(frame["method"]):
+        cells = [method]
+        for dataset in datasets:
+            part = frame[(frame["dataset"] == dataset) & (frame["method"] == method)]
+            for column in ("best_dice", "honest_dice"):
+                cells.append(tables.mean_sd(*tables.mean_and_sd(part[column].astype(float))))
+        rows.append(cells)
+    header = ["method"]
+    for dataset in datasets:
+        header += [f"{dataset} best Dice", f"{dataset} val-thr. Dice"]
+    return tables.markdown_table(header, rows, left=1)
+
+
 def dataset_rows(run_dir: Path, dataset: str, progress=print) -> tuple[list[dict], float]:
     from arepas.scorer import load_scorer
 
     options, evaluation = ablation.map_options(run_dir)
-    sheet = pd.read_csv(run_dir / "results" / "demo" / "subjects.tsv", sep="\t",
-                        keep_default_na=False)
-    subjects = sheet[sheet["dataset"] == dataset]
-    val = sorted(subjects.loc[subjects["split"] == "val", "subject"])
-    test = sorted(subjects.loc[subjects["split"] == "test", "subject"])
+    val, test = val_and_test(run_dir, dataset)
     results = run_dir / "results" / dataset
     model = load_scorer(results / "models" / "scorer.pt")[0]
     started = time.perf_counter()
@@ -132,10 +165,7 @@ def dataset_rows(run_dir: Path, dataset: str, progress=print) -> tuple[list[dict
                 s, reference_scores_for(subject, val, val_scores), scale
             ).items()
         }
-        folder = results / "preprocessed" / subject
-        rois[subject] = ablation._load(folder / "roi.nii.gz") > 0
-        if subject in test:
-            lesions[subject] = ablation._load(folder / "lesion.nii.gz") > 0
+        load_masks(results, subject, subject in test, rois, lesions)
     seconds = time.perf_counter() - started
     rows = evaluate_volumes(run_dir, dataset, volumes, rois, lesions, val, test, evaluation)
     progress(f"variants: {run_dir.name} {dataset} in {seconds:.0f} s")
@@ -224,19 +254,7 @@ def render(data: dict) -> str:
         "Working grid, pooled Dice, lesion voxels outside the ROI counted as misses. Mean ± sd "
         "over runs.\n\n"
     )
-    order = list(dict.fromkeys(frame["method"]))
-    table_rows = []
-    for method in order:
-        cells = [method]
-        for dataset in sorted(frame["dataset"].unique()):
-            part = frame[(frame["dataset"] == dataset) & (frame["method"] == method)]
-            for column in ("best_dice", "honest_dice"):
-                cells.append(tables.mean_sd(*tables.mean_and_sd(part[column].astype(float))))
-        table_rows.append(cells)
-    header = ["method"]
-    for dataset in sorted(frame["dataset"].unique()):
-        header += [f"{dataset} best Dice", f"{dataset} val-thr. Dice"]
-    text += tables.markdown_table(header, table_rows, left=1) + "\n"
+    text += method_table(frame) + "\n"
     change_rows = [
         [Path(c["run"]).name, c["dataset"], c["variant"], c["other"],
          f"{c['own_dice']:.3f} vs {c['other_dice']:.3f}", f"{100 * c['relative_change']:+.1f}%",
