@@ -24,7 +24,7 @@ from torch import nn
 
 from arepas.io import load_epoch_checkpoint, save_torch
 from arepas.settings import settings_from_dict
-from arepas.stacks import StackArray
+from arepas.stacks import StackArray, batch_tensor
 
 CHECKPOINT_NAME = "autoencoder_last.pt"
 
@@ -130,8 +130,7 @@ def _as_batch(slices: np.ndarray, device: torch.device | str = "cpu") -> torch.T
 def _rows(slices: torch.Tensor | StackArray, idx: torch.Tensor, device) -> torch.Tensor:
     """Rows idx of a stack on the device (read from disk for a StackArray), (b, 1, S, S)."""
     if isinstance(slices, StackArray):
-        rows = slices.read(idx.cpu().numpy())
-        return torch.from_numpy(rows.astype(np.float32, copy=False)).unsqueeze(1).to(device)
+        return batch_tensor(slices, idx.cpu().numpy()).to(device)
     return slices[idx]
 
 

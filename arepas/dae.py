@@ -33,7 +33,7 @@ from torch import nn
 
 from arepas.io import load_epoch_checkpoint, save_torch
 from arepas.settings import settings_from_dict
-from arepas.stacks import StackArray
+from arepas.stacks import StackArray, batch_tensor
 
 CHECKPOINT_NAME = "dae_last.pt"
 
@@ -166,8 +166,7 @@ def _as_batch(slices: np.ndarray) -> torch.Tensor:
 def _rows(stack: torch.Tensor | StackArray, idx: torch.Tensor) -> torch.Tensor:
     """Rows idx of a stack as float32 (b, 1, S, S), read from disk for a StackArray."""
     if isinstance(stack, StackArray):
-        rows = stack.read(idx.numpy()).astype(np.float32, copy=False)
-        return torch.from_numpy(rows).unsqueeze(1)
+        return batch_tensor(stack, idx.numpy())
     return stack[idx]
 
 

@@ -37,7 +37,7 @@ from torch import nn
 
 from arepas.io import atomic_path, load_epoch_checkpoint, save_torch
 from arepas.settings import settings_from_dict
-from arepas.stacks import RowFile, StackArray
+from arepas.stacks import RowFile, StackArray, batch_tensor
 
 # Our stall rule (option `stall_accuracy`): a scorer whose best held-out accuracy is at or below
 # this is indistinguishable from a coin flip on balanced pairs; its maps would be noise times the
@@ -812,8 +812,7 @@ def train_scorer(
     def pairs(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # One batch at a time from wherever the pairs are (memory or disk), so a pair set of a
         # large cohort is never whole in memory, on the host or on the device.
-        a = torch.from_numpy(np.asarray(a_rows[rows], dtype=np.float32)).unsqueeze(1)
-        b = torch.from_numpy(np.asarray(b_rows[rows], dtype=np.float32)).unsqueeze(1)
+        a, b = batch_tensor(a_rows, rows), batch_tensor(b_rows, rows)
         y = torch.from_numpy(y_all[rows])
         return a.to(torch_device), b.to(torch_device), y.to(torch_device)
 

@@ -32,6 +32,10 @@ _MANIFEST_FORMAT = "arepas-stack-cache-1"
 DISK_MARGIN_BYTES = 1 << 30
 # Rows per read when a whole array is streamed (hashing, copying).
 _CHUNK_ROWS = 256
+# Rows of one request closer than this (bytes skipped) share one positioned read; no read is
+# longer than _SPAN_BYTES (StackArray._spans says why).
+_GAP_BYTES = 16 * 1024
+_SPAN_BYTES = 4 * 1024 * 1024
 
 
 class StackReadError(RuntimeError):
@@ -122,15 +126,31 @@ class StackArray:
         whole = self.read(np.arange(len(self)))
         return whole if dtype is None else whole.astype(dtype)
 
-    def read(self, rows: np.ndarray) -> np.ndarray:
-        """The given rows, in the given order, as a new array of shape (len(rows), ...)."""
+    def read(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The given rows, in the given order, as an array of shape (len(rows), ...).
+
+        With `out` (that shape; any dtype the stored one casts to), the rows are written into
+        it and it is returned: a caller can hand in memory it allocated itself, e.g. a torch
+        tensor's.
+        """
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
-        if len(rows) == 0:
-            return out
-        if rows.min() < 0 or rows.max() >= len(self):
+        shape = (len(rows), *self.shape[1:])
+        if out is not None and out.shape != shape:
+            raise ValueError(f"out has shape {out.shape}, the rows need {shape}")
+        target = out if out is not None and out.dtype == self.dtype else None
+        if target is None or not target.flags.c_contiguous:
+            target = np.empty(shape, dtype=self.dtype)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
             raise IndexError(f"rows outside 0..{len(self) - 1}")
-        flat = out.reshape(len(rows), -1).view(np.uint8)
+        if len(rows):
+            self._read_into(rows, target.reshape(len(rows), -1).view(np.uint8))
+        if out is None:
+            return target
+        if target is not out:
+            out[...] = target
+        return out
+
+    def _read_into(self, rows: np.ndarray, flat: np.ndarray) -> None:
         # Opened per call: worker processes of a data loader each get their own descriptor.
         try:
             fd = os.open(self.path, os.O_RDONLY)
@@ -139,20 +159,61 @@ class StackArray:
         try:
             size = os.fstat(fd).st_size
             if size < self._file_bytes:
+                # Named after the first row the file no longer holds, whichever were asked for.
+                missing = min(max(size - self._offset, 0) // self._row_bytes, len(self) - 1)
                 raise self._error(
-                    int(rows.max()),
+                    int(missing),
                     f"truncated: {size} bytes where the cache holds {self._file_bytes}",
                 )
-            for position, row in enumerate(rows):
-                data = os.pread(fd, self._row_bytes, self._offset + int(row) * self._row_bytes)
-                if len(data) != self._row_bytes:
-                    raise self._error(int(row), "ended early (truncated while training?)")
-                flat[position] = np.frombuffer(data, dtype=np.uint8)
+            if self._row_bytes >= _GAP_BYTES:
+                # Rows this large are never merged: each is read straight into its place.
+                for position, row in enumerate(rows.tolist()):
+                    self._pread_into(fd, flat[position], row, 1)
+                return
+            order, ordered, starts, firsts, counts = self._spans(rows)
+            # The spans are read one after the other into one buffer, and the requested rows
+            # gathered from it at once.
+            buffer = np.empty((int(counts.sum()), self._row_bytes), dtype=np.uint8)
+            filled = 0
+            for first, count in zip(firsts.tolist(), counts.tolist(), strict=True):
+                self._pread_into(fd, buffer[filled : filled + count], first, count)
+                filled += count
+            span_of = np.repeat(np.arange(len(starts)), np.diff(starts, append=len(ordered)))
+            buffered = (np.cumsum(counts) - counts)[span_of] + ordered - firsts[span_of]
+            flat[order] = buffer[buffered]
         except OSError as exc:
             raise self._error(int(rows[0]), f"cannot be read ({exc.strerror or exc})") from exc
         finally:
             os.close(fd)
-        return out
+
+    def _pread_into(self, fd: int, target: np.ndarray, first: int, count: int) -> None:
+        """Rows first..first+count-1 into target, a C-contiguous uint8 block of their size."""
+        length = count * self._row_bytes
+        got = os.preadv(
+            fd, [memoryview(target.reshape(-1))], self._offset + first * self._row_bytes
+        )
+        if got != length:
+            raise self._error(first + count - 1, "ended early (truncated while training?)")
+
+    def _spans(self, rows: np.ndarray):
+        """The request sorted (order, ordered rows); for each positioned read covering it, where
+        it starts in the sorted request, its first row and its row count.
+
+        A system call per row made a batch of 1,024 patches of 6×6 float32 take 4 ms (twice,
+        once per side of the pairs, in a scorer step of about 200 ms), so rows closer than
+        _GAP_BYTES are read together with the rows between them. The gap was timed for such
+        batches from 14,000 to 400,000 stored patches: 16 kB beat 8 and 32 kB or tied, and
+        took 0.5-3 ms a batch. A read spans at most _SPAN_BYTES, which bounds the memory one
+        call adds.
+        """
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        span_rows = max(1, _SPAN_BYTES // self._row_bytes)
+        skipped = (np.diff(ordered) - 1) * self._row_bytes
+        breaks = (skipped > _GAP_BYTES) | (np.diff(ordered // span_rows) != 0)
+        starts = np.concatenate([[0], np.flatnonzero(breaks) + 1])
+        ends = np.concatenate([starts[1:], [len(ordered)]])
+        return order, ordered, starts, ordered[starts], ordered[ends - 1] - ordered[starts] + 1
 
     def _error(self, row: int, problem: str) -> StackReadError:
         subject = self.subject_of(row)
@@ -194,6 +255,25 @@ def array_chunks(array, rows: int = _CHUNK_ROWS):
         return
     for first in range(0, len(array), rows):
         yield np.asarray(array[first : first + rows])
+
+
+def batch_tensor(source, rows: np.ndarray):
+    """Rows of an ndarray or a StackArray as a float32 torch tensor of shape (b, 1, ...).
+
+    The rows are written straight into memory torch allocated: torch aligns it to 64 bytes,
+    numpy only to 16, and convolutions on an unaligned input ran about 2 % slower (the
+    autoencoder's step at 64², CPU).
+    """
+    import torch
+
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    batch = torch.empty((len(rows), 1, *source.shape[1:]), dtype=torch.float32)
+    target = batch.numpy()[:, 0]
+    if isinstance(source, StackArray):
+        source.read(rows, out=target)
+    else:
+        target[...] = np.asarray(source)[rows]
+    return batch
 
 
 class SliceStacks:

@@ -242,3 +242,58 @@ def test_a_row_file_cut_short_names_the_file(tmp_path):
     expected = rf"'mined pairs', file '{rows.path}': truncated"
     with pytest.raises(stacks.StackReadError, match=expected):
         reader.read(np.arange(150))
+
+
+@pytest.mark.parametrize(
+    ("rows", "side"),
+    [(20_000, 3), (300, 80)],  # 36-byte rows read in merged spans; 25.6 kB rows one by one
+)
+def test_any_rows_in_any_order_with_repeats_read_like_the_array(tmp_path, rows, side):
+    rng = np.random.default_rng(5)
+    data = rng.normal(size=(rows, side, side)).astype(np.float32)
+    np.save(tmp_path / "stack.npy", data)
+    reader = stacks.StackArray(tmp_path / "stack.npy", ["a", "b"], [rows // 2, rows - rows // 2])
+    requests = [
+        rng.integers(0, rows, 1024),  # scattered, with repeats
+        np.arange(rows)[::-1],  # everything, backwards
+        np.array([rows - 1, 0, rows - 1]),
+        np.arange(rows // 3, rows // 3 + 7),  # one contiguous run
+    ]
+    for request in requests:
+        np.testing.assert_array_equal(reader.read(request), data[request])
+    # Written into memory the caller owns, converted where the dtype differs.
+    out = np.empty((4, side, side), dtype=np.float64)
+    assert reader.read(np.array([5, 1, 5, 2]), out=out) is out
+    np.testing.assert_array_equal(out, data[[5, 1, 5, 2]])
+    with pytest.raises(ValueError, match="out has shape"):
+        reader.read(np.array([1, 2]), out=np.empty((3, side, side), dtype=np.float32))
+
+
+def test_a_span_read_cut_short_names_the_subject_of_its_last_row(tmp_path, monkeypatch):
+    data = np.zeros((2_000, 3, 3), dtype=np.float32)
+    np.save(tmp_path / "stack.npy", data)
+    reader = stacks.StackArray(tmp_path / "stack.npy", ["early", "late"], [1_000, 1_000])
+    full_size = reader.nbytes_on_disk
+    with open(reader.path, "r+b") as handle:
+        handle.truncate(full_size - 36 * 500)
+    # The file shrinks after the size check: the positioned read itself comes back short.
+    real_fstat = os.fstat
+    monkeypatch.setattr(
+        stacks.os, "fstat", lambda fd: os.stat_result((0,) * 6 + (full_size,) + (0,) * 3)
+    )
+    with pytest.raises(stacks.StackReadError, match="subject 'late'.*ended early"):
+        reader.read(np.array([1_900, 10]))
+    monkeypatch.setattr(stacks.os, "fstat", real_fstat)
+    with pytest.raises(stacks.StackReadError, match="subject 'late'.*truncated"):
+        reader.read(np.array([10]))
+
+
+def test_batch_tensor_gives_float32_rows_in_torch_memory(tmp_path):
+    data = np.arange(5 * 4 * 4, dtype=np.float64).reshape(5, 4, 4)
+    np.save(tmp_path / "stack.npy", data)
+    reader = stacks.StackArray(tmp_path / "stack.npy", ["a"], [5])
+    for source in (data, reader):
+        batch = stacks.batch_tensor(source, np.array([4, 0, 4]))
+        assert batch.dtype == torch.float32 and batch.shape == (3, 1, 4, 4)
+        assert batch.data_ptr() % 64 == 0
+        np.testing.assert_array_equal(batch[:, 0].numpy(), data[[4, 0, 4]])
