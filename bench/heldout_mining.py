@@ -61,6 +61,15 @@ def scorer_from_reconstructions(recs: list[dict], settings, seed: int) -> tuple[
         real, recon, settings, np.random.default_rng(seed),
         roi=roi if settings.mining_region == "roi" else None,
     )
+    model, info = train_on_pairs(pairs, settings, seed)
+    return model, {"slices": len(real), **info, "seconds": time.perf_counter() - started}
+
+
+def train_on_pairs(pairs: dict, settings, seed: int) -> tuple[object, dict]:
+    """The scorer trained on mined pairs as the workflow trains it (a stalled one kept, with its
+    message), in eval mode; and its pair count, tries, best held-out accuracy and stall."""
+    from arepas import scorer
+
     stalled = ""
     try:
         model, history = scorer.train_scorer(
@@ -72,15 +81,12 @@ def scorer_from_reconstructions(recs: list[dict], settings, seed: int) -> tuple[
             raise
         model, history, stalled = stall.model, stall.history, str(stall)
     model.eval()
-    info = {
-        "slices": len(real),
+    return model, {
         "pairs": len(pairs["labels"]),
         "tries": int(history["try"].max()) + 1 if "try" in history else 1,
         "heldout_acc": float(history["heldout_acc"].max()),
         "stalled": stalled,
-        "seconds": time.perf_counter() - started,
     }
-    return model, info
 
 
 def dataset_rows(run_dir: Path, dataset: str) -> dict:
@@ -129,6 +135,27 @@ def dataset_rows(run_dir: Path, dataset: str) -> dict:
     return {"rows": rows, "training": training, "val": val, "test": test}
 
 
+def changes_against(frame: pd.DataFrame, variant: str, others: tuple[str, ...]) -> list[dict]:
+    """Per run and dataset, paired bootstrap changes of `variant` against `arepas` (raw and
+    post-processed alike) and of `variant+pp` against the run's best method among `others`
+    (raw or post-processed) where that is not already `arepas+pp`."""
+    changes = []
+    for (run, dataset), group in frame.groupby(["run", "dataset"], sort=False):
+        indexed = group.set_index("method")
+        candidates = [m for m in indexed.index if m.split("+")[0] in others]
+        best_other = indexed.loc[candidates, "best_dice"].idxmax()
+        compared = [(variant, "arepas"), (f"{variant}+pp", "arepas+pp")]
+        if best_other != "arepas+pp":
+            compared.append((f"{variant}+pp", best_other))
+        for own, against in compared:
+            change = metrics.paired_bootstrap_change(indexed.loc[own, "histograms"],
+                                                     indexed.loc[against, "histograms"])
+            changes.append({"run": run, "dataset": dataset, "method": own, "other": against,
+                            "best_other": against == best_other,
+                            **{k: float(v) for k, v in change.items()}})
+    return changes
+
+
 def _job(args: tuple[Path, str]) -> dict:
     return dataset_rows(*args)
 
@@ -143,21 +170,7 @@ def measure(run_dirs: list[Path], workers: int = 2, progress=print) -> dict:
             progress(f"heldout_mining: {run_dir.name} {dataset} done")
             found.append(result)
     rows = [row for result in found for row in result["rows"]]
-    frame = pd.DataFrame(rows)
-    changes = []
-    for (run, dataset), group in frame.groupby(["run", "dataset"], sort=False):
-        indexed = group.set_index("method")
-        others = [m for m in indexed.index if m.split("+")[0] in OTHERS]
-        best_other = indexed.loc[others, "best_dice"].idxmax()
-        compared = [(VARIANT, "arepas"), (f"{VARIANT}+pp", "arepas+pp")]
-        if best_other != "arepas+pp":
-            compared.append((f"{VARIANT}+pp", best_other))
-        for own, against in compared:
-            change = metrics.paired_bootstrap_change(indexed.loc[own, "histograms"],
-                                                     indexed.loc[against, "histograms"])
-            changes.append({"run": run, "dataset": dataset, "method": own, "other": against,
-                            "best_other": against == best_other,
-                            **{k: float(v) for k, v in change.items()}})
+    changes = changes_against(pd.DataFrame(rows), VARIANT, OTHERS)
     training = [
         {"run": str(run_dir), "dataset": dataset, "scorer": name, **info}
         for (run_dir, dataset), result in zip(jobs, found, strict=True)
@@ -170,6 +183,39 @@ def measure(run_dirs: list[Path], workers: int = 2, progress=print) -> dict:
         "seconds": time.perf_counter() - started,
         "workers": workers,
     }
+
+
+def change_table(changes: list[dict], variant: str, alone: str) -> str:
+    """The per-run comparisons of changes_against as a table, and the mean change of the raw
+    variant against raw `arepas` over runs, introduced as `alone` (what it isolates)."""
+    # One row per comparison (the best other method may be the reference's own map).
+    unique = {(c["run"], c["dataset"], c["method"], c["other"]): c for c in changes}
+    change_rows = [
+        [Path(c["run"]).name, c["dataset"], c["method"],
+         c["other"] + (" (best other)" if c["best_other"] else ""),
+         f"{c['own_dice']:.3f} vs {c['other_dice']:.3f}", f"{100 * c['relative_change']:+.1f}%",
+         f"{100 * c['ci_low']:+.1f}% to {100 * c['ci_high']:+.1f}%"]
+        for c in unique.values()
+    ]
+    text = tables.markdown_table(
+        ["run", "dataset", "method", "against", "best Dice", "change", "95 % interval"],
+        change_rows, left=4,
+    )
+    raw = pd.DataFrame([c for c in unique.values()
+                        if c["method"] == variant and c["other"] == "arepas"])
+    if not raw.empty:
+        parts = []
+        for dataset, group in raw.groupby("dataset"):
+            above = int((group["ci_low"] > 0).sum())
+            below = int((group["ci_high"] < 0).sum())
+            change = tables.mean_and_sd(group["relative_change"])
+            parts.append(
+                f"{dataset} {tables.mean_sd(*change, percent=True)} (interval above 0 in "
+                f"{above}, below 0 in {below} of {len(group)} runs)"
+            )
+        text += (f"\n{alone} (raw `{variant}` against raw `arepas`), mean ± sd of the relative "
+                 "best-Dice change over runs: " + "; ".join(parts) + ".\n")
+    return text
 
 
 def render(data: dict) -> str:
@@ -196,33 +242,7 @@ def render(data: dict) -> str:
         "variant against the run's best other method (residual, DAE or reference `arepas`, raw "
         "or post-processed):\n\n"
     )
-    # One row per comparison (the best other method may be the reference's own map).
-    unique = {(c["run"], c["dataset"], c["method"], c["other"]): c for c in data["changes"]}
-    change_rows = [
-        [Path(c["run"]).name, c["dataset"], c["method"],
-         c["other"] + (" (best other)" if c["best_other"] else ""),
-         f"{c['own_dice']:.3f} vs {c['other_dice']:.3f}", f"{100 * c['relative_change']:+.1f}%",
-         f"{100 * c['ci_low']:+.1f}% to {100 * c['ci_high']:+.1f}%"]
-        for c in unique.values()
-    ]
-    text += tables.markdown_table(
-        ["run", "dataset", "method", "against", "best Dice", "change", "95 % interval"],
-        change_rows, left=4,
-    )
-    alone = pd.DataFrame([c for c in unique.values()
-                          if c["method"] == VARIANT and c["other"] == "arepas"])
-    if not alone.empty:
-        parts = []
-        for dataset, group in alone.groupby("dataset"):
-            above = int((group["ci_low"] > 0).sum())
-            below = int((group["ci_high"] < 0).sum())
-            change = tables.mean_and_sd(group["relative_change"])
-            parts.append(
-                f"{dataset} {tables.mean_sd(*change, percent=True)} (interval above 0 in "
-                f"{above}, below 0 in {below} of {len(group)} runs)"
-            )
-        text += ("\nThe mining source alone (raw `arepas_heldout` against raw `arepas`), mean ± "
-                 "sd of the relative best-Dice change over runs: " + "; ".join(parts) + ".\n")
+    text += change_table(data["changes"], VARIANT, "The mining source alone")
     training = pd.DataFrame(data["training"])
     stalled = int((training["stalled"] != "").sum())
     everyone = training["scorer"] == "all"

@@ -32,10 +32,11 @@ SECTIONS = (
     "heldout",
     "translator_schedule",
     "heldout_mining",
+    "patch_sizes",
 )
 # Hours of training: measured only when named in --only.
 ON_REQUEST = ("translator_knobs", "demo_anatomy", "variants", "heldout", "translator_schedule",
-              "heldout_mining")
+              "heldout_mining", "patch_sizes")
 TITLES = {
     "quality": "1. Quality over seeds",
     "speed": "2. Speed per rule and stage",
@@ -53,6 +54,7 @@ TITLES = {
     "heldout": "14. Held-out confirmation on demo seeds never used in development",
     "translator_schedule": "15. Translator learning-rate schedule and mirrored copies",
     "heldout_mining": "16. A patch scorer mined from healthy subjects the translator never saw",
+    "patch_sizes": "17. Several patch sizes combined",
 }
 # What quality_previous.json measured: the code before the reference implementation's settings
 # became the defaults (unpadded scorer, detached head, clean-edge ROI mining, per-slice ROI
@@ -208,6 +210,11 @@ def measure_section(name: str, args: argparse.Namespace) -> dict:
 
         runs = [run for run, _ in threshold.study_runs(args.results_dir, args.run)]
         return heldout_mining.measure(runs, workers=args.cores)
+    if name == "patch_sizes":
+        from bench import patch_sizes, threshold
+
+        runs = [run for run, _ in threshold.study_runs(args.results_dir, args.run)]
+        return patch_sizes.measure(runs, workers=args.cores)
     if name == "training_memory":
         from bench import training_memory
 
@@ -463,10 +470,14 @@ def render(sections: dict[str, dict], run_dir: Path) -> str:
             )
     # Numbered after the measured sections, however many there are.
     lines += [f"## {len(SECTIONS) + 1}. What the CPU demo trades away", ""]
-    config_path = run_dir / "config" / "config.yaml"
-    if config_path.exists():
-        config = yaml.safe_load(config_path.read_text())
-        lines.append(tradeoffs(config, sections.get("speed", {}).get("data")) + "\n")
+    from bench import speed as speed_section
+
+    timed = sections.get("speed", {}).get("data")
+    config = speed_section.run_config(timed) if timed else None
+    if config is None and (run_dir / "config" / "config.yaml").exists():
+        config = yaml.safe_load((run_dir / "config" / "config.yaml").read_text())
+    if config is not None:
+        lines.append(tradeoffs(config, timed) + "\n")
     return "\n".join(lines)
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from bench import fresh_clone, quality, tables
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def measure(run_dir: Path) -> dict:
@@ -31,7 +35,30 @@ def measure(run_dir: Path) -> dict:
         "test_subjects": quality.test_subjects(run_dir),
         # Set only for a run made by bench.fresh_clone: `make demo` timed from a fresh clone.
         "fresh_clone": fresh_clone.read(run_dir),
+        # Kept with the numbers: the trade-off paragraph describes this configuration even
+        # after the run's folder is gone.
+        "config": yaml.safe_load((run_dir / "config" / "config.yaml").read_text()),
     }
+
+
+def run_config(data: dict) -> dict | None:
+    """The configuration the timed run used: stored with it, else read from the run's folder,
+    else, for a fresh clone whose folder is gone, the shipped config of the commit it cloned."""
+    if data.get("config"):
+        return data["config"]
+    path = Path(data["run_dir"]) / "config" / "config.yaml"
+    if path.exists():
+        return yaml.safe_load(path.read_text())
+    commit = (data.get("fresh_clone") or {}).get("commit")
+    if commit:
+        shown = subprocess.run(
+            ["git", "-C", str(REPO), "show", f"{commit}:config/config.yaml"],
+            capture_output=True,
+            text=True,
+        )
+        if shown.returncode == 0:
+            return yaml.safe_load(shown.stdout)
+    return None
 
 
 def fresh_clone_text(clone: dict, workflow_s: float) -> str:

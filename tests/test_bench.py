@@ -3,6 +3,7 @@ seeds, growth fits, budget verdicts and the trade-off paragraph. No workflow run
 
 import math
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -632,3 +633,47 @@ def test_heldout_mining_reads_the_runs_seed_and_tables_the_change(tmp_path):
     assert "| seed0 | lung_ct | arepas_heldout | arepas (best other) | 0.400 vs 0.300 | +33.3% |" \
         in text
     assert "Scorers trained: 2 (1 stalled, kept flagged)" in text
+
+
+def test_patch_size_study_tables_each_size_and_the_combination():
+    from bench import patch_sizes
+
+    rows = [
+        {"run": f"/runs/seed{k}", "dataset": "brain_t1", "method": method,
+         "best_dice": dice + k / 10, "honest_dice": dice / 2}
+        for k in (0, 1)
+        for method, dice in (("arepas", 0.3), ("arepas_p4", 0.2), ("arepas_sizes", 0.5))
+    ]
+    changes = [{"run": "/runs/seed1", "dataset": "brain_t1", "method": "arepas_sizes",
+                "other": "arepas", "best_other": False, "own_dice": 0.6, "other_dice": 0.4,
+                "relative_change": 0.5, "ci_low": -0.1, "ci_high": 0.9}]
+    training = [{"size": size, "pairs": pairs, "heldout_acc": acc, "stalled": ""}
+                for size, pairs, acc in ((4, 900, 0.7), (4, 1100, 0.9), (10, 500, 0.8))]
+    text = patch_sizes.render({"rows": rows, "changes": changes, "training": training,
+                               "sizes": [4, 6, 10], "map_seconds": {"a": 3.0, "b": 5.0},
+                               "seconds": 600.0, "workers": 2})
+    assert "patch sizes 4 × 4 and 6 × 6 and 10 × 10 px" in text
+    assert "| arepas_sizes | 0.550 ± 0.071 | 0.250 ± 0.000 |" in text
+    assert "| seed1 | brain_t1 | arepas_sizes | arepas | 0.600 vs 0.400 | +50.0% |" in text
+    assert "Combining the sizes alone (raw `arepas_sizes` against raw `arepas`)" in text
+    assert "4 px: 1000 ± 141 hard pairs, best held-out pair accuracy 0.800 ± 0.141" in text
+    assert "4.0 s on average" in text and "10.0 min for the whole study" in text
+
+
+def test_the_demo_config_comes_from_the_record_the_run_or_the_cloned_commit(tmp_path):
+    from bench import speed
+
+    record = {"run_dir": str(tmp_path / "gone"), "config": {"seed": 5}}
+    assert speed.run_config(record) == {"seed": 5}
+    (tmp_path / "run" / "config").mkdir(parents=True)
+    (tmp_path / "run" / "config" / "config.yaml").write_text("seed: 6\n")
+    assert speed.run_config({"run_dir": str(tmp_path / "run")}) == {"seed": 6}
+    # A fresh clone's folder removed: the shipped config of the commit it cloned.
+    head = subprocess.run(["git", "-C", str(speed.REPO), "rev-parse", "HEAD"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    shipped = yaml.safe_load((speed.REPO / "config" / "config.yaml").read_text())
+    committed = subprocess.run(["git", "-C", str(speed.REPO), "diff", "--quiet", "HEAD", "--",
+                                "config/config.yaml"]).returncode == 0
+    found = speed.run_config({"run_dir": str(tmp_path / "gone"), "fresh_clone": {"commit": head}})
+    assert found == shipped or not committed
+    assert speed.run_config({"run_dir": str(tmp_path / "gone")}) is None

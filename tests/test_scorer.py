@@ -658,3 +658,41 @@ def test_finished_mining_is_found_again_and_unfinished_mining_is_not(tmp_path):
     for key in ("patches_a", "patches_b", "positions_a", "positions_b", "labels"):
         np.testing.assert_array_equal(np.asarray(found[key]), np.asarray(mined[key]), key)
     assert float(found["threshold"]) == pytest.approx(float(mined["threshold"]))
+
+
+def test_mining_from_the_translator_matches_mining_its_whole_training_set_in_memory(tmp_path):
+    from arepas import pipeline, translator
+
+    rng = np.random.default_rng(6)
+    real = smooth_slices(rng, 6, size=32).astype(np.float32)
+    roi = np.zeros(real.shape, dtype=bool)
+    roi[:, 4:28, 4:28] = True
+    tiny = translator.TranslatorSettings(base_channels=4, n_blocks=1, disc_channels=4)
+    torch.manual_seed(0)
+    generator = translator.build_generator(tiny).eval()
+    settings = ScorerSettings(patch_size=6, patches_per_slice=30, mining_region="roi")
+    pairs, reconstructed = pipeline.mine_translator_pairs(
+        real, roi, generator, tiny, settings, 3, tmp_path / "work"
+    )
+    # The same pairs by the plain route: the whole augmented set in memory, reconstructed at once.
+    edges, targets, slice_of = mining_inputs(
+        real,
+        settings,
+        augmented=lambda: translator.training_pairs(real, tiny, 3),
+        clean=lambda slices: translator.edges_for(tiny, slices),
+    )
+    mirrored = translator.mirrored_pairs(tiny, np.arange(len(edges)) * settings.slice_step, 3)
+    mined_roi = np.where(mirrored[:, None, None], roi[slice_of][:, :, ::-1], roi[slice_of])
+    expected = mine_hard_pairs(
+        targets,
+        translator.translate(generator, edges),
+        settings,
+        np.random.default_rng(3),
+        roi=mined_roi,
+    )
+    assert reconstructed == len(targets)
+    for key, value in expected.items():
+        np.testing.assert_allclose(np.asarray(pairs[key]), value, atol=1e-6, err_msg=key)
+    # The pairs stay for training (and a resumed job); the reconstructions do not.
+    assert load_mined_pairs(tmp_path / "work" / "pairs") is not None
+    assert not (tmp_path / "work" / "mining").exists()

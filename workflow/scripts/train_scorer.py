@@ -6,10 +6,9 @@ from pathlib import Path
 sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
 start = time.perf_counter()
 
-import numpy as np
 import torch
 
-from arepas import devices, io, scorer, stacks, translator
+from arepas import devices, io, pipeline, scorer, stacks, translator
 
 torch.set_num_threads(snakemake.threads)
 # The GPU when one is visible; a job that asked for one and sees none stops here, naming itself.
@@ -40,47 +39,11 @@ else:
     generator, translator_settings, _ = translator.load_translator(
         snakemake.input.translator, device=device
     )
-    picked, slice_of = scorer.mining_plan(
-        len(real), settings, len(real) * translator.pairs_per_slice(translator_settings)
+    pairs, n_reconstructed = pipeline.mine_translator_pairs(
+        real, roi, generator, translator_settings, settings, seed, folder, device=device
     )
-    folder.mkdir(parents=True, exist_ok=True)
-    stacks.check_free_space(
-        folder, scorer.mining_disk_bytes(len(picked), real.shape[1:], settings)
-    )
-    make_inputs = scorer.mining_samples(
-        real,
-        settings,
-        augmented=lambda numbers: translator.training_pair_batch(
-            real, numbers, translator_settings, seed
-        ),
-        clean=lambda slices: translator.edges_for(translator_settings, slices),
-    )
-    targets, recon, mined_roi = scorer.reconstruct_for_mining(
-        picked,
-        slice_of,
-        make_inputs,
-        lambda inputs: translator.translate(generator, inputs, device=device),
-        folder / "mining",
-        roi=roi if settings.mining_region == "roi" else None,
-        # Mirrored training pairs (augment_mirror) need their ROI mirrored too; without ROIs
-        # nothing reads the flags.
-        mirrored=translator.mirrored_pairs(translator_settings, picked, seed)
-        if settings.mining_source == "augmented" and settings.mining_region == "roi"
-        else None,
-    )
-    pairs = scorer.mine_hard_pairs(
-        targets,
-        recon,
-        settings,
-        np.random.default_rng(seed),
-        roi=mined_roi,
-        folder=folder / "pairs",
-    )
-    scorer.keep_mined_pairs(folder / "pairs", pairs)
-    # The reconstructions were only needed to cut the pairs.
-    shutil.rmtree(folder / "mining")
     print(
-        f"mined {len(pairs['labels'])} hard pairs from {len(targets)} reconstructions "
+        f"mined {len(pairs['labels'])} hard pairs from {n_reconstructed} reconstructions "
         f"({settings.mining_source} edges, {settings.mining_region}) of {len(real)} training "
         f"slices (pairs on disk, {pairs['patches_a'].nbytes_on_disk * 2 / 1e6:.0f} MB)"
     )
