@@ -114,3 +114,49 @@ def job_training_device(smk: Any) -> str:
         int(getattr(smk.resources, "gpu", 0) or 0),
         bool(smk.config.get("allow_cpu_training", False)),
     )
+
+
+# mallopt parameters of glibc's malloc.h.
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+# glibc refuses mmap thresholds above 32 MiB on 64-bit systems.
+_MMAP_THRESHOLD = 32 << 20
+_TRIM_THRESHOLD = 256 << 20
+_TOP_PAD = 64 << 20
+
+
+def keep_freed_memory_for_reuse() -> bool:
+    """Let glibc's malloc keep the memory a training step frees for the next step.
+
+    A CPU training step allocates and frees the same activation and gradient buffers (hundreds
+    of kB to MB each) every time. By default glibc returns such blocks to the kernel on free
+    (separate mappings, or a trimmed heap top), and the next step faults every page in again,
+    zero-filled: 13,000-15,000 page faults per autoencoder or DAE step and 5,700 per scorer step
+    on the 40-subject cohort of bench/training_memory.py (64², one thread). Kept in the heap,
+    the same steps took 17-240 faults and ran 12-21 % faster; the translator, with 1,500-2,000
+    faults per update, changed within the noise. BENCHMARKS.md ("Training memory against the
+    number of training subjects") times the jobs with it against the code before. Peak memory
+    is what a step needs either way; the job keeps it until it ends instead of returning it
+    between steps.
+
+    Returns whether the C library took the settings (False elsewhere than glibc, e.g. macOS,
+    where nothing changes).
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return all(
+        mallopt(param, value) == 1
+        for param, value in (
+            (_M_MMAP_THRESHOLD, _MMAP_THRESHOLD),
+            (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD),
+            (_M_TOP_PAD, _TOP_PAD),
+        )
+    )

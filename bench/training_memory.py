@@ -117,6 +117,11 @@ def child(rule: str, mode: str, paths: list[str], steps: int, work: str) -> dict
     from arepas import io
 
     torch.set_num_threads(1)
+    if mode == "stream":
+        # As the training jobs do now (the code before had no such call).
+        from arepas import devices
+
+        devices.keep_freed_memory_for_reuse()
     work_dir = Path(work)
     times: list[float] = []
     started = time.perf_counter()

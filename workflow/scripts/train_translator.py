@@ -12,6 +12,8 @@ import torch
 from arepas import devices, diagnostics, io, stacks, translator
 
 torch.set_num_threads(snakemake.threads)
+# Buffers freed by one training step stay for the next (devices.keep_freed_memory_for_reuse).
+devices.keep_freed_memory_for_reuse()
 # The GPU when one is visible; a job that asked for one and sees none stops here, naming itself.
 device = devices.job_training_device(snakemake)
 settings = translator.TranslatorSettings.from_dict(snakemake.params.settings)
