@@ -37,8 +37,13 @@ def measure(run_dir: Path) -> dict:
         "fresh_clone": fresh_clone.read(run_dir),
         # Kept with the numbers: the trade-off paragraph describes this configuration even
         # after the run's folder is gone.
-        "config": yaml.safe_load((run_dir / "config" / "config.yaml").read_text()),
+        "config": _config_of(run_dir),
     }
+
+
+def _config_of(run_dir: Path) -> dict | None:
+    path = run_dir / "config" / "config.yaml"
+    return yaml.safe_load(path.read_text()) if path.exists() else None
 
 
 def run_config(data: dict) -> dict | None:
@@ -46,9 +51,9 @@ def run_config(data: dict) -> dict | None:
     else, for a fresh clone whose folder is gone, the shipped config of the commit it cloned."""
     if data.get("config"):
         return data["config"]
-    path = Path(data["run_dir"]) / "config" / "config.yaml"
-    if path.exists():
-        return yaml.safe_load(path.read_text())
+    found = _config_of(Path(data["run_dir"]))
+    if found is not None:
+        return found
     commit = (data.get("fresh_clone") or {}).get("commit")
     if commit:
         shown = subprocess.run(
