@@ -30,8 +30,6 @@ import yaml
 
 from arepas import io, metrics
 from arepas.maps import normalise_patch_map, raw_patch_map
-from arepas.postprocess import median_per_slice
-from arepas.preprocessing import SliceGeometry, assemble_volume
 from bench import ablation, quality, tables, variants
 
 VARIANT = "arepas_heldout"
@@ -120,15 +118,7 @@ def dataset_rows(run_dir: Path, dataset: str) -> dict:
             "arepas": normalise_patch_map(s["raw_patch"], s["roi"], "reference") * s["residual"],
             VARIANT: normalise_patch_map(own, s["roi"], "reference") * s["residual"],
         }
-        geometry = SliceGeometry.from_array(s["geometry"])
-        volumes[subject] = {}
-        for name, m in maps.items():
-            m = np.where(s["roi"], m, 0.0).astype(np.float32)
-            for key, slices in ((name, m), (f"{name}+pp", median_per_slice(m, s["roi"],
-                                                                          variants.MEDIAN))):
-                volumes[subject][key] = np.maximum(
-                    assemble_volume(slices, s["indices"], geometry), 0.0
-                )
+        volumes[subject] = variants.assemble_maps(variants.with_postprocessed(maps, s["roi"]), s)
         variants.load_masks(results, subject, subject in test, rois, lesions)
     rows = variants.evaluate_volumes(run_dir, dataset, volumes, rois, lesions, val, test,
                                      evaluation)
@@ -156,19 +146,26 @@ def changes_against(frame: pd.DataFrame, variant: str, others: tuple[str, ...]) 
     return changes
 
 
+def per_dataset(run_dirs: list[Path], job, label: str, workers: int, progress=print):
+    """The (run, dataset) pairs that have a trained scorer, and job((run, dataset)) of each, run
+    in `workers` spawned processes (job must be a module-level function)."""
+    jobs = [(run_dir, dataset) for run_dir in run_dirs for dataset in ("brain_t1", "lung_ct")
+            if (run_dir / "results" / dataset / "models" / "scorer.pt").exists()]
+    found = []
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        for (run_dir, dataset), result in zip(jobs, pool.map(job, jobs), strict=True):
+            progress(f"{label}: {run_dir.name} {dataset} done")
+            found.append(result)
+    return jobs, found
+
+
 def _job(args: tuple[Path, str]) -> dict:
     return dataset_rows(*args)
 
 
 def measure(run_dirs: list[Path], workers: int = 2, progress=print) -> dict:
-    jobs = [(run_dir, dataset) for run_dir in run_dirs for dataset in ("brain_t1", "lung_ct")
-            if (run_dir / "results" / dataset / "models" / "scorer.pt").exists()]
     started = time.perf_counter()
-    found = []
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        for (run_dir, dataset), result in zip(jobs, pool.map(_job, jobs), strict=True):
-            progress(f"heldout_mining: {run_dir.name} {dataset} done")
-            found.append(result)
+    jobs, found = per_dataset(run_dirs, _job, "heldout_mining", workers, progress)
     rows = [row for result in found for row in result["rows"]]
     changes = changes_against(pd.DataFrame(rows), VARIANT, OTHERS)
     training = [

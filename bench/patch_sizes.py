@@ -23,8 +23,6 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +30,6 @@ import pandas as pd
 import torch
 
 from arepas.maps import normalise_patch_map, raw_patch_map
-from arepas.postprocess import median_per_slice
-from arepas.preprocessing import SliceGeometry, assemble_volume
 from bench import ablation, heldout_mining, tables, variants
 
 # 4 px at 64² is the published 16 px at 256² scaled with the slice; 6 is the demo's own size;
@@ -47,32 +43,23 @@ def size_method(size: int) -> str:
     return f"arepas_p{size}"
 
 
-def train_at_size(run_dir: Path, dataset: str, reference_settings, size: int, work: Path):
-    """A scorer of patch size `size` trained as the run's train_scorer job trains its own."""
-    from arepas import pipeline, stacks, translator
+def train_at_size(training_set: tuple, reference_settings, size: int, seed: int, work: Path):
+    """A scorer of patch size `size` trained as the run's train_scorer job trains its own, from
+    training_set = (training slices, their ROIs, translator, translator settings)."""
+    from arepas import pipeline
 
-    results = run_dir / "results" / dataset
-    sheet = pd.read_csv(run_dir / "results" / "demo" / "subjects.tsv", sep="\t",
-                        keep_default_na=False)
-    train = sorted(sheet.loc[(sheet["dataset"] == dataset) & (sheet["split"] == "train"),
-                             "subject"])
-    paths = [results / "preprocessed" / s / "slices.npz" for s in train]
+    real, roi, generator, translator_settings = training_set
     started = time.perf_counter()
-    cached = stacks.build_stack_cache(paths, work / "stacks")
-    generator, translator_settings, _ = translator.load_translator(
-        results / "models" / "translator.pt"
-    )
     settings = dataclasses.replace(reference_settings, patch_size=size)
-    seed = heldout_mining.run_seed(run_dir)
     pairs, _ = pipeline.mine_translator_pairs(
-        cached.slices, cached.roi, generator, translator_settings, settings, seed,
-        work / f"p{size}",
+        real, roi, generator, translator_settings, settings, seed, work / f"p{size}"
     )
     model, info = heldout_mining.train_on_pairs(pairs, settings, seed)
     return model, {"size": size, **info, "seconds": time.perf_counter() - started}
 
 
 def dataset_rows(run_dir: Path, dataset: str) -> dict:
+    from arepas import stacks, translator
     from arepas.scorer import load_scorer
 
     torch.set_num_threads(1)
@@ -81,14 +68,22 @@ def dataset_rows(run_dir: Path, dataset: str) -> dict:
     results = run_dir / "results" / dataset
     reference, settings, _ = load_scorer(results / "models" / "scorer.pt")
     reference.eval()
-    models, training = {}, []
+    models, training = {settings.patch_size: reference}, []
     with tempfile.TemporaryDirectory() as work:
+        # One copy of the training stacks and one translator for every size trained.
+        train = variants.subjects_in(run_dir, dataset, "train")
+        cached = stacks.build_stack_cache(
+            [results / "preprocessed" / s / "slices.npz" for s in train], Path(work) / "stacks"
+        )
+        generator, translator_settings, _ = translator.load_translator(
+            results / "models" / "translator.pt"
+        )
+        training_set = (cached.slices, cached.roi, generator, translator_settings)
+        seed = heldout_mining.run_seed(run_dir)
         for size in SIZES:
-            if size == settings.patch_size:
-                models[size] = reference
-                continue
-            models[size], info = train_at_size(run_dir, dataset, settings, size, Path(work))
-            training.append(info)
+            if size not in models:
+                models[size], info = train_at_size(training_set, settings, size, seed, Path(work))
+                training.append(info)
     volumes, rois, lesions = {}, {}, {}
     started = time.perf_counter()
     for subject in val + test:
@@ -109,15 +104,7 @@ def dataset_rows(run_dir: Path, dataset: str) -> dict:
                if k != settings.patch_size},
             VARIANT: np.mean([scaled[k] for k in SIZES], axis=0) * s["residual"],
         }
-        geometry = SliceGeometry.from_array(s["geometry"])
-        volumes[subject] = {}
-        for name, m in maps.items():
-            m = np.where(s["roi"], m, 0.0).astype(np.float32)
-            for key, slices in ((name, m), (f"{name}+pp", median_per_slice(m, s["roi"],
-                                                                          variants.MEDIAN))):
-                volumes[subject][key] = np.maximum(
-                    assemble_volume(slices, s["indices"], geometry), 0.0
-                )
+        volumes[subject] = variants.assemble_maps(variants.with_postprocessed(maps, s["roi"]), s)
         variants.load_masks(results, subject, subject in test, rois, lesions)
     map_seconds = (time.perf_counter() - started) / len(val + test)
     rows = variants.evaluate_volumes(run_dir, dataset, volumes, rois, lesions, val, test,
@@ -131,14 +118,8 @@ def _job(args: tuple[Path, str]) -> dict:
 
 
 def measure(run_dirs: list[Path], workers: int = 2, progress=print) -> dict:
-    jobs = [(run_dir, dataset) for run_dir in run_dirs for dataset in ("brain_t1", "lung_ct")
-            if (run_dir / "results" / dataset / "models" / "scorer.pt").exists()]
     started = time.perf_counter()
-    found = []
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        for (run_dir, dataset), result in zip(jobs, pool.map(_job, jobs), strict=True):
-            progress(f"patch_sizes: {run_dir.name} {dataset} done")
-            found.append(result)
+    jobs, found = heldout_mining.per_dataset(run_dirs, _job, "patch_sizes", workers, progress)
     rows = [row for result in found for row in result["rows"]]
     changes = heldout_mining.changes_against(pd.DataFrame(rows), VARIANT, OTHERS)
     training = [

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from arepas.io import atomic_path
 from bench import machine, quality, tables
@@ -473,9 +472,7 @@ def render(sections: dict[str, dict], run_dir: Path) -> str:
     from bench import speed as speed_section
 
     timed = sections.get("speed", {}).get("data")
-    config = speed_section.run_config(timed) if timed else None
-    if config is None and (run_dir / "config" / "config.yaml").exists():
-        config = yaml.safe_load((run_dir / "config" / "config.yaml").read_text())
+    config = speed_section.run_config(timed or {"run_dir": str(run_dir)})
     if config is not None:
         lines.append(tradeoffs(config, timed) + "\n")
     return "\n".join(lines)

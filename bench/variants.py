@@ -97,6 +97,12 @@ def variant_slices(s: dict, healthy_patch: np.ndarray, scale: np.ndarray) -> dic
         "arepas_calibrated_both": calibrated * residual_cal,
         "arepas_dae": calibrated * s["dae"],
     }
+    return with_postprocessed(maps, roi)
+
+
+def with_postprocessed(maps: dict[str, np.ndarray], roi: np.ndarray) -> dict[str, np.ndarray]:
+    """Each map (network slices) zero outside the ROI, as float32, and after it `<name>+pp`:
+    the same map after the MEDIAN × MEDIAN median per slice."""
     out = {}
     for name, m in maps.items():
         m = np.where(roi, m, 0.0).astype(np.float32)
@@ -105,13 +111,26 @@ def variant_slices(s: dict, healthy_patch: np.ndarray, scale: np.ndarray) -> dic
     return out
 
 
-def val_and_test(run_dir: Path, dataset: str) -> tuple[list[str], list[str]]:
-    """The run's healthy val subjects and its test subjects of one dataset, sorted."""
+def assemble_maps(maps: dict[str, np.ndarray], s: dict) -> dict[str, np.ndarray]:
+    """Network-slice maps of one subject (subject_slices' `s`) on its working grid, negative
+    values cut to 0."""
+    geometry = SliceGeometry.from_array(s["geometry"])
+    return {
+        name: np.maximum(assemble_volume(m, s["indices"], geometry), 0.0)
+        for name, m in maps.items()
+    }
+
+
+def subjects_in(run_dir: Path, dataset: str, split: str) -> list[str]:
+    """The run's subjects of one dataset and split (train, val, test), sorted."""
     sheet = pd.read_csv(run_dir / "results" / "demo" / "subjects.tsv", sep="\t",
                         keep_default_na=False)
-    subjects = sheet[sheet["dataset"] == dataset]
-    return (sorted(subjects.loc[subjects["split"] == "val", "subject"]),
-            sorted(subjects.loc[subjects["split"] == "test", "subject"]))
+    return sorted(sheet.loc[(sheet["dataset"] == dataset) & (sheet["split"] == split), "subject"])
+
+
+def val_and_test(run_dir: Path, dataset: str) -> tuple[list[str], list[str]]:
+    """The run's healthy val subjects and its test subjects of one dataset, sorted."""
+    return subjects_in(run_dir, dataset, "val"), subjects_in(run_dir, dataset, "test")
 
 
 def load_masks(results: Path, subject: str, test: bool, rois: dict, lesions: dict) -> None:
@@ -158,13 +177,9 @@ def dataset_rows(run_dir: Path, dataset: str, progress=print) -> tuple[list[dict
                             np.concatenate([slices[s]["roi"] for s in val]))
     volumes, rois, lesions = {}, {}, {}
     for subject, s in slices.items():
-        geometry = SliceGeometry.from_array(s["geometry"])
-        volumes[subject] = {
-            name: np.maximum(assemble_volume(m, s["indices"], geometry), 0.0)
-            for name, m in variant_slices(
-                s, reference_scores_for(subject, val, val_scores), scale
-            ).items()
-        }
+        volumes[subject] = assemble_maps(
+            variant_slices(s, reference_scores_for(subject, val, val_scores), scale), s
+        )
         load_masks(results, subject, subject in test, rois, lesions)
     seconds = time.perf_counter() - started
     rows = evaluate_volumes(run_dir, dataset, volumes, rois, lesions, val, test, evaluation)
