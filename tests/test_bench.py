@@ -647,11 +647,26 @@ def test_patch_size_study_tables_each_size_and_the_combination():
     changes = [{"run": "/runs/seed1", "dataset": "brain_t1", "method": "arepas_sizes",
                 "other": "arepas", "best_other": False, "own_dice": 0.6, "other_dice": 0.4,
                 "relative_change": 0.5, "ci_low": -0.1, "ci_high": 0.9}]
+    rows += [
+        {"run": f"/runs/seed{k}", "dataset": "brain_t1", "method": "arepas_p4+pp",
+         "best_dice": 0.5, "honest_dice": honest}
+        for k, honest in ((0, 0.45), (1, 0.3))
+    ]
+    # Both +10 % over the best other with the interval above 0; seed1's label-free Dice is
+    # below 0.8 of its best, so only seed0 meets the target.
+    size_changes = [{"run": f"/runs/seed{k}", "dataset": "brain_t1", "method": "arepas_p4+pp",
+                     "other": "residual+pp", "best_other": True, "own_dice": 0.5,
+                     "other_dice": 0.5 / 1.1, "relative_change": 0.1, "ci_low": 0.02,
+                     "ci_high": 0.2} for k in (0, 1)]
     training = [{"size": size, "pairs": pairs, "heldout_acc": acc, "stalled": ""}
                 for size, pairs, acc in ((4, 900, 0.7), (4, 1100, 0.9), (10, 500, 0.8))]
     text = patch_sizes.render({"rows": rows, "changes": changes, "training": training,
+                               "size_changes": size_changes,
                                "sizes": [4, 6, 10], "map_seconds": {"a": 3.0, "b": 5.0},
                                "seconds": 600.0, "workers": 2})
+    assert "| seed0 | brain_t1 | arepas_p4+pp | residual+pp (best other) | 0.500 vs 0.455 |" \
+        in text
+    assert "`arepas_p4+pp` in 1 of 2" in text
     assert "patch sizes 4 × 4 and 6 × 6 and 10 × 10 px" in text
     assert "| arepas_sizes | 0.550 ± 0.071 | 0.250 ± 0.000 |" in text
     assert "| seed1 | brain_t1 | arepas_sizes | arepas | 0.600 vs 0.400 | +50.0% |" in text
