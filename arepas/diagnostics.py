@@ -11,6 +11,12 @@ predictions that do not see those edges:
   learned only "the average slice here" would draw);
 - the slice's own ROI mean intensity everywhere in its ROI, which needs no matching at all.
 
+L1 is dominated by the coarse picture (outline, ventricles, tissue brightness). Whether the
+reconstruction also carries the slice's fine anatomy (vessels, sulci, the grey/white border) is
+asked separately: the slice's fine detail (itself minus its Gaussian blur of DETAIL_SIGMA_PX)
+is correlated with the same detail of each prediction, inside the ROI shrunk by
+DETAIL_BORDER_PX so that the organ's outline, which any edge map gives away, does not count.
+
 "Slice index" is where a slice lies in its subject's working volume along the slicing axis:
 the `indices` array of the `slices.npz` that the preprocess rule writes for each subject, not
 the slice's row in that stack (a stack starts at the first plane holding ROI, so row 10 of two
@@ -28,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 from torch import nn
 
 from arepas import io
@@ -59,7 +66,20 @@ RELIANCE_KEYS = (
     "own_over_mean_image",
     "own_over_roi_mean",
     "pearson_own",
+    "detail_own",
+    "detail_other_edges",
+    "detail_mean_image",
+    "detail_blurred_input",
 )
+# Fine detail: structure narrower than a Gaussian of this sd removes, about 3 to 4 pixels wide
+# (a lung vessel or a sulcus on the 3 to 3.5 mm demo grids, finer anatomy on 1 mm slices).
+DETAIL_SIGMA_PX = 1.5
+# The ceiling the detail numbers are read against: the slice itself blurred by this sd, what a
+# faithful but slightly smooth reconstruction would give.
+CEILING_BLUR_PX = 1.0
+# Pixels taken off the ROI's edge before the detail is compared: twice the blur's sd, so that
+# no compared pixel sees the steep step at the organ's outline through the blur.
+DETAIL_BORDER_PX = 3
 # (ratio, threshold, what the own-edge reconstruction was compared with)
 _CHECKS = (
     ("own_over_other", OTHER_EDGES_RATIO_MAX, "another subject's edges"),
@@ -236,6 +256,31 @@ def _pooled(sums: np.ndarray, counts: np.ndarray, rows: np.ndarray) -> float:
     return float(sums[rows].sum() / total) if total > 0 else math.nan
 
 
+def fine_detail(slices: np.ndarray, sigma: float = DETAIL_SIGMA_PX) -> np.ndarray:
+    """Each (n, S, S) slice minus its in-plane Gaussian blur of sd `sigma` pixels."""
+    slices = np.asarray(slices, dtype=np.float64)
+    return slices - ndimage.gaussian_filter(slices, sigma=(0, sigma, sigma))
+
+
+def inner_roi(roi: np.ndarray, border: int = DETAIL_BORDER_PX) -> np.ndarray:
+    """The (n, S, S) ROI masks with `border` pixels taken off their in-plane edge."""
+    square = np.ones((1, 2 * border + 1, 2 * border + 1), dtype=bool)
+    return ndimage.binary_erosion(np.asarray(roi, dtype=bool), structure=square)
+
+
+def _detail_correlation(prediction: np.ndarray, target_detail: np.ndarray,
+                        inner: np.ndarray) -> float:
+    # Pearson correlation of the fine detail over the inner ROI pixels; NaN where either side
+    # has none (too small an ROI, or a flat prediction).
+    if not inner.any():
+        return math.nan
+    own = fine_detail(prediction)[inner]
+    reference = target_detail[inner]
+    if own.size < 2 or own.std() == 0 or reference.std() == 0:
+        return math.nan
+    return float(np.corrcoef(own, reference)[0, 1])
+
+
 def _ratio(numerator: float, denominator: float) -> float:
     if math.isnan(numerator) or math.isnan(denominator) or denominator == 0:
         return math.nan
@@ -271,9 +316,14 @@ def edge_reliance(
 
     Each own_over_* ratio divides the own-edge L1 over the same slices as its reference by that
     reference's L1, so skipped slices do not tilt it; a ratio near 1 means the edges add nothing.
-    pearson_own correlates reconstruction and input over all ROI pixels. n_* count the slices
-    behind each number. Deterministic (eval mode, no sampling); the translator runs on at most
-    two copies of the val set.
+    pearson_own correlates reconstruction and input over all ROI pixels. detail_own,
+    detail_other_edges and detail_mean_image correlate the fine detail (fine_detail) of the
+    own-edge reconstruction, of the other-edge reconstruction and of the training mean image
+    with the slice's own, over the ROI pixels at least DETAIL_BORDER_PX from its edge: near 0
+    where a prediction has no fine structure of this slice, near 1 where it has all of it;
+    detail_blurred_input is the slice's own blur of CEILING_BLUR_PX, the ceiling to read them
+    against. n_* count the slices behind each number. Deterministic (eval mode, no sampling);
+    the translator runs on at most two copies of the val set.
     """
     val = _checked(val_slices, "val_slices")
     roi = _checked(val_roi, "val_roi", len(val)).astype(bool)
@@ -291,20 +341,29 @@ def edge_reliance(
     own_edges = edges_for(settings, target)
     own = translate(generator, own_edges, device=device)
     own_sums = _l1_sums(own, target, roi)
+    target_detail, inner = fine_detail(target), inner_roi(roi)
+    detail_own = _detail_correlation(own, target_detail, inner)
+    blurred = ndimage.gaussian_filter(target, sigma=(0, CEILING_BLUR_PX, CEILING_BLUR_PX))
+    detail_blurred = _detail_correlation(blurred, target_detail, inner)
 
     partners, from_train = partner_slices(val_subject_ids, val_slice_index, train_slice_index)
     paired = np.flatnonzero(partners >= 0)
     other_sums = np.zeros(len(val))
+    detail_other = math.nan
     if len(paired):
         other_edges = _other_edges(settings, target, own_edges, train, partners[paired], from_train)
         other = translate(generator, other_edges, device=device)
         other_sums[paired] = _l1_sums(other, target[paired], roi[paired])
+        detail_other = _detail_correlation(other, target_detail[paired], inner[paired])
 
     images, which = training_mean_images(train, train_slice_index, val_slice_index, train_roi)
     matched = np.flatnonzero(which >= 0)
     mean_sums = np.zeros(len(val))
+    detail_mean = math.nan
     if len(matched):
         mean_sums[matched] = _l1_sums(images[which[matched]], target[matched], roi[matched])
+        detail_mean = _detail_correlation(images[which[matched]], target_detail[matched],
+                                          inner[matched])
 
     roi_means = np.where(roi, target, 0.0).sum(axis=(1, 2)) / np.maximum(counts, 1)
     roi_mean_sums = _l1_sums(np.broadcast_to(roi_means[:, None, None], target.shape), target, roi)
@@ -329,6 +388,10 @@ def edge_reliance(
         "own_over_mean_image": _ratio(_pooled(own_sums, counts, matched), l1_mean),
         "own_over_roi_mean": _ratio(l1_own, l1_roi_mean),
         "pearson_own": pearson,
+        "detail_own": detail_own,
+        "detail_other_edges": detail_other,
+        "detail_mean_image": detail_mean,
+        "detail_blurred_input": detail_blurred,
     }
 
 
@@ -368,7 +431,9 @@ def edge_reliance_warning(result: dict[str, float], dataset: str) -> str | None:
         f"({'; '.join(problems)}). Healthy val L1 inside the ROI: own edges "
         f"{result['l1_own_edges']:.4f}, another subject's edges {result['l1_other_edges']:.4f}, "
         f"training mean image {result['l1_mean_image']:.4f}, ROI mean "
-        f"{result['l1_roi_mean']:.4f}; correlation with the input {result['pearson_own']:.2f}. "
+        f"{result['l1_roi_mean']:.4f}; correlation with the input {result['pearson_own']:.2f}, "
+        f"of its fine detail with the input's {result['detail_own']:.2f} (training mean image "
+        f"{result['detail_mean_image']:.2f}). "
         "It rebuilds a healthy slice not clearly better from the slice's own edges than without "
         "them, so residual and AREPAS maps largely show how a subject differs from what the "
         "translator draws for any slice, not from the subject's own anatomy. Train longer or on "

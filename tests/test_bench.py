@@ -692,3 +692,37 @@ def test_the_demo_config_comes_from_the_record_the_run_or_the_cloned_commit(tmp_
     found = speed.run_config({"run_dir": str(tmp_path / "gone"), "fresh_clone": {"commit": head}})
     assert found == shipped or not committed
     assert speed.run_config({"run_dir": str(tmp_path / "gone")}) is None
+
+
+def test_edge_reliance_section_tables_fine_detail_only_where_runs_measured_it():
+    row = {"dataset": "brain_t1", "l1_own_edges": 0.15, "l1_other_edges": 0.3,
+           "l1_mean_image": 0.25, "l1_roi_mean": 0.3, "own_over_other": 0.5,
+           "own_over_mean_image": 0.6, "pearson_own": 0.9, "registered": True}
+    before = {"runs": [{"label": "seed 0", "edge_reliance": [row]}]}
+    assert "fine detail" not in quality.render_edge_reliance(before)
+    detail = {"detail_own": 0.6, "detail_other_edges": 0.1, "detail_mean_image": 0.2,
+              "detail_blurred_input": 0.9}
+    runs = [{"label": f"seed {k}", "edge_reliance": [{**row, **detail, "detail_own": own,
+                                                       "detail_recomputed": k == 0}]}
+            for k, own in enumerate((0.6, 0.15))]
+    text = quality.render_edge_reliance({"runs": runs})
+    # Seed 1's own-edge detail (0.15) is below the mean image's (0.2): 1 of 2 above both.
+    assert "| brain_t1 | 2 | 0.375 ± 0.318 | 0.100 ± 0.000 | 0.200 ± 0.000 | 0.900 ± 0.000 " \
+        "| 1 of 2 |" in text
+    assert "1 of these 2 translators were trained before" in text
+
+
+def test_edge_reliance_of_an_old_run_is_recomputed_and_must_match_its_stored_l1(
+        tmp_path, monkeypatch):
+    models = tmp_path / "results" / "lung_ct" / "models"
+    models.mkdir(parents=True)
+    stored = {"dataset": "lung_ct", "l1_own_edges": 0.12}
+    pd.DataFrame([stored]).to_csv(models / "translator_edge_reliance.tsv", sep="\t", index=False)
+    again = {"l1_own_edges": 0.12, "detail_own": 0.4, "detail_other_edges": 0.0,
+             "detail_mean_image": 0.1, "detail_blurred_input": 0.9}
+    monkeypatch.setattr(quality, "recompute_edge_reliance", lambda run, dataset: again)
+    [row] = quality.edge_reliance_rows(tmp_path)
+    assert row["detail_own"] == 0.4 and row["detail_recomputed"]
+    again["l1_own_edges"] = 0.2
+    with pytest.raises(ValueError, match="own-edge L1 0.200000, the run stored 0.120000"):
+        quality.edge_reliance_rows(tmp_path)

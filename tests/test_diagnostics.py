@@ -82,6 +82,12 @@ def test_a_translator_that_follows_its_edges_uses_them():
     assert result["own_over_mean_image"] < 0.3
     assert result["own_over_roi_mean"] < 0.3
     assert result["pearson_own"] > 0.9
+    # Its fine detail (blob borders) lies where the slice has it, up to the pixel that filling
+    # Canny edges loses; the other subject's blob has none there, and the mean of four blobs
+    # has the right one at a quarter of the contrast beside three wrong ones (correlation
+    # about 1/2).
+    assert result["detail_own"] > result["detail_mean_image"] > 0.4
+    assert abs(result["detail_other_edges"]) < 0.1
     assert edge_verdict(result) == USES_EDGES
     assert edge_reliance_warning(result, "blobs") is None
 
@@ -94,6 +100,9 @@ def test_a_translator_that_draws_the_mean_image_ignores_its_edges():
     result = edge_reliance(DrawsImage(images[0]), SETTINGS, **problem)
     assert result["own_over_other"] == pytest.approx(1.0)
     assert result["own_over_mean_image"] == pytest.approx(1.0, abs=1e-6)
+    # Drawing the mean image, it has exactly the mean image's detail whatever the edges.
+    assert result["detail_own"] == pytest.approx(result["detail_mean_image"], abs=1e-6)
+    assert result["detail_own"] == pytest.approx(result["detail_other_edges"], abs=1e-6)
     assert edge_verdict(result) == IGNORES_EDGES
     warning = edge_reliance_warning(result, "blobs")
     assert warning.startswith("WARNING:") and "'blobs'" in warning
@@ -135,11 +144,27 @@ def test_l1_by_hand_on_two_slices():
     # ROI means 0.3 and 0.2: a 0.2*4 = 0.8, b 0.2*3 + 0.6 = 1.2.
     assert masked["l1_roi_mean"] == pytest.approx(2.0 / 8)
     assert masked["own_over_roi_mean"] == pytest.approx(1.8 / 2.0)
-    # A constant reconstruction has no correlation with anything.
+    # A constant reconstruction has no correlation with anything, and a 2 x 2 ROI has no
+    # pixel 3 pixels from its edge to compare detail on.
     assert math.isnan(masked["pearson_own"])
+    assert math.isnan(masked["detail_own"]) and math.isnan(masked["detail_mean_image"])
     # Without training ROIs the mean is plain, (0.6 - 1) / 2 = -0.2: a 0.7*2 + 0.3*2, b 0.2*3 + 1.
     plain = edge_reliance(generator, SETTINGS, **arrays)
     assert plain["l1_mean_image"] == pytest.approx(3.6 / 8)
+
+
+def test_fine_detail_is_what_a_blur_removes_and_the_inner_roi_keeps_off_the_edge():
+    flat = np.full((1, 16, 16), 0.3)
+    assert np.allclose(diagnostics.fine_detail(flat), 0.0)
+    line = np.zeros((1, 16, 16))
+    line[0, :, 8] = 1.0
+    detail = diagnostics.fine_detail(line)
+    # A one-pixel line keeps most of itself, and its blurred spill becomes negative beside it.
+    assert detail[0, 4, 8] > 0.5 and detail[0, 4, 9] < 0
+    roi = np.zeros((1, 16, 16), dtype=bool)
+    roi[0, 2:14, 2:14] = True
+    inner = diagnostics.inner_roi(roi, border=3)
+    assert inner[0, 5:11, 5:11].all() and inner.sum() == 36
 
 
 def test_partners_are_matched_by_slice_index_across_subjects():

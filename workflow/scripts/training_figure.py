@@ -28,5 +28,12 @@ if hasattr(snakemake.output, "edge_reliance"):
         f"{dataset}: translator {check['verdict']} (healthy val, L1 own / other edges "
         f"{check['own_over_other']:.2f}, own / mean image {check['own_over_mean_image']:.2f})"
     )
+    if "detail_own" in check:
+        title += (
+            f"\nfine detail kept (correlation): own edges {check['detail_own']:.2f}, other "
+            f"subject's edges {check['detail_other_edges']:.2f}, mean image "
+            f"{check['detail_mean_image']:.2f}; the slice's own 1 px blur "
+            f"{check['detail_blurred_input']:.2f}"
+        )
     figure = figures.edge_reliance_panel(examples, title)
     figures.save_figure(figure, snakemake.output.edge_reliance)
