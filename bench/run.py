@@ -32,10 +32,11 @@ SECTIONS = (
     "translator_schedule",
     "heldout_mining",
     "patch_sizes",
+    "translator_detail",
 )
 # Hours of training: measured only when named in --only.
 ON_REQUEST = ("translator_knobs", "demo_anatomy", "variants", "heldout", "translator_schedule",
-              "heldout_mining", "patch_sizes")
+              "heldout_mining", "patch_sizes", "translator_detail")
 TITLES = {
     "quality": "1. Quality over seeds",
     "speed": "2. Speed per rule and stage",
@@ -54,6 +55,7 @@ TITLES = {
     "translator_schedule": "15. Translator learning-rate schedule and mirrored copies",
     "heldout_mining": "16. A patch scorer mined from healthy subjects the translator never saw",
     "patch_sizes": "17. Several patch sizes combined",
+    "translator_detail": "18. Fine anatomy in the reconstructions against the L1 weight",
 }
 # What quality_previous.json measured: the code before the reference implementation's settings
 # became the defaults (unpadded scorer, detached head, clean-edge ROI mining, per-slice ROI
@@ -214,6 +216,11 @@ def measure_section(name: str, args: argparse.Namespace) -> dict:
 
         runs = [run for run, _ in threshold.study_runs(args.results_dir, args.run)]
         return patch_sizes.measure(runs, workers=args.cores)
+    if name == "translator_detail":
+        from bench import threshold, translator_detail
+
+        return translator_detail.measure(threshold.study_runs(args.results_dir, args.run),
+                                         workers=args.cores)
     if name == "training_memory":
         from bench import training_memory
 

@@ -726,3 +726,18 @@ def test_edge_reliance_of_an_old_run_is_recomputed_and_must_match_its_stored_l1(
     again["l1_own_edges"] = 0.2
     with pytest.raises(ValueError, match="own-edge L1 0.200000, the run stored 0.120000"):
         quality.edge_reliance_rows(tmp_path)
+
+
+def test_translator_detail_table_marks_the_runs_own_translator():
+    from bench import translator_detail
+
+    base = {"run": "seed 0", "dataset": "brain_t1", "l1_own_edges": 0.15,
+            "own_over_other": 0.55, "own_over_mean_image": 0.65, "detail_own": 0.6,
+            "detail_other_edges": 0.15, "detail_mean_image": 0.2, "detail_blurred_input": 0.9}
+    rows = [{**base, "lambda_l1": 100.0, "trained": False, "seconds": 20.0},
+            {**base, "lambda_l1": 10.0, "trained": True, "seconds": 420.0, "detail_own": 0.7}]
+    text = translator_detail.render({"rows": rows, "workers": 2})
+    assert "| brain_t1 | 100 | 0.1500 | 0.550 | 0.650 | 0.600 | 0.150 | 0.200 | 0.900 | stored |" \
+        in text
+    assert "| brain_t1 | 10 | 0.1500 | 0.550 | 0.650 | 0.700 | 0.150 | 0.200 | 0.900 | 7.0 |" \
+        in text
