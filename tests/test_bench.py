@@ -583,7 +583,7 @@ def test_heldout_target_needs_the_gain_its_interval_and_the_val_threshold():
     assert [r[2] for r in rows] == ["seed 100"] * 3
 
 
-def test_demo_budget_counts_the_fresh_clones_set_up(run_dir):
+def test_demo_budget_counts_the_fresh_clones_set_up(run_dir, tmp_path_factory):
     from bench import fresh_clone, speed
 
     sheet = pd.DataFrame({"subject": ["lung002"], "dataset": ["lung_ct"], "split": ["test"]})
@@ -606,6 +606,16 @@ def test_demo_budget_counts_the_fresh_clones_set_up(run_dir):
     assert "fresh clone of commit 0123456: 15.3 min in all (920 s)" in demo_row[2]
     assert "set-up of the virtual environment 2.0 min" in demo_row[2]
     assert "fresh clone of commit 0123456" in speed.render(data)
+    # A baseline clone timed on the same machine is reported beside it, with the ratio.
+    baseline = tmp_path_factory.mktemp("baseline")
+    (baseline / fresh_clone.RECORD).write_text(__import__("json").dumps(
+        {**record, "commit": "fedcba9876543210", "total_s": 1000.0}))
+    data = speed.measure(run_dir, baseline)
+    text = "a fresh clone of commit fedcba9 timed the same way (2026-11-27 06:00 UTC) took " \
+        "16.7 min (1000 s), so this commit's `make demo` is 0.92 × that commit's"
+    assert text in speed.render(data)
+    rows = {r[0]: r for r in run.budget_rows({"speed": {"data": data}})}
+    assert text in rows["full default run (`make demo`) ≤ 15 min wall"][2]
 
 
 def test_heldout_mining_reads_the_runs_seed_and_tables_the_change(tmp_path):
