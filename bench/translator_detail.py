@@ -1,7 +1,7 @@
 """Fine anatomy in the demo translators' reconstructions, against the weight of their L1 loss.
 
 The reference weighs the translator's L1 term 100 times the adversarial term (pix2pix's
-lambda 100; /work/shared/method/AREPAS.md). A pixel loss that strong rewards the conditional
+lambda 100; shared/method/AREPAS.md). A pixel loss that strong rewards the conditional
 mean, which is smooth wherever the edges leave the exact place of a vessel or sulcus uncertain;
 a smaller weight leaves more of the picture to the PatchGAN discriminator, which punishes
 smoothness. Whether the detail it then draws is the slice's own or merely plausible is what the
