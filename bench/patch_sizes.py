@@ -206,7 +206,7 @@ def render(data: dict) -> str:
             [c for c in size_changes if c["method"].split("+")[0] == method], method,
             f"`{method}` alone",
         )
-    text += target_sentence(frame, data["changes"] + (data.get("size_changes") or []))
+    text += target_sentence(frame, data["changes"] + size_changes)
     training = pd.DataFrame(data["training"])
     if not training.empty:
         stalled = int((training["stalled"] != "").sum())

@@ -239,24 +239,32 @@ def edge_reliance_rows(run_dir: Path) -> list[dict]:
 DETAIL_KEYS = ("detail_own", "detail_other_edges", "detail_mean_image", "detail_blurred_input")
 
 
+def run_check_slices(run_dir: Path, dataset: str) -> dict:
+    """The edge-reliance check's arrays (diagnostics.load_check_slices) of a finished run's train
+    and val subjects of one dataset, in the train_translator job's order (sorted subjects)."""
+    from arepas import diagnostics
+    from bench import variants
+
+    results = run_dir / "results" / dataset
+    train, val = (
+        [results / "preprocessed" / s / "slices.npz"
+         for s in variants.subjects_in(run_dir, dataset, split)]
+        for split in ("train", "val")
+    )
+    return diagnostics.load_check_slices(train, val)
+
+
 def recompute_edge_reliance(run_dir: Path, dataset: str) -> dict[str, float]:
     """The train_translator job's edge-reliance check of a finished run, run again on its stored
-    translator and its train and val subjects' slices (in the job's order: sorted subjects)."""
+    translator and its train and val subjects' slices."""
     import torch
 
     from arepas import diagnostics, translator
-    from bench import variants
 
     torch.set_num_threads(1)
-    results = run_dir / "results" / dataset
-    paths = {
-        split: [results / "preprocessed" / s / "slices.npz"
-                for s in variants.subjects_in(run_dir, dataset, split)]
-        for split in ("train", "val")
-    }
-    generator, settings, _ = translator.load_translator(results / "models" / "translator.pt")
-    check = diagnostics.load_check_slices(paths["train"], paths["val"])
-    return diagnostics.edge_reliance(generator, settings, **check)
+    model = run_dir / "results" / dataset / "models" / "translator.pt"
+    generator, settings, _ = translator.load_translator(model)
+    return diagnostics.edge_reliance(generator, settings, **run_check_slices(run_dir, dataset))
 
 
 # Issue 12's target: own-edge L1 at most 0.7 x another subject's edges and 0.7 x the training

@@ -28,15 +28,7 @@ from bench import quality, tables
 DATASETS = ("brain_t1", "lung_ct")
 # The demo's weight (the reference's), a third of it, a tenth of it.
 LAMBDAS = (100.0, 30.0, 10.0)
-DETAIL = ("detail_own", "detail_other_edges", "detail_mean_image", "detail_blurred_input")
 L1 = ("l1_own_edges", "own_over_other", "own_over_mean_image")
-
-
-def _subject_paths(run_dir: Path, dataset: str, split: str) -> list[Path]:
-    from bench import variants
-
-    return [run_dir / "results" / dataset / "preprocessed" / s / "slices.npz"
-            for s in variants.subjects_in(run_dir, dataset, split)]
 
 
 def train_and_check(run_dir: Path, dataset: str, lambda_l1: float) -> dict:
@@ -50,8 +42,7 @@ def train_and_check(run_dir: Path, dataset: str, lambda_l1: float) -> dict:
     torch.set_num_threads(1)
     model = run_dir / "results" / dataset / "models" / "translator.pt"
     generator, settings, _ = translator.load_translator(model)
-    check = diagnostics.load_check_slices(_subject_paths(run_dir, dataset, "train"),
-                                          _subject_paths(run_dir, dataset, "val"))
+    check = quality.run_check_slices(run_dir, dataset)
     started = time.perf_counter()
     trained = lambda_l1 != settings.lambda_l1
     if trained:
@@ -67,7 +58,7 @@ def train_and_check(run_dir: Path, dataset: str, lambda_l1: float) -> dict:
     found = diagnostics.edge_reliance(generator, settings, **check)
     return {"dataset": dataset, "lambda_l1": lambda_l1, "trained": trained,
             "seconds": time.perf_counter() - started,
-            **{key: float(found[key]) for key in (*L1, *DETAIL)}}
+            **{key: float(found[key]) for key in (*L1, *quality.DETAIL_KEYS)}}
 
 
 def _job(args: tuple[Path, str, float]) -> dict:
