@@ -383,6 +383,11 @@ def budget_rows(sections: dict[str, dict]) -> list[list[str]]:
         from bench import refscoring as reference_scoring
 
         rows.append(reference_scoring.budget_row(refscoring))
+    held = sections.get("heldout", {}).get("data")
+    if held:
+        from bench import heldout
+
+        rows += heldout.budget_rows(held, speed)
     return rows
 
 

@@ -618,6 +618,36 @@ def test_demo_budget_counts_the_fresh_clones_set_up(run_dir, tmp_path_factory):
     assert text in rows["full default run (`make demo`) ≤ 15 min wall"][2]
 
 
+def test_named_method_demo_wall_share_adds_its_jobs_and_maps_over_the_demo_wall():
+    from bench import heldout
+
+    data = {
+        "calibration_jobs": [
+            {"run": "seed 100", "dataset": "brain_t1", "s": 20.0, "run_wall_s": 1800.0},
+            {"run": "seed 101", "dataset": "brain_t1", "s": 40.0, "run_wall_s": 1800.0},
+            {"run": "seed 100", "dataset": "lung_ct", "s": 30.0, "run_wall_s": 1800.0},
+        ],
+        "map_cost": [
+            {"dataset": "brain_t1", "maps_s": 0.5, "maps_with_calibrated_s": 1.5,
+             "added_fraction": 0.1},
+            {"dataset": "lung_ct", "maps_s": 0.5, "maps_with_calibrated_s": 0.5,
+             "added_fraction": 0.6},
+        ],
+    }
+    speed = {"wall_s": 400.0, "test_subjects": {"brain_t1": ["a", "b"], "lung_ct": ["c"]}}
+    share = heldout.demo_wall_share(data, speed)
+    # 30 s (brain mean) + 30 s (lung) + 2 brain test subjects x 1 s of extra maps.
+    assert share["added_s"] == pytest.approx(62.0)
+    assert share["fraction"] == pytest.approx(62.0 / 400.0)
+    map_row, wall_row = heldout.budget_rows(data, speed)
+    # The worst dataset decides the map budget; the wall share is within 25 %.
+    assert map_row[-1] == "FAIL" and wall_row[-1] == "pass"
+    assert "+15.5%" in wall_row[2]
+    speed["wall_s"] = 200.0
+    assert heldout.budget_rows(data, speed)[1][-1] == "FAIL"
+    assert heldout.budget_rows(data, None)[1][-1] == "not measured"
+
+
 def test_heldout_mining_reads_the_runs_seed_and_tables_the_change(tmp_path):
     from bench import heldout_mining
 
