@@ -7,7 +7,6 @@ autoencoder (stride-2 4x4 convs with batch norm and LeakyReLU 0.2, mirrored with
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import os
@@ -22,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arepas.io import load_epoch_checkpoint, save_torch
+from arepas.epochs import as_slice_batch, epoch_order, fit_epochs, stack_rows
+from arepas.io import save_torch
 from arepas.settings import settings_from_dict
-from arepas.stacks import StackArray, batch_tensor
+from arepas.stacks import StackArray
 
 CHECKPOINT_NAME = "autoencoder_last.pt"
 
@@ -105,11 +105,6 @@ def build_autoencoder(settings: AutoencoderSettings) -> ConvAutoencoder:
     return ConvAutoencoder(settings)
 
 
-def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    # Shuffling from (seed, epoch) alone makes a resumed run identical to an uninterrupted one.
-    return np.random.default_rng([seed, epoch]).permutation(n)
-
-
 def _mean_l1(model: ConvAutoencoder, slices: torch.Tensor, batch_size: int) -> float:
     model.eval()
     total = 0.0
@@ -118,20 +113,6 @@ def _mean_l1(model: ConvAutoencoder, slices: torch.Tensor, batch_size: int) -> f
             batch = slices[start : start + batch_size]
             total += float(F.l1_loss(model(batch), batch, reduction="sum"))
     return total / slices.numel()
-
-
-def _as_batch(slices: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    array = np.asarray(slices, dtype=np.float32)
-    if array.ndim != 3:
-        raise ValueError(f"slices must be (n, S, S), got {array.shape}")
-    return torch.as_tensor(array, device=device).unsqueeze(1)
-
-
-def _rows(slices: torch.Tensor | StackArray, idx: torch.Tensor, device) -> torch.Tensor:
-    """Rows idx of a stack on the device (read from disk for a StackArray), (b, 1, S, S)."""
-    if isinstance(slices, StackArray):
-        return batch_tensor(slices, idx.cpu().numpy()).to(device)
-    return slices[idx]
 
 
 def train_autoencoder(
@@ -157,11 +138,10 @@ def train_autoencoder(
     train = (
         train_slices
         if isinstance(train_slices, StackArray)
-        else _as_batch(train_slices, torch_device)
+        else as_slice_batch(train_slices, torch_device)
     )
-    val = (
-        _as_batch(val_slices, torch_device) if val_slices is not None and len(val_slices) else None
-    )
+    has_val = val_slices is not None and len(val_slices)
+    val = as_slice_batch(val_slices, torch_device) if has_val else None
     if len(train) < 2:
         raise ValueError("need at least two training slices (batch norm)")
 
@@ -170,63 +150,38 @@ def train_autoencoder(
     model = build_autoencoder(settings).to(torch_device)
     # Adam with torch defaults otherwise (betas 0.9, 0.999).
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    rows: list[dict[str, float]] = []
-    best_val = float("inf")
-    best_state = copy.deepcopy(model.state_dict())
-    first_epoch = 1
 
-    checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    saved = load_epoch_checkpoint(checkpoint, settings.to_dict(), seed, torch_device)
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimiser.load_state_dict(saved["optimiser"])
-        best_state = saved["best_model"]
-        best_val = float(saved["best_val"])
-        rows = json.loads(saved["history_json"])
-        first_epoch = int(saved["epoch"]) + 1
-        progress(f"autoencoder: resuming after epoch {first_epoch - 1}")
-
-    for epoch in range(first_epoch, settings.epochs + 1):
-        model.train()
-        order = torch.as_tensor(_epoch_order(seed, epoch, len(train)), device=torch_device)
+    def run_epoch(epoch: int) -> float:
+        order = torch.as_tensor(epoch_order(seed, epoch, len(train)), device=torch_device)
         total, seen = 0.0, 0
         for start in range(0, len(train), settings.batch_size):
             idx = order[start : start + settings.batch_size]
             if idx.numel() < 2:  # batch norm needs two samples for batch statistics
                 continue
-            batch = _rows(train, idx, torch_device)
+            batch = stack_rows(train, idx, torch_device)
             loss = F.l1_loss(model(batch), batch)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             total += loss.item() * idx.numel()
             seen += idx.numel()
-        train_l1 = total / max(seen, 1)
-        val_l1 = _mean_l1(model, val, settings.batch_size) if val is not None else train_l1
-        rows.append({"epoch": epoch, "train_l1": train_l1, "val_l1": val_l1})
-        progress(
-            f"autoencoder epoch {epoch}/{settings.epochs}: train L1 {train_l1:.4f}, "
-            f"val L1 {val_l1:.4f}"
-        )
-        if val_l1 < best_val:
-            best_val, best_state = val_l1, copy.deepcopy(model.state_dict())
-        if checkpoint is not None:
-            save_torch(
-                {
-                    "model": model.state_dict(),
-                    "optimiser": optimiser.state_dict(),
-                    "best_model": best_state,
-                    "best_val": best_val,
-                    "epoch": epoch,
-                    "seed": seed,
-                    "settings_json": json.dumps(settings.to_dict()),
-                    "history_json": json.dumps(rows),
-                },
-                checkpoint,
-            )
+        return total / max(seen, 1)
 
-    model.load_state_dict(best_state)
-    model.eval()
+    checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    rows = fit_epochs(
+        model,
+        optimiser,
+        run_epoch,
+        (lambda: _mean_l1(model, val, settings.batch_size)) if val is not None else None,
+        settings.epochs,
+        settings.to_dict(),
+        seed,
+        checkpoint,
+        torch_device,
+        "autoencoder",
+        "l1",
+        progress,
+    )
     return model, pd.DataFrame(rows, columns=["epoch", "train_l1", "val_l1"])
 
 
@@ -241,10 +196,10 @@ def reconstruct_autoencoder(
     with torch.no_grad():
         # Batch by batch to the device: only one batch of slices occupies GPU memory.
         for first in range(0, len(slices), batch_size):
-            batch = _as_batch(slices[first : first + batch_size], device)
+            batch = as_slice_batch(slices[first : first + batch_size], device)
             out.append(model(batch)[:, 0].cpu().numpy())
     if not out:
-        _as_batch(slices)  # the shape check
+        as_slice_batch(slices)  # the shape check
         return np.zeros(np.shape(slices), dtype=np.float32)
     return np.concatenate(out).astype(np.float32)
 

@@ -16,7 +16,6 @@ in. The U-Net is smaller than theirs (4 levels, 128 base channels) so that it tr
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import os
@@ -31,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arepas.io import load_epoch_checkpoint, save_torch
+from arepas.epochs import as_slice_batch, epoch_order, fit_epochs, stack_rows
+from arepas.io import save_torch
 from arepas.settings import settings_from_dict
-from arepas.stacks import StackArray, batch_tensor
+from arepas.stacks import StackArray
 
 CHECKPOINT_NAME = "dae_last.pt"
 
@@ -145,29 +145,10 @@ def coarse_noise(
     )
 
 
-def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    # Shuffling from (seed, epoch) alone makes a resumed run identical to an uninterrupted one.
-    return np.random.default_rng([seed, epoch]).permutation(n)
-
-
 def _noise_generator(seed: int, epoch: int) -> torch.Generator:
     # Noise from (seed, epoch) alone, for the same reason as the shuffle.
     state = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(state >> np.uint64(1)))
-
-
-def _as_batch(slices: np.ndarray) -> torch.Tensor:
-    array = np.asarray(slices, dtype=np.float32)
-    if array.ndim != 3:
-        raise ValueError(f"slices must be (n, S, S), got {array.shape}")
-    return torch.as_tensor(array).unsqueeze(1)
-
-
-def _rows(stack: torch.Tensor | StackArray, idx: torch.Tensor) -> torch.Tensor:
-    """Rows idx of a stack as float32 (b, 1, S, S), read from disk for a StackArray."""
-    if isinstance(stack, StackArray):
-        return batch_tensor(stack, idx.numpy())
-    return stack[idx]
 
 
 def _noisy(
@@ -223,13 +204,13 @@ def train_dae(
     """
     # Slices and ROIs on disk (StackArrays) are read a batch at a time.
     on_disk = isinstance(train_slices, StackArray)
-    train = train_slices if on_disk else _as_batch(train_slices)
-    train_mask = train_roi if on_disk else _as_batch(np.asarray(train_roi, dtype=np.float32))
+    train = train_slices if on_disk else as_slice_batch(train_slices)
+    train_mask = train_roi if on_disk else as_slice_batch(np.asarray(train_roi, dtype=np.float32))
     if tuple(train_mask.shape)[-2:] != tuple(train.shape)[-2:] or len(train_mask) != len(train):
         raise ValueError(f"train ROI shape {train_mask.shape} does not match slices {train.shape}")
     has_val = val_slices is not None and len(val_slices)
-    val = _as_batch(val_slices) if has_val else None
-    val_mask = _as_batch(np.asarray(val_roi, dtype=np.float32)) if has_val else None
+    val = as_slice_batch(val_slices) if has_val else None
+    val_mask = as_slice_batch(np.asarray(val_roi, dtype=np.float32)) if has_val else None
     if len(train) < 2:
         raise ValueError("need at least two training slices (batch norm)")
     torch_device = torch.device(device)
@@ -237,68 +218,44 @@ def train_dae(
     torch.manual_seed(seed)
     model = build_dae(settings).to(torch_device)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    rows: list[dict[str, float]] = []
-    best_val = float("inf")
-    best_state = copy.deepcopy(model.state_dict())
-    first_epoch = 1
 
-    checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    saved = load_epoch_checkpoint(checkpoint, settings.to_dict(), seed, torch_device)
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimiser.load_state_dict(saved["optimiser"])
-        best_state = saved["best_model"]
-        best_val = float(saved["best_val"])
-        rows = json.loads(saved["history_json"])
-        first_epoch = int(saved["epoch"]) + 1
-        progress(f"dae: resuming after epoch {first_epoch - 1}")
-
-    for epoch in range(first_epoch, settings.epochs + 1):
-        model.train()
-        order = torch.as_tensor(_epoch_order(seed, epoch, len(train)))
+    def run_epoch(epoch: int) -> float:
+        order = torch.as_tensor(epoch_order(seed, epoch, len(train)))
         generator = _noise_generator(seed, epoch)
         total, seen = 0.0, 0
         for start in range(0, len(train), settings.batch_size):
             idx = order[start : start + settings.batch_size]
             if idx.numel() < 2:  # batch norm needs two samples for batch statistics
                 continue
-            clean = _rows(train, idx)
-            noisy = _noisy(clean, _rows(train_mask, idx), settings, generator)
+            clean = stack_rows(train, idx)
+            noisy = _noisy(clean, stack_rows(train_mask, idx), settings, generator)
             loss = F.mse_loss(model(noisy.to(torch_device)), clean.to(torch_device))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             total += loss.item() * idx.numel()
             seen += idx.numel()
-        train_mse = total / max(seen, 1)
-        val_mse = (
-            _validation_loss(model, val, val_mask, settings, torch_device)
-            if val is not None
-            else train_mse
-        )
-        rows.append({"epoch": epoch, "train_mse": train_mse, "val_mse": val_mse})
-        progress(
-            f"dae epoch {epoch}/{settings.epochs}: train MSE {train_mse:.5f}, val MSE {val_mse:.5f}"
-        )
-        if val_mse < best_val:
-            best_val, best_state = val_mse, copy.deepcopy(model.state_dict())
-        if checkpoint is not None:
-            save_torch(
-                {
-                    "model": model.state_dict(),
-                    "optimiser": optimiser.state_dict(),
-                    "best_model": best_state,
-                    "best_val": best_val,
-                    "epoch": epoch,
-                    "seed": seed,
-                    "settings_json": json.dumps(settings.to_dict()),
-                    "history_json": json.dumps(rows),
-                },
-                checkpoint,
-            )
+        return total / max(seen, 1)
 
-    model.load_state_dict(best_state)
-    model.eval()
+    def validate() -> float:
+        return _validation_loss(model, val, val_mask, settings, torch_device)
+
+    checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    rows = fit_epochs(
+        model,
+        optimiser,
+        run_epoch,
+        validate if val is not None else None,
+        settings.epochs,
+        settings.to_dict(),
+        seed,
+        checkpoint,
+        torch_device,
+        "dae",
+        "mse",
+        progress,
+        digits=5,
+    )
     return model.cpu(), pd.DataFrame(rows, columns=["epoch", "train_mse", "val_mse"])
 
 
@@ -307,7 +264,7 @@ def restore(
 ) -> np.ndarray:
     """Restorations (n, S, S) float32 of unchanged (n, S, S) slices, eval mode; the `dae` map is
     |restoration - input| inside the ROI (arepas.maps.anomaly_maps with `extra_recons`)."""
-    data = _as_batch(slices)
+    data = as_slice_batch(slices)
     model.eval().to(device)
     with torch.no_grad():
         out = [
