@@ -581,6 +581,12 @@ def test_heldout_target_needs_the_gain_its_interval_and_the_val_threshold():
         ("lung_ct", "arepas_calibrated+pp"): "missed",
     }
     assert [r[2] for r in rows] == ["seed 100"] * 3
+    # The shortfall names each dataset's better variant on average and its intervals above 0.
+    text = heldout.shortfall_text(data)
+    assert "brain_t1: `arepas_calibrated` +8.0% on average (+5% asked: reached), " \
+        "interval above 0 in 0 of 1 runs" in text
+    assert "lung_ct: `arepas_calibrated` +8.0%" in text and "in 1 of 1 runs" in text
+    assert heldout.shortfall_text({"runs": []}) == ""
 
 
 def test_demo_budget_counts_the_fresh_clones_set_up(run_dir, tmp_path_factory):
