@@ -33,10 +33,11 @@ SECTIONS = (
     "heldout_mining",
     "patch_sizes",
     "translator_detail",
+    "translator_disc",
 )
 # Hours of training: measured only when named in --only.
 ON_REQUEST = ("translator_knobs", "demo_anatomy", "variants", "heldout", "translator_schedule",
-              "heldout_mining", "patch_sizes", "translator_detail")
+              "heldout_mining", "patch_sizes", "translator_detail", "translator_disc")
 TITLES = {
     "quality": "1. Quality over seeds",
     "speed": "2. Speed per rule and stage",
@@ -56,6 +57,7 @@ TITLES = {
     "heldout_mining": "16. A patch scorer mined from healthy subjects the translator never saw",
     "patch_sizes": "17. Several patch sizes combined",
     "translator_detail": "18. Fine anatomy in the reconstructions against the L1 weight",
+    "translator_disc": "19. A discriminator of half the channels",
 }
 # What quality_previous.json measured: the code before the reference implementation's settings
 # became the defaults (unpadded scorer, detached head, clean-edge ROI mining, per-slice ROI
@@ -230,6 +232,11 @@ def measure_section(name: str, args: argparse.Namespace) -> dict:
 
         return translator_detail.measure(threshold.study_runs(args.results_dir, args.run),
                                          workers=args.cores)
+    if name == "translator_disc":
+        from bench import threshold, translator_disc
+
+        return translator_disc.measure(threshold.study_runs(args.results_dir, args.run),
+                                       workers=args.cores)
     if name == "training_memory":
         from bench import training_memory
 

@@ -31,10 +31,11 @@ LAMBDAS = (100.0, 30.0, 10.0)
 L1 = ("l1_own_edges", "own_over_other", "own_over_mean_image")
 
 
-def train_and_check(run_dir: Path, dataset: str, lambda_l1: float) -> dict:
-    """The run's translator settings with `lambda_l1`, trained from scratch with the run's seed
-    on its train subjects, and the edge-reliance check on its val subjects. At the run's own
-    weight, its stored translator is checked instead of training it again."""
+def train_and_check(run_dir: Path, dataset: str, changes: dict) -> dict:
+    """The run's translator settings with `changes`, trained from scratch with the run's seed
+    on its train subjects, and the edge-reliance check on its val subjects. Where the changes
+    leave the run's settings as they are, its stored translator is checked instead of training
+    it again."""
     import torch
 
     from arepas import diagnostics, translator
@@ -44,11 +45,10 @@ def train_and_check(run_dir: Path, dataset: str, lambda_l1: float) -> dict:
     generator, settings, _ = translator.load_translator(model)
     check = quality.run_check_slices(run_dir, dataset)
     started = time.perf_counter()
-    trained = lambda_l1 != settings.lambda_l1
+    changed = translator.TranslatorSettings.from_dict({**settings.to_dict(), **changes})
+    trained = changed != settings
     if trained:
-        settings = translator.TranslatorSettings.from_dict(
-            {**settings.to_dict(), "lambda_l1": lambda_l1}
-        )
+        settings = changed
         seed, _ = quality.run_seeds(run_dir)
         with tempfile.TemporaryDirectory() as checkpoints:
             generator, _ = translator.train_translator(
@@ -56,12 +56,12 @@ def train_and_check(run_dir: Path, dataset: str, lambda_l1: float) -> dict:
                 seed=seed, progress=lambda _: None,
             )
     found = diagnostics.edge_reliance(generator, settings, **check)
-    return {"dataset": dataset, "lambda_l1": lambda_l1, "trained": trained,
+    return {"dataset": dataset, **changes, "trained": trained,
             "seconds": time.perf_counter() - started,
             **{key: float(found[key]) for key in (*L1, *quality.DETAIL_KEYS)}}
 
 
-def _job(args: tuple[Path, str, float]) -> dict:
+def _job(args: tuple[Path, str, dict]) -> dict:
     return train_and_check(*args)
 
 
@@ -69,11 +69,12 @@ def measure(runs: list[tuple[Path, str]], workers: int = 2, progress=print) -> d
     """Every weight of LAMBDAS on both datasets of the first run (one seed: a training takes
     minutes and there are several per row)."""
     run_dir, label = runs[0]
-    jobs = [(run_dir, dataset, value) for dataset in DATASETS for value in LAMBDAS]
+    jobs = [(run_dir, dataset, {"lambda_l1": value}) for dataset in DATASETS for value in LAMBDAS]
     rows = []
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        for (_, dataset, value), row in zip(jobs, pool.map(_job, jobs), strict=True):
-            progress(f"translator_detail: {label} {dataset} lambda_l1 {value:g} done")
+        for (_, dataset, changes), row in zip(jobs, pool.map(_job, jobs), strict=True):
+            progress(f"translator_detail: {label} {dataset} lambda_l1 {changes['lambda_l1']:g} "
+                     "done")
             rows.append({"run": label, "dir": str(run_dir), **row})
     return {"rows": rows, "workers": workers}
 

@@ -69,6 +69,15 @@ def variants(threads: int) -> list[Variant]:
             training=PIX2PIX_ORDER + (("gp_every", 16),),
             against=base,
         ),
+        # The demo's step with a discriminator of half the channels: the discriminator's
+        # passes are about half of a step, and a convolution's cost grows with channels².
+        Variant(
+            "64², pix2pix order, penalty every 16th step, 16-channel discriminator",
+            64,
+            threads,
+            training=PIX2PIX_ORDER + (("gp_every", 16), ("disc_channels", 16)),
+            against="64², pix2pix order, penalty every 16th step",
+        ),
         Variant(large, 128, threads, against=base, option=False),
         Variant(f"128², {more} threads", 128, more, against=large),
         Variant("128², channels_last", 128, threads, channels_last=True, against=large),
@@ -101,6 +110,8 @@ def _replica(variant: Variant, settings, batch: tuple, seed: int) -> dict:
 
     from arepas import translator
 
+    # Settings that change the networks themselves (disc_channels) build them so.
+    settings = dataclasses.replace(settings, **dict(variant.training))
     torch.manual_seed(seed)
     generator = translator.build_generator(settings).train()
     discriminator = translator.build_discriminator(settings).train()
@@ -272,15 +283,13 @@ def measure(
                 first, second = (sum(run["times"][:warmup]) for run in pair)
                 row["compile_s"] = first - second
             against = next((v for v in chosen if v.name == variant.against), None)
-            # Weights can be compared only where both variants trained on the same inputs.
+            # Weights can be compared only where both variants trained the same networks on
+            # the same inputs.
             if (
                 against
                 and against.name in states
-                and (against.size, None)
-                == (
-                    variant.size,
-                    variant.crop,
-                )
+                and (against.size, None) == (variant.size, variant.crop)
+                and [t.shape for t in a] == [t.shape for t in states[against.name][0]]
             ):
                 row["max_weight_change"] = _max_difference(a, states[variant.against][0])
         rows.append(row)

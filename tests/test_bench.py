@@ -787,3 +787,44 @@ def test_translator_detail_table_marks_the_runs_own_translator():
         in text
     assert "| brain_t1 | 10 | 0.1500 | 0.550 | 0.650 | 0.700 | 0.150 | 0.200 | 0.900 | 7.0 |" \
         in text
+
+
+def test_discriminator_study_tables_both_channel_counts_and_the_target_per_run():
+    from bench import translator_disc
+
+    base = {"l1_own_edges": 0.15, "own_over_other": 0.55, "own_over_mean_image": 0.65,
+            "detail_own": 0.6, "detail_other_edges": 0.15, "detail_mean_image": 0.2,
+            "detail_blurred_input": 0.9, "trained": True, "seconds": 300.0}
+    rows = []
+    for label, shift in (("seed 0", 0.0), ("seed 1", 0.1)):
+        rows.append({**base, "run": label, "dataset": "brain_t1", "disc_channels": 32,
+                     "own_over_mean_image": 0.65 + shift})
+        rows.append({**base, "run": label, "dataset": "brain_t1", "disc_channels": 16,
+                     "detail_own": 0.5})
+    text = translator_disc.render({"rows": rows, "workers": 2})
+    # Seed 1's own translator misses the brain's mean-image target (0.75 > 0.7).
+    assert "| brain_t1 | 32 | 2 | 0.150 ± 0.000 | 0.550 ± 0.000 | 0.700 ± 0.071 |" in text
+    assert text.count("1 of 2") == 1 and text.count("2 of 2") == 1
+    assert "| seed 1 | brain_t1 | 0.550 → 0.550 | 0.750 → 0.650 | 0.600 → 0.500 |" in text
+    assert translator_disc.render({"rows": []}) == "No run to study.\n"
+    # The lung cohort is not registered: only own / other counts there.
+    lung = {**base, "dataset": "lung_ct", "own_over_mean_image": 0.9}
+    assert translator_disc.meets_target(pd.Series(lung))
+    assert not translator_disc.meets_target(pd.Series({**lung, "dataset": "brain_t1"}))
+
+
+def test_translator_speed_builds_a_variants_own_discriminator():
+    from bench import translator_speed
+
+    chosen = {v.name: v for v in translator_speed.variants(1)}
+    half = chosen["64², pix2pix order, penalty every 16th step, 16-channel discriminator"]
+    assert half.against in chosen
+    from arepas import translator
+
+    settings = translator.TranslatorSettings.from_dict(translator_speed.DEMO_SETTINGS)
+    slices = np.zeros((2, 64, 64), dtype=np.float32)
+    batch = (torch.zeros(2, 1, 64, 64), torch.from_numpy(slices).unsqueeze(1))
+    runs = [translator_speed._replica(chosen[name], settings, batch, 0)
+            for name in (half.name, half.against)]
+    first_conv = [next(run["discriminator"].parameters()).shape[0] for run in runs]
+    assert first_conv == [16, 32]
