@@ -62,11 +62,16 @@ def render(data: dict) -> str:
     if frame.empty:
         return "No run to study.\n"
     runs = ", ".join(sorted(frame["run"].unique()))
+    # Which count is the runs' own translator (checked again) and which was trained for this.
+    own = " and ".join(str(c) for c in sorted(set(frame.loc[~frame["trained"], "disc_channels"])))
+    trained = " and ".join(
+        str(c) for c in sorted(set(frame.loc[frame["trained"], "disc_channels"]))
+    )
     text = (
-        "The demo translators with a discriminator of 32 channels (the demo's; the run's own "
-        "translator, checked again) and of 16, on the cohorts of "
-        f"{runs}: the 16-channel ones trained from scratch with the run's seed and settings, "
-        "only `disc_channels` changed, and both checked by the workflow's edge-reliance check "
+        f"The demo translators with a discriminator of {own} channels (the runs' own "
+        f"translators, checked again) and of {trained} channels (trained from scratch with the "
+        f"run's seed and settings, only `disc_channels` changed), on the cohorts of {runs}, "
+        "all checked by the workflow's edge-reliance check "
         "on the healthy val subjects. *detail*: correlation of the slice's fine detail with the "
         "prediction's (section 1, \"Does the translator use its edges?\"). Mean ± sd over runs; "
         f"target: own / other ≤ {TARGET} and, on the registered brain cohort, own / mean image "

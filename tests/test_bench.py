@@ -798,7 +798,7 @@ def test_discriminator_study_tables_both_channel_counts_and_the_target_per_run()
     rows = []
     for label, shift in (("seed 0", 0.0), ("seed 1", 0.1)):
         rows.append({**base, "run": label, "dataset": "brain_t1", "disc_channels": 32,
-                     "own_over_mean_image": 0.65 + shift})
+                     "own_over_mean_image": 0.65 + shift, "trained": False})
         rows.append({**base, "run": label, "dataset": "brain_t1", "disc_channels": 16,
                      "detail_own": 0.5})
     text = translator_disc.render({"rows": rows, "workers": 2})
@@ -806,6 +806,8 @@ def test_discriminator_study_tables_both_channel_counts_and_the_target_per_run()
     assert "| brain_t1 | 32 | 2 | 0.150 ± 0.000 | 0.550 ± 0.000 | 0.700 ± 0.071 |" in text
     assert text.count("1 of 2") == 1 and text.count("2 of 2") == 1
     assert "| seed 1 | brain_t1 | 0.550 → 0.550 | 0.750 → 0.650 | 0.600 → 0.500 |" in text
+    assert "of 32 channels (the runs' own translators, checked again) and of 16 channels " \
+        "(trained from scratch" in text
     assert translator_disc.render({"rows": []}) == "No run to study.\n"
     # The lung cohort is not registered: only own / other counts there.
     lung = {**base, "dataset": "lung_ct", "own_over_mean_image": 0.9}
