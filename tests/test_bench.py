@@ -830,3 +830,8 @@ def test_translator_speed_builds_a_variants_own_discriminator():
             for name in (half.name, half.against)]
     first_conv = [next(run["discriminator"].parameters()).shape[0] for run in runs]
     assert first_conv == [16, 32]
+
+
+def test_readme_names_every_section_measured_only_on_request():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert [name for name in run.ON_REQUEST if f"`{name}`" not in readme] == []
