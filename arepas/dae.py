@@ -205,12 +205,12 @@ def train_dae(
     # Slices and ROIs on disk (StackArrays) are read a batch at a time.
     on_disk = isinstance(train_slices, StackArray)
     train = train_slices if on_disk else as_slice_batch(train_slices)
-    train_mask = train_roi if on_disk else as_slice_batch(np.asarray(train_roi, dtype=np.float32))
+    train_mask = train_roi if on_disk else as_slice_batch(train_roi)
     if tuple(train_mask.shape)[-2:] != tuple(train.shape)[-2:] or len(train_mask) != len(train):
         raise ValueError(f"train ROI shape {train_mask.shape} does not match slices {train.shape}")
     has_val = val_slices is not None and len(val_slices)
     val = as_slice_batch(val_slices) if has_val else None
-    val_mask = as_slice_batch(np.asarray(val_roi, dtype=np.float32)) if has_val else None
+    val_mask = as_slice_batch(val_roi) if has_val else None
     if len(train) < 2:
         raise ValueError("need at least two training slices (batch norm)")
     torch_device = torch.device(device)

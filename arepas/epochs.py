@@ -78,12 +78,12 @@ def fit_epochs(
         first_epoch = int(saved["epoch"]) + 1
         progress(f"{name}: resuming after epoch {first_epoch - 1}")
 
+    label = loss.upper()
     for epoch in range(first_epoch, epochs + 1):
         model.train()
         train_loss = run_epoch(epoch)
         val_loss = validate() if validate is not None else train_loss
         rows.append({"epoch": epoch, f"train_{loss}": train_loss, f"val_{loss}": val_loss})
-        label = loss.upper()
         progress(
             f"{name} epoch {epoch}/{epochs}: train {label} {train_loss:.{digits}f}, "
             f"val {label} {val_loss:.{digits}f}"

@@ -65,17 +65,27 @@ def _job(args: tuple[Path, str, dict]) -> dict:
     return train_and_check(*args)
 
 
+def checked_rows(
+    jobs: list[tuple[Path, str, dict]], labels: dict[str, str], workers: int, section: str,
+    progress=print,
+) -> list[dict]:
+    """train_and_check of every (run directory, dataset, changes) job, `workers` at a time in
+    spawned processes; each row with its run's label (`labels` by directory) and directory."""
+    rows = []
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        for (run_dir, dataset, changes), row in zip(jobs, pool.map(_job, jobs), strict=True):
+            label = labels[str(run_dir)]
+            progress(f"{section}: {label} {dataset} {changes} done")
+            rows.append({"run": label, "dir": str(run_dir), **row})
+    return rows
+
+
 def measure(runs: list[tuple[Path, str]], workers: int = 2, progress=print) -> dict:
     """Every weight of LAMBDAS on both datasets of the first run (one seed: a training takes
     minutes and there are several per row)."""
     run_dir, label = runs[0]
     jobs = [(run_dir, dataset, {"lambda_l1": value}) for dataset in DATASETS for value in LAMBDAS]
-    rows = []
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        for (_, dataset, changes), row in zip(jobs, pool.map(_job, jobs), strict=True):
-            progress(f"translator_detail: {label} {dataset} lambda_l1 {changes['lambda_l1']:g} "
-                     "done")
-            rows.append({"run": label, "dir": str(run_dir), **row})
+    rows = checked_rows(jobs, {str(run_dir): label}, workers, "translator_detail", progress)
     return {"rows": rows, "workers": workers}
 
 

@@ -13,8 +13,6 @@ machine: measured only when asked for (`--only translator_disc`).
 
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 import pandas as pd
@@ -38,14 +36,7 @@ def measure(runs: list[tuple[Path, str]], workers: int = 2, progress=print) -> d
         for dataset in DATASETS
     ]
     labels = {str(run_dir): label for run_dir, label in runs}
-    rows = []
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        for (run_dir, dataset, changes), row in zip(
-            jobs, pool.map(translator_detail._job, jobs), strict=True
-        ):
-            label = labels[str(run_dir)]
-            progress(f"translator_disc: {label} {dataset} {changes['disc_channels']} channels done")
-            rows.append({"run": label, "dir": str(run_dir), **row})
+    rows = translator_detail.checked_rows(jobs, labels, workers, "translator_disc", progress)
     return {"rows": rows, "workers": workers}
 
 

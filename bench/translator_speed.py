@@ -128,6 +128,7 @@ def _replica(variant: Variant, settings, batch: tuple, seed: int) -> dict:
     if variant.compiled == "both":
         discriminator = _compile_discriminator(discriminator)
     return {
+        "settings": settings,
         "generator": generator,
         "discriminator": discriminator,
         "weights": weights,
@@ -140,7 +141,7 @@ def _replica(variant: Variant, settings, batch: tuple, seed: int) -> dict:
     }
 
 
-def _step(run: dict, variant: Variant, settings, step: int, seed: int) -> None:
+def _step(run: dict, variant: Variant, step: int, seed: int) -> None:
     """One timed training step; the crop, when there is one, is part of the time."""
     import torch
 
@@ -148,7 +149,7 @@ def _step(run: dict, variant: Variant, settings, step: int, seed: int) -> None:
 
     torch.set_num_threads(variant.threads)
     torch.utils.deterministic.fill_uninitialized_memory = variant.nan_fill
-    settings = dataclasses.replace(settings, **dict(variant.training))
+    settings = run["settings"]
     # Both runs of a variant draw the same dropout masks and penalty interpolates at each step.
     torch.manual_seed(seed + step)
     started = time.perf_counter()
@@ -174,12 +175,12 @@ def _step(run: dict, variant: Variant, settings, step: int, seed: int) -> None:
     run["times"].append(time.perf_counter() - started)
 
 
-def _guarded_step(run: dict, variant: Variant, settings, step: int, seed: int, progress) -> None:
+def _guarded_step(run: dict, variant: Variant, step: int, seed: int, progress) -> None:
     """_step, recording instead of raising an error (a compile that fails is a result)."""
     if run["error"] is not None:
         return
     try:
-        _step(run, variant, settings, step, seed)
+        _step(run, variant, step, seed)
     except Exception as error:
         run["error"] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
         progress(f"translator_speed: {variant.name} failed: {run['error']}")
@@ -239,12 +240,12 @@ def measure(
                 if variant.compiled and index == 0:
                     torch._dynamo.reset()
                 for step in range(warmup):
-                    _guarded_step(run, variant, settings, step, seed, progress)
+                    _guarded_step(run, variant, step, seed, progress)
             progress(f"translator_speed: {variant.name} warmed up")
         for step in range(warmup, warmup + repeats):
             for variant in chosen:
                 for run in runs[variant.name]:
-                    _guarded_step(run, variant, settings, step, seed, progress)
+                    _guarded_step(run, variant, step, seed, progress)
             progress(f"translator_speed: timed step {step - warmup + 1}/{repeats} done")
     states = {
         name: [_state(run) for run in pair]
