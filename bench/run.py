@@ -34,10 +34,12 @@ SECTIONS = (
     "patch_sizes",
     "translator_detail",
     "translator_disc",
+    "translator_full",
 )
 # Hours of training: measured only when named in --only.
 ON_REQUEST = ("translator_knobs", "demo_anatomy", "variants", "heldout", "translator_schedule",
-              "heldout_mining", "patch_sizes", "translator_detail", "translator_disc")
+              "heldout_mining", "patch_sizes", "translator_detail", "translator_disc",
+              "translator_full")
 TITLES = {
     "quality": "1. Quality over seeds",
     "speed": "2. Speed per rule and stage",
@@ -58,6 +60,7 @@ TITLES = {
     "patch_sizes": "17. Several patch sizes combined",
     "translator_detail": "18. Fine anatomy in the reconstructions against the L1 weight",
     "translator_disc": "19. A discriminator of half the channels",
+    "translator_full": "20. The translator at the published sizes, on a GPU",
 }
 # What quality_previous.json measured: the code before the reference implementation's settings
 # became the defaults (unpadded scorer, detached head, clean-edge ROI mining, per-slice ROI
@@ -115,6 +118,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="quality: where new seed runs get their working directories")
     parser.add_argument("--configfile", action="append", default=[],
                         help="quality: extra Snakemake config file for the seed runs")
+    parser.add_argument("--budget-s", type=float, default=200.0,
+                        help="translator_full: training seconds per cohort")
     parser.add_argument("--cores", type=int, default=2, help="quality: snakemake --cores")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for scoring, scaling and the CPU rows of gpu")
@@ -237,6 +242,11 @@ def measure_section(name: str, args: argparse.Namespace) -> dict:
 
         return translator_disc.measure(threshold.study_runs(args.results_dir, args.run),
                                        workers=args.cores)
+    if name == "translator_full":
+        from bench import translator_full
+
+        # --run: a finished full-size preprocessing of the demo cohorts (see the module).
+        return translator_full.measure(args.run, args.configfile, args.budget_s)
     if name == "training_memory":
         from bench import training_memory
 

@@ -71,6 +71,17 @@ def merged_config(configfiles: list[str | Path]) -> dict:
     return config
 
 
+def native_spacings(run_dir: Path, sheet, subjects: list[str]) -> list[list[float]]:
+    """Voxel sizes (mm) of the subjects' scans as given to the workflow: on a grid finer than
+    these, detail is interpolation between scan voxels rather than anatomy."""
+    import nibabel as nib
+
+    rows = sheet.set_index("subject").loc[subjects, "image"]
+    folder = run_dir / "results" / "demo"
+    return [[round(float(z), 2) for z in nib.load(folder / image).header.get_zooms()[:3]]
+            for image in rows]
+
+
 def pack(run_dir: Path, pack_dir: Path, configfiles: list[str | Path]) -> dict:
     """Both cohorts' train and val stacks of a preprocessing run, and the merged translator
     settings, in pack_dir (one npz per dataset and pack.json)."""
@@ -106,6 +117,9 @@ def pack(run_dir: Path, pack_dir: Path, configfiles: list[str | Path]) -> dict:
             "n_train_slices": int(len(check["train_slices"])),
             "n_val_slices": int(len(check["val_slices"])),
             "slice_size": int(check["train_slices"].shape[1]),
+            "working_spacing_mm": config["datasets"][dataset]["spacing"],
+            "native_spacing_mm": native_spacings(
+                run_dir, sheet, [p.parent.name for p in paths["train"] + paths["val"]]),
         }
     (pack_dir / PACK_INFO).write_text(json.dumps(info, indent=1))
     return info
@@ -261,16 +275,19 @@ def measure(run_dir: Path, configfiles: list[str | Path], budget_s: float,
     with tempfile.TemporaryDirectory(prefix="arepas-full-pack-") as tmp:
         pack(run_dir, Path(tmp) / "pack", configfiles)
         data = train(Path(tmp) / "pack", Path(tmp) / "out", budget_s, "cuda", progress=progress)
-    data.pop("machine")
-    return data
+    return {"runs": [data]}
 
 
-def store(result: Path, results_dir: Path) -> Path:
-    """File a device run's result as this section's measurement, with the device's machine."""
+def store(results: list[Path], results_dir: Path) -> Path:
+    """File one or more device runs' results (trainings of the same pack) as this section's
+    measurement; the record's machine is the last run's."""
     from arepas.io import atomic_path
 
-    data = json.loads(result.read_text())
-    record = {"section": SECTION, "machine": data.pop("machine"), "data": data}
+    runs = [json.loads(path.read_text()) for path in results]
+    sources = {json.dumps(run["pack"], sort_keys=True) for run in runs}
+    if len(sources) > 1:
+        raise ValueError("the results were trained on different packs; store them apart")
+    record = {"section": SECTION, "machine": runs[-1]["machine"], "data": {"runs": runs}}
     target = results_dir / f"{SECTION}.json"
     with atomic_path(target, suffix=".json") as tmp:
         tmp.write_text(json.dumps(record, indent=1))
@@ -292,13 +309,24 @@ def _cell(value: float, digits: int = 3) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
+def _longest(runs: list[dict]) -> dict[str, list[dict]]:
+    """Per dataset, the stages of the training that reached the most epochs."""
+    best: dict[str, list[dict]] = {}
+    for run in runs:
+        for dataset in {row["dataset"] for row in run["rows"]}:
+            stages = [row for row in run["rows"] if row["dataset"] == dataset]
+            if dataset not in best or stages[-1]["epochs"] > best[dataset][-1]["epochs"]:
+                best[dataset] = stages
+    return best
+
+
 def render(data: dict) -> str:
     from bench import tables
 
-    rows = data.get("rows") or []
-    if not rows:
+    runs = [run for run in data.get("runs", []) if run["rows"]]
+    if not runs:
         return "No stage finished.\n"
-    pack_info = data["pack"]
+    pack_info = runs[0]["pack"]
     configs = " + ".join(f"`{Path(p).name}`" for p in pack_info["configfiles"])
     cohorts = "; ".join(
         f"`{dataset}` {entry['n_train_slices']} train slices of {len(entry['train_subjects'])} "
@@ -306,54 +334,103 @@ def render(data: dict) -> str:
         f"{entry['slice_size']}²"
         for dataset, entry in pack_info["datasets"].items()
     )
-    published = {row["dataset"]: row["published_epochs"] for row in rows}
+    devices = ", ".join(sorted({f"`{run['device']}` ({run['machine']['gpu']})" for run in runs}))
     text = (
         f"The translator settings of {configs} (the published configuration) trained from "
-        "scratch with the run's "
-        f"seed ({pack_info['seed']}) on the demo cohorts preprocessed at full size ({cohorts}), "
-        f"on device `{data['device']}`, in stages of doubling epochs within "
-        f"{data['budget_s']:.0f} s per cohort; after each stage the workflow's edge-reliance "
-        "check on the healthy val subjects. *detail*: correlation of the slice's fine detail "
-        "(structure narrower than a Gaussian of 1.5 px) with the prediction's, inside the ROI "
-        "less a 3 px border; *ceiling*: the same for the slice blurred by 1 px, what a "
-        "faithful but slightly smooth reconstruction would give. Target as in section 19: own / "
-        f"other ≤ {TARGET} and, on the registered brain cohort, own / mean image ≤ {TARGET}. "
-        "The CPU demo's translators (64² slices) on the same questions: section 1.\n\n"
+        f"scratch with the run's seed ({pack_info['seed']}) on the demo cohorts preprocessed at "
+        f"full size ({cohorts}), on {devices}, in stages of doubling epochs until a time budget "
+        "per cohort was spent (`python -m bench.translator_full`); after each stage the "
+        "workflow's edge-reliance check on the healthy val subjects. *detail*: correlation of "
+        "the slice's fine detail (structure narrower than a Gaussian of 1.5 px) with the "
+        "prediction's, inside the ROI less a 3 px border; *ceiling*: the same for the slice "
+        "blurred by 1 px, what a faithful but slightly smooth reconstruction would give. Target "
+        f"as in section 19: own / other ≤ {TARGET} and, on the registered brain cohort, own / "
+        f"mean image ≤ {TARGET}. The CPU demo's translators (64² slices) on the same questions: "
+        "section 1.\n\n"
     )
+    grids = []
+    for dataset, entry in pack_info["datasets"].items():
+        if "native_spacing_mm" not in entry:
+            continue
+        sizes = np.asarray(entry["native_spacing_mm"], dtype=float)
+        grids.append(
+            f"`{dataset}` scans of {sizes.min():.1f} to {sizes.max():.1f} mm voxels on a "
+            + " × ".join(f"{v:g}" for v in entry["working_spacing_mm"]) + " mm working grid"
+        )
+    if grids:
+        text += (
+            "The demo generator renders its scans on coarse grids (" + "; ".join(grids) + "), "
+            "so at this slice size part of a slice's finest detail is interpolation between "
+            "scan voxels, which the ceiling keeps and no edge map carries: the ceiling is out "
+            "of reach here for a reason other than the translator.\n\n"
+        )
     table = []
-    for row in rows:
-        table.append([
-            row["dataset"], f"{row['epochs']} of {published[row['dataset']]}",
-            f"{row['steps']:,}", f"{row['step_s'] * 1000:.0f}", _cell(row["l1_own_edges"]),
-            _cell(row["own_over_other"]), _cell(row["own_over_mean_image"]),
-            _cell(row["detail_own"]), _cell(row["detail_other_edges"]),
-            _cell(row["detail_mean_image"]), _cell(row["detail_blurred_input"]),
-            "yes" if meets_target(row) else "no",
-        ])
+    for number, run in enumerate(runs, start=1):
+        for row in run["rows"]:
+            table.append([
+                row["dataset"], f"{number} ({run['budget_s']:.0f} s)",
+                f"{row['epochs']} of {row['published_epochs']}", f"{row['steps']:,}",
+                _cell(row["l1_own_edges"]), _cell(row["own_over_other"]),
+                _cell(row["own_over_mean_image"]), _cell(row["detail_own"]),
+                _cell(row["detail_other_edges"]), _cell(row["detail_mean_image"]),
+                _cell(row["detail_blurred_input"]), "yes" if meets_target(row) else "no",
+            ])
+    table.sort(key=lambda cells: (cells[0], cells[1]))
     text += tables.markdown_table(
-        ["dataset", "epochs", "steps", "ms per step", "L1 own edges", "own / other",
+        ["dataset", "training (budget)", "epochs", "steps", "L1 own edges", "own / other",
          "own / mean image", "detail own edges", "detail other edges", "detail mean image",
          "detail ceiling", "target met"],
-        table, left=2,
+        table, left=3,
     )
-    last = {row["dataset"]: row for row in rows}
+    longest = _longest(runs)
     shares = ", ".join(
-        f"{dataset} {row['detail_own'] / row['detail_blurred_input']:.0%} after "
-        f"{row['epochs']} epochs"
-        for dataset, row in last.items()
-        if math.isfinite(row["detail_own"]) and row["detail_blurred_input"]
+        f"{dataset} {stages[-1]['detail_own'] / stages[-1]['detail_blurred_input']:.0%} after "
+        f"{stages[-1]['epochs']} epochs"
+        for dataset, stages in sorted(longest.items())
+        if math.isfinite(stages[-1]["detail_own"]) and stages[-1]["detail_blurred_input"]
     )
     text += (
-        f"\nShare of the ceiling's fine detail in the own-edge reconstruction: {shares}. "
-        "Reconstructions of healthy val slices after the first and the last stage: "
+        f"\nShare of the ceiling's fine detail in the own-edge reconstruction: {shares}; "
+        "every training was stopped by its budget, not by the published epoch count. "
+    )
+    repeats = []
+    for dataset in sorted(longest):
+        trainings = [{row["epochs"]: row for row in run["rows"] if row["dataset"] == dataset}
+                     for run in runs]
+        trainings = [t for t in trainings if t]
+        common = sorted(set.intersection(*(set(t) for t in trainings)))
+        if len(trainings) > 1 and common:
+            values = "; ".join(
+                "/".join(f"{t[epoch]['detail_own']:.3f}" for t in trainings)
+                + f" at epoch {epoch}"
+                for epoch in common
+            )
+            repeats.append(f"{dataset} was trained {len(trainings)} times (detail own {values})")
+    if repeats:
+        text += (
+            "Trained again with the same seed, " + "; ".join(repeats) + ": on CUDA the "
+            "translator is reproducible only up to floating-point summation order, so this "
+            "is the spread a rerun shows. "
+        )
+    speeds = ", ".join(
+        f"{dataset} {stages[-1]['epoch_s']:.1f} s per epoch ({stages[-1]['step_s'] * 1000:.0f} "
+        f"ms per step of batch 8), so {stages[-1]['published_epochs']} epochs in "
+        f"{stages[-1]['epoch_s'] * stages[-1]['published_epochs'] / 60:.0f} min"
+        for dataset, stages in sorted(longest.items())
+    )
+    peak = max((row.get("gpu_peak_gib") or 0.0) for run in runs for row in run["rows"])
+    text += (
+        f"Training speed: {speeds}; peak GPU memory {peak:.1f} GiB. Reconstructions of "
+        "healthy val slices after the first and the last stage: "
         "[docs/img/full_size_reconstructions.png](docs/img/full_size_reconstructions.png).\n"
     )
     return text
 
 
-def figure(examples_path: Path, png: Path) -> None:
+def figure(examples_paths: list[Path], png: Path) -> None:
     """Input, first-stage and last-stage reconstructions of the example val slices, per
-    dataset, with the fine detail (input minus its 1.5 px blur) of input and last stage."""
+    dataset, with the fine detail (input minus its 1.5 px blur) of input and last stage; of
+    several trainings, each dataset's longest."""
     import matplotlib
     from matplotlib.figure import Figure
     from scipy import ndimage
@@ -362,8 +439,14 @@ def figure(examples_path: Path, png: Path) -> None:
     from arepas.figures import save_figure
 
     matplotlib.use("Agg")
-    with np.load(examples_path) as stored:
-        examples = {key: stored[key] for key in stored.files}
+    examples: dict[str, np.ndarray] = {}
+    for path in examples_paths:
+        with np.load(path) as stored:
+            found = {key: stored[key] for key in stored.files}
+        for dataset in DATASETS:
+            key = f"{dataset}/epochs_last"
+            if key in found and int(found[key]) > int(examples.get(key, 0)):
+                examples.update({k: v for k, v in found.items() if k.startswith(f"{dataset}/")})
     datasets = [d for d in DATASETS if f"{d}/input" in examples]
     n = max(len(examples[f"{d}/input"]) for d in datasets)
     columns = ("input", "recon_first", "recon_last", "detail input", "detail last")
@@ -411,10 +494,10 @@ def main(argv=None) -> None:
     training.add_argument("--device", default=None)
     training.add_argument("--datasets", default=",".join(DATASETS))
     drawing = commands.add_parser("figure", help="the examples' figure")
-    drawing.add_argument("examples", type=Path)
     drawing.add_argument("png", type=Path)
+    drawing.add_argument("examples", type=Path, nargs="+")
     storing = commands.add_parser("store", help="file a result in bench/measurements")
-    storing.add_argument("result", type=Path)
+    storing.add_argument("results", type=Path, nargs="+")
     storing.add_argument("--results-dir", type=Path,
                          default=Path(__file__).resolve().parent / "measurements")
     args = parser.parse_args(argv)
@@ -428,7 +511,7 @@ def main(argv=None) -> None:
     elif args.command == "figure":
         figure(args.examples, args.png)
     else:
-        print(store(args.result, args.results_dir))
+        print(store(args.results, args.results_dir))
 
 
 if __name__ == "__main__":
