@@ -19,6 +19,7 @@ from scipy import ndimage
 __all__ = [
     "Phantom",
     "brain_t1_phantom",
+    "demo_grid",
     "demo_phantom",
     "load_mni152",
     "lung_ct_phantom",
@@ -1024,27 +1025,54 @@ DEMO_ORIENTATIONS = ("RAS", "LPS", "oblique")
 _DEMO_SEED_OFFSET = {"lung_ct": 0, "brain_t1": 50_000}
 
 
-def demo_phantom(dataset: str, number: int, demo_seed: int, lesions: bool,
-                 mni: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-                 **brain_options) -> Phantom:
-    """Subject ``number`` of a demo cohort (its position among the dataset's rows of the demo
-    sheet, arepas.cohort.demo_numbers): its seed, scan grid (orientation cycling through RAS, LPS
-    and oblique) and phantom. ``mni`` is :func:`load_mni152`'s result, needed for brain_t1;
-    ``brain_options`` go to :func:`brain_t1_phantom` (e.g. another ``warp_mm``)."""
+# Voxel sizes (mm) of the demo scans. "coarse" grids keep the CPU demo within minutes (None: a
+# brain scan's voxel sizes are drawn per subject from _COARSE_BRAIN_MM); "clinical" grids are
+# those of the published cohorts' kind, thin-slice chest CT and 1 mm T1 MRI, for the full-size
+# configuration: on a 1 mm working grid a coarse scan's finest detail is interpolation.
+DEMO_SCAN_GRIDS = {
+    "coarse": {"lung_ct": (2.3, 2.3, 5.0), "brain_t1": None},
+    "clinical": {"lung_ct": (0.8, 0.8, 2.5), "brain_t1": (1.0, 1.0, 1.0)},
+}
+_COARSE_BRAIN_MM = (2.4, 3.2)
+_DEMO_FOV_MM = {"lung_ct": (300.0, 240.0, 220.0), "brain_t1": (180.0, 216.0, 180.0)}
+_DEMO_CENTRE_MM = {"lung_ct": (0.0, 0.0, 0.0), "brain_t1": (0.0, -18.0, 18.0)}
+
+
+def demo_grid(dataset: str, number: int, demo_seed: int, scan_grid: str = "coarse"
+              ) -> tuple[int, str, tuple[int, int, int], np.ndarray]:
+    """Seed, orientation (cycling through RAS, LPS and oblique), shape and affine of subject
+    ``number``'s demo scan. The grid's random draws do not depend on scan_grid, so a subject's
+    anatomy, lesions, orientation and tilt are the same on either grid."""
     if dataset not in _DEMO_SEED_OFFSET:
         raise ValueError(f"no demo generator for dataset '{dataset}'")
+    if scan_grid not in DEMO_SCAN_GRIDS:
+        raise ValueError(f"scan_grid must be one of {sorted(DEMO_SCAN_GRIDS)}, got {scan_grid!r}")
     seed = int(demo_seed) * 100_003 + _DEMO_SEED_OFFSET[dataset] + int(number)
     rng = np.random.default_rng(seed)
     orientation = DEMO_ORIENTATIONS[number % 3]
+    spacing = DEMO_SCAN_GRIDS[scan_grid][dataset]
+    if dataset == "brain_t1":
+        # Drawn on either grid, so that the oblique tilt that follows is the same.
+        drawn = tuple(rng.uniform(*_COARSE_BRAIN_MM, 3).round(2))
+        spacing = spacing or drawn
+    shape, affine = native_grid(rng, _DEMO_FOV_MM[dataset], spacing, orientation,
+                                center_mm=_DEMO_CENTRE_MM[dataset])
+    return seed, orientation, shape, affine
+
+
+def demo_phantom(dataset: str, number: int, demo_seed: int, lesions: bool,
+                 mni: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                 scan_grid: str = "coarse", **brain_options) -> Phantom:
+    """Subject ``number`` of a demo cohort (its position among the dataset's rows of the demo
+    sheet, arepas.cohort.demo_numbers) on its scan grid (:func:`demo_grid`). ``mni`` is
+    :func:`load_mni152`'s result, needed for brain_t1; ``brain_options`` go to
+    :func:`brain_t1_phantom` (e.g. another ``warp_mm``)."""
+    if dataset == "brain_t1" and mni is None:
+        raise ValueError("demo_phantom needs the MNI template (load_mni152()) for brain_t1")
+    seed, orientation, shape, affine = demo_grid(dataset, number, demo_seed, scan_grid)
     if dataset == "lung_ct":
-        shape, affine = native_grid(rng, (300.0, 240.0, 220.0), (2.3, 2.3, 5.0), orientation)
         phantom = lung_ct_phantom(seed, shape, affine, lesions=lesions)
-    else:  # brain_t1, the only other key of _DEMO_SEED_OFFSET
-        if mni is None:
-            raise ValueError("demo_phantom needs the MNI template (load_mni152()) for brain_t1")
-        spacing = tuple(rng.uniform(2.4, 3.2, 3).round(2))
-        shape, affine = native_grid(rng, (180.0, 216.0, 180.0), spacing, orientation,
-                                    center_mm=(0.0, -18.0, 18.0))
+    else:  # brain_t1, the only other dataset demo_grid accepts
         phantom = brain_t1_phantom(seed, shape, affine, lesions, *mni, **brain_options)
     phantom.info["orientation"] = orientation
     return phantom

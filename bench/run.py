@@ -245,8 +245,8 @@ def measure_section(name: str, args: argparse.Namespace) -> dict:
     if name == "translator_full":
         from bench import translator_full
 
-        # --run: a finished full-size preprocessing of the demo cohorts (see the module).
-        return translator_full.measure(args.run, args.configfile, args.budget_s)
+        return translator_full.measure(args.runs_dir.resolve() / "full256", args.budget_s,
+                                       cores=args.cores)
     if name == "training_memory":
         from bench import training_memory
 

@@ -7,17 +7,20 @@ published configuration (config/full.yaml: 256² slices, a 64-channel generator 
 blocks, a 64-512-channel PatchGAN, Adam 2e-4, batch 8, the gradient penalty on every step,
 bfloat16 autocast) on the demo cohorts preprocessed at that size.
 
-It runs in two places. `pack` (here, on any machine) gathers a finished full-size
-preprocessing run's train and val stacks of both cohorts, and the merged translator settings,
-into one folder small enough to travel: slices as float16 (a relative rounding of at most
-2⁻¹¹, far under the Canny thresholds' and the check's resolution). `train` (on the GPU
+It runs in two places. `prepare` (on any machine: about 10 minutes on 2 cores) generates the
+demo cohorts and preprocesses their train and val subjects with config/full.yaml in a working
+directory of its own; `pack` gathers that run's train and val stacks of both cohorts, and the
+merged translator settings, into one folder small enough to travel: slices as float16 (a
+relative rounding of at most 2⁻¹¹, far under the Canny thresholds' and the check's
+resolution). `train` (on the GPU
 machine) trains each cohort's translator from scratch with the run's seed, in stages of
 doubling epochs until a time budget is spent, and after each stage runs the workflow's
 edge-reliance check (arepas.diagnostics.edge_reliance) on the healthy val subjects. Each row is
 written as soon as it exists, so a run stopped at its time limit keeps what it measured.
 
+    python -m bench.translator_full prepare RUN_DIR            # seed 0; --seed N
     python -m bench.translator_full pack RUN_DIR PACK_DIR --configfile config/config.yaml \
-        --configfile config/full.yaml
+        --configfile config/full.yaml --configfile RUN_DIR/seed.yaml
     python -m bench.translator_full train PACK_DIR OUT_DIR --budget-s 200
     python -m bench.translator_full store OUT_DIR/translator_full.json   # into bench/measurements
 
@@ -30,6 +33,8 @@ import argparse
 import json
 import math
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,12 +43,18 @@ import numpy as np
 
 DATASETS = ("brain_t1", "lung_ct")
 SECTION = "translator_full"
+REPO = Path(__file__).resolve().parents[1]
+# The run's seed for the demo cohorts and training, beside the repository's config files.
+SEED_CONFIG = "seed.yaml"
+FULL_CONFIGS = ("config/config.yaml", "config/full.yaml")
 PACK_INFO = "pack.json"
 RESULT_NAME = "translator_full.json"
 EXAMPLES_NAME = "translator_full_examples.npz"
 # Issue "the translator must rebuild each scan's own anatomy": own ≤ 0.7 × other and, on the
 # registered brain cohort, own ≤ 0.7 × mean image.
 TARGET = 0.7
+# Native voxels larger than this many times the working grid's spacing: a coarse scan.
+COARSE_FACTOR = 1.5
 # Val slices kept as examples per dataset, for the figure of reconstructions.
 N_EXAMPLES = 4
 
@@ -69,6 +80,36 @@ def merged_config(configfiles: list[str | Path]) -> dict:
     for path in configfiles:
         config = merge(config, yaml.safe_load(Path(path).read_text()) or {})
     return config
+
+
+def prepare(run_dir: Path, seed: int = 0, cores: int = 2, repo: Path = REPO) -> list[Path]:
+    """Generate the demo cohorts with `seed` and preprocess their train and val subjects with
+    the published configuration in run_dir (which links the repository's workflow and config);
+    returns the config files to pack with. Snakemake skips whatever is already done."""
+    import pandas as pd
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "workflow", "config"):
+        if not (run_dir / name).exists():
+            (run_dir / name).symlink_to(repo / name)
+    (run_dir / SEED_CONFIG).write_text(f"seed: {seed}\ndemo: {{seed: {seed}}}\n")
+    configfiles = [*FULL_CONFIGS, SEED_CONFIG]
+    sheet_path = run_dir / "results" / "demo" / "subjects.tsv"
+
+    def snakemake(*targets: str) -> None:
+        command = [sys.executable, "-m", "snakemake", *targets, "--cores", str(cores),
+                   "--configfile", *configfiles]
+        with open(run_dir / "prepare.log", "a") as log:
+            subprocess.run(command, cwd=run_dir, stdout=log, stderr=subprocess.STDOUT,
+                           check=True)
+
+    # The sheet first: it names the subjects whose stacks are asked for next.
+    snakemake(str(sheet_path.relative_to(run_dir)))
+    sheet = pd.read_csv(sheet_path, sep="\t", keep_default_na=False)
+    wanted = sheet[sheet["dataset"].isin(DATASETS) & sheet["split"].isin(["train", "val"])]
+    snakemake(*(f"results/{row.dataset}/preprocessed/{row.subject}/slices.npz"
+                for row in wanted.itertuples()))
+    return [run_dir / name for name in configfiles]
 
 
 def native_spacings(run_dir: Path, sheet, subjects: list[str]) -> list[list[float]]:
@@ -260,10 +301,10 @@ def train(pack_dir: Path, out_dir: Path, budget_s: float, device: str | None = N
     return data
 
 
-def measure(run_dir: Path, configfiles: list[str | Path], budget_s: float,
+def measure(run_dir: Path, budget_s: float, seed: int = 0, cores: int = 2,
             progress=print) -> dict:
-    """`python -m bench --only translator_full --run DIR`: pack and train on this machine,
-    which must have CUDA (at 256² with 9 blocks a CPU trains an epoch in hours)."""
+    """`python -m bench --only translator_full`: prepare (in run_dir), pack and train on this
+    machine, which must have CUDA (at 256² with 9 blocks a CPU trains an epoch in hours)."""
     import torch
 
     if not torch.cuda.is_available():
@@ -272,6 +313,8 @@ def measure(run_dir: Path, configfiles: list[str | Path], budget_s: float,
             "machine without one, pack here and train where a GPU is (python -m "
             "bench.translator_full --help)"
         )
+    progress(f"translator_full: preprocessing the demo cohorts at full size in {run_dir}")
+    configfiles = prepare(run_dir, seed, cores)
     with tempfile.TemporaryDirectory(prefix="arepas-full-pack-") as tmp:
         pack(run_dir, Path(tmp) / "pack", configfiles)
         data = train(Path(tmp) / "pack", Path(tmp) / "out", budget_s, "cuda", progress=progress)
@@ -348,22 +391,28 @@ def render(data: dict) -> str:
         f"mean image ≤ {TARGET}. The CPU demo's translators (64² slices) on the same questions: "
         "section 1.\n\n"
     )
-    grids = []
+    coarse, fine = [], []
     for dataset, entry in pack_info["datasets"].items():
         if "native_spacing_mm" not in entry:
             continue
         sizes = np.asarray(entry["native_spacing_mm"], dtype=float)
-        grids.append(
-            f"`{dataset}` scans of {sizes.min():.1f} to {sizes.max():.1f} mm voxels on a "
-            + " × ".join(f"{v:g}" for v in entry["working_spacing_mm"]) + " mm working grid"
-        )
-    if grids:
+        working = np.asarray(entry["working_spacing_mm"], dtype=float)
+        grid = (f"`{dataset}` scans of {sizes.min():.1f} to {sizes.max():.1f} mm voxels on a "
+                + " × ".join(f"{v:g}" for v in working) + " mm working grid")
+        # Voxels half as large again as the working grid's leave its finest band to
+        # interpolation.
+        (coarse if sizes.max() > COARSE_FACTOR * working.max() else fine).append(grid)
+    if coarse:
         text += (
-            "The demo generator renders its scans on coarse grids (" + "; ".join(grids) + "), "
-            "so at this slice size part of a slice's finest detail is interpolation between "
-            "scan voxels, which the ceiling keeps and no edge map carries: the ceiling is out "
-            "of reach here for a reason other than the translator.\n\n"
+            "The demo scans behind these numbers are coarser than the working grid ("
+            + "; ".join(coarse) + "), so part of a slice's finest detail is interpolation "
+            "between scan voxels, which the ceiling keeps and no edge map carries: the ceiling is "
+            "out of reach for a reason other than the translator (`demo: {scan_grid: clinical}`, "
+            "set by config/full.yaml, generates the scans on clinical grids).\n\n"
         )
+    if fine:
+        text += ("Scans at least as fine as the working grid (" + "; ".join(fine) + "): the "
+                 "fine detail is the phantoms' anatomy.\n\n")
     table = []
     for number, run in enumerate(runs, start=1):
         for row in run["rows"]:
@@ -481,6 +530,10 @@ def figure(examples_paths: list[Path], png: Path) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.translator_full")
     commands = parser.add_subparsers(dest="command", required=True)
+    preparing = commands.add_parser("prepare", help="the demo cohorts preprocessed at full size")
+    preparing.add_argument("run_dir", type=Path)
+    preparing.add_argument("--seed", type=int, default=0)
+    preparing.add_argument("--cores", type=int, default=2)
     packing = commands.add_parser("pack", help="gather a full-size run's stacks to travel")
     packing.add_argument("run_dir", type=Path)
     packing.add_argument("pack_dir", type=Path)
@@ -501,7 +554,11 @@ def main(argv=None) -> None:
     storing.add_argument("--results-dir", type=Path,
                          default=Path(__file__).resolve().parent / "measurements")
     args = parser.parse_args(argv)
-    if args.command == "pack":
+    if args.command == "prepare":
+        configfiles = prepare(args.run_dir.resolve(), args.seed, args.cores)
+        print("then: python -m bench.translator_full pack", args.run_dir, "PACK_DIR",
+              *(f"--configfile {path}" for path in configfiles))
+    elif args.command == "pack":
         info = pack(args.run_dir.resolve(), args.pack_dir, args.configfile)
         print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "translator"}
                           for k, v in info["datasets"].items()}, indent=1))

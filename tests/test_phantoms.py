@@ -305,3 +305,27 @@ def test_demo_subjects_do_not_depend_on_the_other_cohort_or_the_test_count():
     # ... numbered within its own dataset, train and val first.
     assert small["brain001"] == small["lung001"] == 0 and small["brain006"] == 5
     assert numbers(1, 4)["brain003"] == small["brain003"]
+
+
+@pytest.mark.parametrize("dataset", ["lung_ct", "brain_t1"])
+def test_demo_grids_differ_only_in_voxel_size(dataset):
+    for number in range(3):  # RAS, LPS and oblique
+        seed_c, orient_c, shape_c, coarse = phantoms.demo_grid(dataset, number, 5, "coarse")
+        seed_f, orient_f, shape_f, clinical = phantoms.demo_grid(dataset, number, 5, "clinical")
+        assert (seed_c, orient_c) == (seed_f, orient_f)
+        size_c = np.linalg.norm(coarse[:3, :3], axis=0)
+        size_f = np.linalg.norm(clinical[:3, :3], axis=0)
+        assert np.allclose(size_f, phantoms.DEMO_SCAN_GRIDS["clinical"][dataset])
+        # The same axes (a tilted gantry stays tilted the same way) and the same field of view.
+        assert np.allclose(coarse[:3, :3] / size_c, clinical[:3, :3] / size_f)
+        centre = [(affine[:3, :3] @ ((np.array(shape) - 1) / 2.0) + affine[:3, 3])
+                  for affine, shape in ((coarse, shape_c), (clinical, shape_f))]
+        assert np.allclose(*centre)
+        assert np.allclose(np.array(shape_c) * size_c, np.array(shape_f) * size_f,
+                           atol=size_c.max())
+    if dataset == "lung_ct":
+        assert np.allclose(size_c, (2.3, 2.3, 5.0))
+    else:
+        assert np.all((size_c >= 2.4) & (size_c <= 3.2))
+    with pytest.raises(ValueError, match="scan_grid must be one of"):
+        phantoms.demo_grid(dataset, 0, 0, "fine")

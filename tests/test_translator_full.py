@@ -135,7 +135,7 @@ def test_training_in_stages_checks_after_each_and_stores_the_section(full_run, t
     assert record["section"] == "translator_full" and len(record["data"]["runs"]) == 2
     text = translator_full.render(record["data"])
     assert "lung_ct was trained 2 times" in text
-    assert "2.5 to 3.0 mm voxels" in text
+    assert "2.5 to 3.0 mm voxels" in text and "coarser than the working grid" in text
     assert text.count("| lung_ct |") == 2 * len(rows)
     translator_full.figure([out / translator_full.EXAMPLES_NAME], tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 0

@@ -19,7 +19,8 @@ mni = phantoms.load_mni152() if (rows["dataset"] == "brain_t1").any() else None
 
 
 def write_subject(number: int, row: dict) -> str:
-    ph = phantoms.demo_phantom(row["dataset"], number, demo["seed"], row["split"] == "test", mni)
+    ph = phantoms.demo_phantom(row["dataset"], number, demo["seed"], row["split"] == "test", mni,
+                               scan_grid=demo["scan_grid"])
     orientation, shape = ph.info["orientation"], ph.image.shape
     # CT is stored as integer HU, like scanner exports; MRI as float.
     dtype = np.int16 if row["dataset"] == "lung_ct" else np.float32
