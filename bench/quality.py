@@ -272,6 +272,17 @@ def recompute_edge_reliance(run_dir: Path, dataset: str) -> dict[str, float]:
 EDGE_RELIANCE_TARGET = 0.7
 
 
+def meets_edge_target(row) -> bool:
+    """Whether one translator's check (a dict or a table row with its dataset) meets the target:
+    own / other within EDGE_RELIANCE_TARGET and, on the registered brain cohort, own / mean
+    image as well."""
+    registered = row["dataset"] == "brain_t1"
+    return bool(
+        row["own_over_other"] <= EDGE_RELIANCE_TARGET
+        and (not registered or row["own_over_mean_image"] <= EDGE_RELIANCE_TARGET)
+    )
+
+
 def render_edge_reliance(data: dict) -> str:
     """Edge reliance of every run's translators, mean ± sd over runs per dataset."""
     records = [

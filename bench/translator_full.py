@@ -50,9 +50,6 @@ FULL_CONFIGS = ("config/config.yaml", "config/full.yaml")
 PACK_INFO = "pack.json"
 RESULT_NAME = "translator_full.json"
 EXAMPLES_NAME = "translator_full_examples.npz"
-# Issue "the translator must rebuild each scan's own anatomy": own ≤ 0.7 × other and, on the
-# registered brain cohort, own ≤ 0.7 × mean image.
-TARGET = 0.7
 # Native voxels larger than this many times the working grid's spacing: a coarse scan.
 COARSE_FACTOR = 1.5
 # Val slices kept as examples per dataset, for the figure of reconstructions.
@@ -64,21 +61,13 @@ N_EXAMPLES = 4
 
 
 def merged_config(configfiles: list[str | Path]) -> dict:
-    """The config files merged key by key, later files winning, as Snakemake merges them."""
+    """The config files merged key by key, later files winning, by Snakemake's own merge."""
     import yaml
-
-    def merge(base: dict, update: dict) -> dict:
-        out = dict(base)
-        for key, value in update.items():
-            if isinstance(value, dict) and isinstance(out.get(key), dict):
-                out[key] = merge(out[key], value)
-            else:
-                out[key] = value
-        return out
+    from snakemake.utils import update_config
 
     config: dict = {}
     for path in configfiles:
-        config = merge(config, yaml.safe_load(Path(path).read_text()) or {})
+        update_config(config, yaml.safe_load(Path(path).read_text()) or {})
     return config
 
 
@@ -201,8 +190,8 @@ def example_rows(val_roi: np.ndarray, val_subject_ids: np.ndarray, n: int = N_EX
     return wide[np.unique(picks)]
 
 
-def train_dataset(pack_dir: Path, dataset: str, budget_s: float, device: str, write_row,
-                  progress=print) -> dict[str, np.ndarray]:
+def train_dataset(pack_dir: Path, info: dict, dataset: str, budget_s: float, device: str,
+                  write_row, progress=print) -> dict[str, np.ndarray]:
     """Train one dataset's translator in stages within budget_s; write_row(row) after each
     stage's check. Returns example slices (input, reconstructions after the first and last
     stage)."""
@@ -210,7 +199,6 @@ def train_dataset(pack_dir: Path, dataset: str, budget_s: float, device: str, wr
 
     from arepas import diagnostics, translator
 
-    info = json.loads((pack_dir / PACK_INFO).read_text())
     entry = info["datasets"][dataset]
     check = load_pack(pack_dir, dataset)
     published = translator.TranslatorSettings.from_dict(entry["translator"])
@@ -294,7 +282,7 @@ def train(pack_dir: Path, out_dir: Path, budget_s: float, device: str | None = N
 
     examples: dict[str, np.ndarray] = {}
     for dataset in datasets:
-        for key, value in train_dataset(pack_dir, dataset, budget_s, device, write_row,
+        for key, value in train_dataset(pack_dir, info, dataset, budget_s, device, write_row,
                                         progress).items():
             examples[f"{dataset}/{key}"] = value
         np.savez_compressed(out_dir / EXAMPLES_NAME, **examples)
@@ -342,12 +330,6 @@ def store(results: list[Path], results_dir: Path) -> Path:
 # Report
 
 
-def meets_target(row: dict) -> bool:
-    registered = row["dataset"] == "brain_t1"
-    return bool(row["own_over_other"] <= TARGET
-                and (not registered or row["own_over_mean_image"] <= TARGET))
-
-
 def _cell(value: float, digits: int = 3) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
@@ -364,7 +346,9 @@ def _longest(runs: list[dict]) -> dict[str, list[dict]]:
 
 
 def render(data: dict) -> str:
+    from arepas.diagnostics import CEILING_BLUR_PX, DETAIL_BORDER_PX, DETAIL_SIGMA_PX
     from bench import tables
+    from bench.quality import EDGE_RELIANCE_TARGET, meets_edge_target
 
     runs = [run for run in data.get("runs", []) if run["rows"]]
     if not runs:
@@ -384,12 +368,13 @@ def render(data: dict) -> str:
         f"full size ({cohorts}), on {devices}, in stages of doubling epochs until a time budget "
         "per cohort was spent (`python -m bench.translator_full`); after each stage the "
         "workflow's edge-reliance check on the healthy val subjects. *detail*: correlation of "
-        "the slice's fine detail (structure narrower than a Gaussian of 1.5 px) with the "
-        "prediction's, inside the ROI less a 3 px border; *ceiling*: the same for the slice "
-        "blurred by 1 px, what a faithful but slightly smooth reconstruction would give. Target "
-        f"as in section 19: own / other ≤ {TARGET} and, on the registered brain cohort, own / "
-        f"mean image ≤ {TARGET}. The CPU demo's translators (64² slices) on the same questions: "
-        "section 1.\n\n"
+        f"the slice's fine detail (structure narrower than a Gaussian of {DETAIL_SIGMA_PX:g} px) "
+        f"with the prediction's, inside the ROI less a {DETAIL_BORDER_PX} px border; *ceiling*: "
+        f"the same for the slice blurred by {CEILING_BLUR_PX:g} px, what a faithful but slightly "
+        "smooth reconstruction would give. Target "
+        f"as in section 19: own / other ≤ {EDGE_RELIANCE_TARGET} and, on the registered brain "
+        f"cohort, own / mean image ≤ {EDGE_RELIANCE_TARGET}. The CPU demo's translators (64² "
+        "slices) on the same questions: section 1.\n\n"
     )
     coarse, fine = [], []
     for dataset, entry in pack_info["datasets"].items():
@@ -422,7 +407,7 @@ def render(data: dict) -> str:
                 _cell(row["l1_own_edges"]), _cell(row["own_over_other"]),
                 _cell(row["own_over_mean_image"]), _cell(row["detail_own"]),
                 _cell(row["detail_other_edges"]), _cell(row["detail_mean_image"]),
-                _cell(row["detail_blurred_input"]), "yes" if meets_target(row) else "no",
+                _cell(row["detail_blurred_input"]), "yes" if meets_edge_target(row) else "no",
             ])
     table.sort(key=lambda cells: (cells[0], cells[1]))
     text += tables.markdown_table(

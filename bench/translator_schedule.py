@@ -109,11 +109,7 @@ def render(data: dict) -> str:
     for (dataset, variant), group in frame.groupby(["dataset", "variant"], sort=False):
         by_run = ", ".join(f"{r['own_over_mean_image']:.3f}" if dataset == "brain_t1"
                            else f"{r['own_over_other']:.3f}" for _, r in group.iterrows())
-        meets = sum(
-            (r["own_over_other"] <= 0.7)
-            and (dataset != "brain_t1" or r["own_over_mean_image"] <= 0.7)
-            for _, r in group.iterrows()
-        )
+        meets = sum(quality.meets_edge_target(r) for _, r in group.iterrows())
         table.append([
             dataset, variant, group["why"].iloc[0], str(len(group)),
             f"{group['l1_own_edges'].mean():.4f}", f"{group['own_over_other'].mean():.3f}",

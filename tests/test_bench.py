@@ -811,8 +811,8 @@ def test_discriminator_study_tables_both_channel_counts_and_the_target_per_run()
     assert translator_disc.render({"rows": []}) == "No run to study.\n"
     # The lung cohort is not registered: only own / other counts there.
     lung = {**base, "dataset": "lung_ct", "own_over_mean_image": 0.9}
-    assert translator_disc.meets_target(pd.Series(lung))
-    assert not translator_disc.meets_target(pd.Series({**lung, "dataset": "brain_t1"}))
+    assert quality.meets_edge_target(pd.Series(lung))
+    assert not quality.meets_edge_target(pd.Series({**lung, "dataset": "brain_t1"}))
 
 
 def test_translator_speed_builds_a_variants_own_discriminator():
