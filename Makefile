@@ -20,9 +20,9 @@ $(BIN)/snakemake: pyproject.toml
 
 install: $(BIN)/snakemake
 
+# One invocation: the report is built right after the run, without parsing the workflow again.
 demo: install
-	$(BIN)/snakemake --cores 2
-	$(BIN)/snakemake --cores 2 --report results/report.zip
+	$(BIN)/snakemake --cores 2 --report results/report.zip --report-after-run
 
 test: install
 	$(BIN)/python -m pytest -q tests
