@@ -21,7 +21,7 @@ from bench import tables, translator_detail
 from bench.quality import EDGE_RELIANCE_TARGET, meets_edge_target
 
 DATASETS = ("brain_t1", "lung_ct")
-# The demo's discriminator channels and half of them.
+# The demo's discriminator channels before this study and half of them (the demo's since).
 CHANNELS = (32, 16)
 
 
