@@ -1,12 +1,16 @@
 """The subjects sheet: reading it, checking it against the config, and the demo cohorts' rows.
 
-Checks here run when the workflow's DAG is built, so they read headers only; voxel-level checks
-(NaN, binary masks) run at the start of each subject's preprocessing, before any training.
+Checks here run when the workflow's DAG is built, so they read headers only (and a few sampled
+blocks of equal-sized images, to find one scan used twice); voxel-level checks (NaN, binary
+masks) run at the start of each subject's preprocessing, before any training.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import warnings
+from collections import defaultdict
 from pathlib import Path
 
 import pandas as pd
@@ -52,8 +56,8 @@ def check_sheet(table: pd.DataFrame, datasets: dict, check_files: bool = True) -
     """Stop on the sheet errors that can be seen before any heavy work.
 
     ``table`` holds resolved paths. With ``check_files`` every image and mask must exist, be a 3D
-    NIfTI with a positive voxel size and an invertible affine, and masks must share their image's
-    grid.
+    NIfTI with a positive voxel size and an invertible affine, masks must share their image's
+    grid, and no two subjects may use the same scan (:func:`check_shared_scans`).
     """
     dupes = table["subject"][table["subject"].duplicated()].unique().tolist()
     if dupes:
@@ -83,6 +87,8 @@ def check_sheet(table: pd.DataFrame, datasets: dict, check_files: bool = True) -
             )
         if check_files:
             check_subject_files(row._asdict())
+    if check_files:
+        check_shared_scans(table)
     for name in {r.dataset for r in table.itertuples()}:
         splits = set(table.loc[table["dataset"] == name, "split"])
         for needed in ("train", "val"):
@@ -114,6 +120,78 @@ def check_subject_files(row: dict) -> None:
                 row[column],
                 "affine differs from the image's: the mask must be on the image's grid",
             )
+
+
+# The sampled-content fingerprint: the NIfTI-1 header, and a few blocks spread over the file.
+HEADER_BYTES = 352
+SAMPLE_BLOCKS = 8
+SAMPLE_BLOCK_BYTES = 64 * 1024
+
+
+def check_shared_scans(table: pd.DataFrame) -> None:
+    """Stop when two subjects' images are one scan: a training scan among the test subjects
+    inflates every Dice, and the workflow would never notice.
+
+    Images are compared by resolved path (symlinks, one file named twice), then files of equal
+    size by header and sampled content (:func:`scan_fingerprint`), never by whole-file hashes.
+    Only the ``image`` column counts: masks may be shared legitimately (one ROI for a cohort).
+    """
+    rows = [(r.subject, r.split, r.image) for r in table.itertuples(index=False) if r.image]
+    seen: dict[str, tuple[str, str, str]] = {}
+    for row in rows:
+        real = os.path.realpath(row[2])
+        if real in seen:
+            _shared_scan_error(seen[real], row, f"both resolve to the same file '{real}'")
+        seen[real] = row
+    # Size first: it costs a stat, and scans of different size are different scans.
+    by_size: dict[int, list[tuple[str, str, str]]] = defaultdict(list)
+    for real, row in seen.items():
+        by_size[os.path.getsize(real)].append(row)
+    for group in by_size.values():
+        if len(group) < 2:
+            continue
+        by_print: dict[bytes, tuple[str, str, str]] = {}
+        for row in group:
+            key = scan_fingerprint(row[2])
+            if key in by_print:
+                _shared_scan_error(
+                    by_print[key], row, "have identical size, header and sampled content"
+                )
+            by_print[key] = row
+
+
+def scan_fingerprint(path: str | os.PathLike) -> bytes:
+    """Size, header bytes and a BLAKE2b hash of evenly spaced blocks of a file (a few hundred
+    KiB read at most, whatever its size).
+
+    The bytes are those on disk: for a ``.nii.gz`` the compressed stream, so a copy of a file is
+    caught but not the same scan compressed again or stored once as ``.nii`` and once as
+    ``.nii.gz``.
+    """
+    size = os.path.getsize(path)
+    digest = hashlib.blake2b(digest_size=32)
+    with open(path, "rb") as handle:
+        header = handle.read(HEADER_BYTES)
+        if size <= SAMPLE_BLOCKS * SAMPLE_BLOCK_BYTES:
+            offsets = [0]
+            length = size
+        else:
+            step = (size - SAMPLE_BLOCK_BYTES) / (SAMPLE_BLOCKS - 1)
+            offsets = [round(i * step) for i in range(SAMPLE_BLOCKS)]
+            length = SAMPLE_BLOCK_BYTES
+        for offset in offsets:
+            handle.seek(offset)
+            digest.update(handle.read(length))
+    return size.to_bytes(8, "little") + header + digest.digest()
+
+
+def _shared_scan_error(first: tuple[str, str, str], second: tuple[str, str, str], how: str):
+    (subject_a, split_a, path_a), (subject_b, split_b, path_b) = first, second
+    raise SheetError(
+        f"subjects '{subject_a}' ({split_a}) and '{subject_b}' ({split_b}) use the same scan: "
+        f"'{path_a}' and '{path_b}' {how}; a scan in two subjects (or two splits) leaks "
+        "training data into the evaluation: keep it in one subject only"
+    )
 
 
 def demo_sheet(demo: dict, folder: str = "results/demo") -> pd.DataFrame:

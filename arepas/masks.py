@@ -70,6 +70,8 @@ def display_window(
     maps to [-1, 1] (whole scan where the ROI is empty)."""
     if modality == "ct":
         low, high = intensity.get("window", (-1000.0, 200.0))
+        if intensity.get("ct_mapping", "linear") == "lower_half":
+            high = (low + high) / 2.0
         return float(low), float(high)
     image = np.asarray(image, dtype=np.float32)
     roi = np.asarray(roi, dtype=bool)

@@ -138,9 +138,24 @@ def _close_and_fill(component: np.ndarray, radius, axis: int) -> np.ndarray:
     return out
 
 
-def normalise_ct(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    """Clip to the HU window and map it linearly to [-1, 1]."""
+CT_MAPPINGS = ("linear", "lower_half")
+
+
+def normalise_ct(
+    hu: np.ndarray, window: tuple[float, float], mapping: str = "linear"
+) -> np.ndarray:
+    """Clip to the HU window and map it linearly to [-1, 1].
+
+    `lower_half` then does what the reference notebook does to its CT slices after reading them
+    to [-1, 1]: values above 0 set to 0 and the rest stretched, x -> 2x + 1. That spends the
+    whole range on the window's darker half (of [-1000, 200] HU: [-1000, -400] HU, where
+    parenchyma, vessels and ground glass lie) and makes everything denser one flat white.
+    """
+    if mapping not in CT_MAPPINGS:
+        raise ValueError(f"CT mapping must be one of {CT_MAPPINGS}, got {mapping!r}")
     lo, hi = window
+    if mapping == "lower_half":
+        hi = (lo + hi) / 2.0
     return (np.clip((hu - lo) / (hi - lo), 0.0, 1.0) * 2.0 - 1.0).astype(np.float32)
 
 
@@ -170,6 +185,11 @@ def bias_correction_settings(modality: str, intensity: dict, dataset: str = "?")
     and for N4 on CT: Hounsfield units are calibrated, a field estimated on them would only bend
     them."""
     key = f"config datasets.{dataset}.intensity"
+    if modality != "ct" and "ct_mapping" in intensity:
+        raise ValueError(
+            f"{key}.ct_mapping: maps a CT window in HU; dataset '{dataset}' is "
+            f"{modality.upper()}. Remove it."
+        )
     method = intensity.get("bias_correction", "n4" if modality == "mri" else "none")
     if method not in BIAS_CORRECTIONS:
         raise ValueError(
@@ -346,7 +366,11 @@ def normalise(image: np.ndarray, roi: np.ndarray, modality: str, intensity: dict
     """Intensities to [-1, 1] as the dataset's config says; outside the ROI set to -1 (background),
     since the networks see the organ only (the published CT slices were lung-masked too)."""
     if modality == "ct":
-        out = normalise_ct(image, tuple(intensity.get("window", (-1000.0, 200.0))))
+        out = normalise_ct(
+            image,
+            tuple(intensity.get("window", (-1000.0, 200.0))),
+            intensity.get("ct_mapping", "linear"),
+        )
     else:
         out = normalise_mri(image, roi, tuple(intensity.get("percentiles", (1.0, 99.0))))
     out[~roi] = -1.0

@@ -35,11 +35,12 @@ SECTIONS = (
     "translator_detail",
     "translator_disc",
     "translator_full",
+    "ct_mapping",
 )
 # Hours of training: measured only when named in --only.
 ON_REQUEST = ("translator_knobs", "demo_anatomy", "variants", "heldout", "translator_schedule",
               "heldout_mining", "patch_sizes", "translator_detail", "translator_disc",
-              "translator_full")
+              "translator_full", "ct_mapping")
 TITLES = {
     "quality": "1. Quality over seeds",
     "speed": "2. Speed per rule and stage",
@@ -61,6 +62,7 @@ TITLES = {
     "translator_detail": "18. Fine anatomy in the reconstructions against the L1 weight",
     "translator_disc": "19. A discriminator of half the channels",
     "translator_full": "20. The translator at the published sizes, on a GPU",
+    "ct_mapping": "21. CT intensities: the window, or the reference's darker half of it",
 }
 # What quality_previous.json measured: the code before the reference implementation's settings
 # became the defaults (unpadded scorer, detached head, clean-edge ROI mining, per-slice ROI
@@ -247,6 +249,11 @@ def measure_section(name: str, args: argparse.Namespace) -> dict:
 
         return translator_full.measure(args.runs_dir.resolve() / "full256", args.budget_s,
                                        cores=args.cores)
+    if name == "ct_mapping":
+        from bench import ct_mapping
+
+        return ct_mapping.measure(REPO, args.runs_dir.resolve() / "ct_mapping",
+                                  range(args.seeds), args.cores)
     if name == "training_memory":
         from bench import training_memory
 

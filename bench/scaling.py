@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from arepas.presets import resolve_presets
 from bench import tables
 from bench.machine import peak_rss_mb
 
@@ -38,7 +39,7 @@ TARGET_GIB = 4.0
 
 
 def _config(run_dir: Path) -> dict:
-    return yaml.safe_load((run_dir / "config" / "config.yaml").read_text())
+    return resolve_presets(yaml.safe_load((run_dir / "config" / "config.yaml").read_text()))
 
 
 class _Clock:

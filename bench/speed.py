@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from arepas.presets import resolve_presets
 from bench import fresh_clone, quality, tables
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def measure(run_dir: Path, baseline_run: Path | None = None) -> dict:
 
 def _config_of(run_dir: Path) -> dict | None:
     path = run_dir / "config" / "config.yaml"
-    return yaml.safe_load(path.read_text()) if path.exists() else None
+    return resolve_presets(yaml.safe_load(path.read_text())) if path.exists() else None
 
 
 def run_config(data: dict) -> dict | None:
@@ -66,7 +67,7 @@ def run_config(data: dict) -> dict | None:
             text=True,
         )
         if shown.returncode == 0:
-            return yaml.safe_load(shown.stdout)
+            return resolve_presets(yaml.safe_load(shown.stdout))
     return None
 
 

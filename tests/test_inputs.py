@@ -17,11 +17,11 @@ def _write(path, data, affine=None):
 
 @pytest.fixture
 def cohort_dir(tmp_path):
-    image = np.full((8, 8, 6), -900, np.int16)
     lesion = np.zeros((8, 8, 6), np.uint8)
     lesion[3:5, 3:5, 2:4] = 1
-    for name in ("a", "b", "c"):
-        _write(tmp_path / f"{name}.nii.gz", image)
+    # Three different scans: one scan in two subjects is an error of its own (test_duplicates).
+    for n, name in enumerate(("a", "b", "c")):
+        _write(tmp_path / f"{name}.nii.gz", np.full((8, 8, 6), -900 + n, np.int16))
     _write(tmp_path / "c_lesion.nii.gz", lesion)
     return tmp_path
 

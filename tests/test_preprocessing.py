@@ -96,6 +96,25 @@ def test_normalisation_ranges():
     assert abs(np.mean(inside >= 1 - 1e-6) - 0.01) < 0.01
 
 
+def test_lower_half_ct_mapping_is_the_reference_notebooks_stretch():
+    """The reference notebook, on slices already in [-1, 1]: x[x > 0] = 0, then 2x + 1."""
+    hu = np.linspace(-1500, 800, 2301, dtype=np.float32)
+    reference = prep.normalise_ct(hu, (-1000, 200)).copy()
+    reference[reference > 0] = 0
+    reference = 2 * reference + 1
+    ours = prep.normalise_ct(hu, (-1000, 200), "lower_half")
+    np.testing.assert_allclose(ours, reference, atol=1e-6)
+    # [-1000, -400] HU spans the range; denser tissue is flat white.
+    assert ours[hu == -1000] == -1 and ours[hu == -400] == 1 and ours[hu > -400].min() == 1
+    with pytest.raises(ValueError, match="lower_half"):
+        prep.normalise_ct(hu, (-1000, 200), "upper")
+
+
+def test_ct_mapping_is_refused_for_mri():
+    with pytest.raises(ValueError, match="ct_mapping"):
+        prep.bias_correction_settings("mri", {"ct_mapping": "lower_half"}, "brain")
+
+
 def test_slices_extract_and_assemble_round_trip():
     shape = (50, 40, 12)
     roi = np.zeros(shape, bool)

@@ -12,8 +12,30 @@ from arepas.io import InputError
 from arepas.methods import CALIBRATED_METHOD, PATCH_METHODS
 from arepas.pipeline import CLEAN_METHOD, clean_method_settings
 from arepas.postprocess import PostprocessSettings, evaluated_methods
+from arepas.presets import PresetError, apply_preset, describe_origins
 
+
+def apply_presets():
+    """Each dataset block with its `preset` filled in under its own settings (before the schema
+    fills in the published defaults), and where each setting came from."""
+    origins = {}
+    for name, block in (config.get("datasets") or {}).items():
+        if not isinstance(block, dict):
+            continue  # the schema names what is wrong with it
+        try:
+            config["datasets"][name], origins[name] = apply_preset(block, name)
+        except PresetError as error:
+            raise WorkflowError(str(error)) from None
+    return origins
+
+
+PRESET_ORIGINS = apply_presets()
 validate(config, schema="../schemas/config.schema.yaml")
+if workflow.is_main_process:
+    for _dataset, _origins in PRESET_ORIGINS.items():
+        _message = describe_origins(_dataset, _origins)
+        if _message:
+            logger.info(_message)
 
 # Jobs import `arepas` from this checkout, not from an installed copy: Snakemake appends the main
 # process's module search path to every rule script's, so the repository root put first here
