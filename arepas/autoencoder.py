@@ -23,6 +23,7 @@ from torch import nn
 
 from arepas.epochs import as_slice_batch, epoch_order, fit_epochs, stack_rows
 from arepas.io import save_torch
+from arepas.progress import StepProgress, batches_per_epoch, capped_steps, check_max_steps
 from arepas.settings import settings_from_dict
 from arepas.stacks import StackArray
 
@@ -31,14 +32,19 @@ CHECKPOINT_NAME = "autoencoder_last.pt"
 
 @dataclass
 class AutoencoderSettings:
+    """Network size and training; `max_steps` (None: no cap) stops training after that many
+    batches, mid-epoch if need be (see arepas.progress)."""
+
     base_channels: int = 32
     depth: int = 4
     latent_channels: int = 16
     lr: float = 1e-3
     batch_size: int = 16
     epochs: int = 30
+    max_steps: int | None = None
 
     def __post_init__(self) -> None:
+        check_max_steps(self.max_steps)
         for name in ("base_channels", "depth", "latent_channels", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -100,6 +106,18 @@ class ConvAutoencoder(nn.Module):
         return self.decoder(self.encoder(x))
 
 
+def steps_per_epoch(settings: AutoencoderSettings, n_slices: int) -> int:
+    """Optimiser steps of one epoch over n_slices training slices (a last batch of one slice
+    is skipped: batch norm needs two)."""
+    return batches_per_epoch(n_slices, settings.batch_size, smallest=2)
+
+
+def planned_steps(settings: AutoencoderSettings, n_slices: int) -> int:
+    """Optimiser steps that train_autoencoder takes on n_slices training slices (validation
+    slices come separately and take none): epochs x steps_per_epoch, at most max_steps."""
+    return capped_steps(settings.epochs, steps_per_epoch(settings, n_slices), settings.max_steps)
+
+
 def build_autoencoder(settings: AutoencoderSettings) -> ConvAutoencoder:
     """A freshly initialised autoencoder."""
     return ConvAutoencoder(settings)
@@ -127,7 +145,10 @@ def train_autoencoder(
     """Train with L1 loss and Adam; returns the best-validation model and the per-epoch history.
 
     With `checkpoint_dir`, a checkpoint is written atomically after every epoch and a run that
-    finds one resumes after its last finished epoch (with identical results).
+    finds one resumes after its last finished epoch (with identical results). With
+    settings.max_steps, training stops after that many batches (planned_steps); the last epoch
+    may be cut short and is validated as any other. Progress lines with an expected end go to
+    `progress` (arepas.progress.StepProgress).
     History columns: epoch, train_l1, val_l1 (train L1 when no validation slices are given).
     On ``device`` ("cpu", "cuda", "cuda:1"): slices and model live there, the same steps run on
     CPU and GPU, and a checkpoint from either resumes on the other. The model is returned on
@@ -150,11 +171,14 @@ def train_autoencoder(
     model = build_autoencoder(settings).to(torch_device)
     # Adam with torch defaults otherwise (betas 0.9, 0.999).
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    ticker = StepProgress("autoencoder", planned_steps(settings, len(train)), progress)
 
-    def run_epoch(epoch: int) -> float:
+    def run_epoch(epoch: int, batches: int | None) -> float:
         order = torch.as_tensor(epoch_order(seed, epoch, len(train)), device=torch_device)
-        total, seen = 0.0, 0
+        total, seen, taken = 0.0, 0, 0
         for start in range(0, len(train), settings.batch_size):
+            if taken == batches:  # the step budget (max_steps) is spent
+                break
             idx = order[start : start + settings.batch_size]
             if idx.numel() < 2:  # batch norm needs two samples for batch statistics
                 continue
@@ -165,6 +189,8 @@ def train_autoencoder(
             optimiser.step()
             total += loss.item() * idx.numel()
             seen += idx.numel()
+            taken += 1
+            ticker.step()
         return total / max(seen, 1)
 
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
@@ -181,6 +207,9 @@ def train_autoencoder(
         "autoencoder",
         "l1",
         progress,
+        steps_per_epoch=steps_per_epoch(settings, len(train)),
+        max_steps=settings.max_steps,
+        ticker=ticker,
     )
     return model, pd.DataFrame(rows, columns=["epoch", "train_l1", "val_l1"])
 

@@ -32,6 +32,7 @@ from torch import nn
 
 from arepas.epochs import as_slice_batch, epoch_order, fit_epochs, stack_rows
 from arepas.io import save_torch
+from arepas.progress import StepProgress, batches_per_epoch, capped_steps, check_max_steps
 from arepas.settings import settings_from_dict
 from arepas.stacks import StackArray
 
@@ -45,7 +46,8 @@ _VALIDATION_NOISE_SEED = 12345
 @dataclass
 class DaeSettings:
     """U-Net size (`base_channels` at the top, doubled per level, `depth` poolings), training
-    (`lr`, `batch_size`, `epochs`) and the coarse noise: drawn on a `noise_resolution` square
+    (`lr`, `batch_size`, `epochs`; `max_steps`, None for no cap, stops training after that many
+    batches, mid-epoch if need be) and the coarse noise: drawn on a `noise_resolution` square
     grid with standard deviation `noise_std` (intensities in [-1, 1])."""
 
     base_channels: int = 16
@@ -55,8 +57,10 @@ class DaeSettings:
     epochs: int = 15
     noise_resolution: int = 16
     noise_std: float = 0.4
+    max_steps: int | None = None
 
     def __post_init__(self) -> None:
+        check_max_steps(self.max_steps)
         for name in ("base_channels", "depth", "batch_size", "noise_resolution"):
             if getattr(self, name) < 1:
                 raise ValueError(f"dae {name} must be >= 1, got {getattr(self, name)}")
@@ -117,6 +121,18 @@ class UNet(nn.Module):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = block(torch.cat([x, skip], dim=1))
         return self.out(x)
+
+
+def steps_per_epoch(settings: DaeSettings, n_slices: int) -> int:
+    """Optimiser steps of one epoch over n_slices training slices (a last batch of one slice
+    is skipped: batch norm needs two)."""
+    return batches_per_epoch(n_slices, settings.batch_size, smallest=2)
+
+
+def planned_steps(settings: DaeSettings, n_slices: int) -> int:
+    """Optimiser steps that train_dae takes on n_slices training slices (validation slices
+    come separately and take none): epochs x steps_per_epoch, at most max_steps."""
+    return capped_steps(settings.epochs, steps_per_epoch(settings, n_slices), settings.max_steps)
 
 
 def build_dae(settings: DaeSettings) -> UNet:
@@ -200,7 +216,9 @@ def train_dae(
 
     With `checkpoint_dir`, a checkpoint is written atomically after every epoch and a run that
     finds one resumes after its last finished epoch, with identical results: weights, batch order
-    and noise all follow from `seed` and the epoch.
+    and noise all follow from `seed` and the epoch. With settings.max_steps, training stops
+    after that many batches (planned_steps); the last epoch may be cut short and is validated as
+    any other. Progress lines with an expected end go to `progress`.
     """
     # Slices and ROIs on disk (StackArrays) are read a batch at a time.
     on_disk = isinstance(train_slices, StackArray)
@@ -218,12 +236,15 @@ def train_dae(
     torch.manual_seed(seed)
     model = build_dae(settings).to(torch_device)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    ticker = StepProgress("dae", planned_steps(settings, len(train)), progress)
 
-    def run_epoch(epoch: int) -> float:
+    def run_epoch(epoch: int, batches: int | None) -> float:
         order = torch.as_tensor(epoch_order(seed, epoch, len(train)))
         generator = _noise_generator(seed, epoch)
-        total, seen = 0.0, 0
+        total, seen, taken = 0.0, 0, 0
         for start in range(0, len(train), settings.batch_size):
+            if taken == batches:  # the step budget (max_steps) is spent
+                break
             idx = order[start : start + settings.batch_size]
             if idx.numel() < 2:  # batch norm needs two samples for batch statistics
                 continue
@@ -235,6 +256,8 @@ def train_dae(
             optimiser.step()
             total += loss.item() * idx.numel()
             seen += idx.numel()
+            taken += 1
+            ticker.step()
         return total / max(seen, 1)
 
     def validate() -> float:
@@ -255,6 +278,9 @@ def train_dae(
         "mse",
         progress,
         digits=5,
+        steps_per_epoch=steps_per_epoch(settings, len(train)),
+        max_steps=settings.max_steps,
+        ticker=ticker,
     )
     return model.cpu(), pd.DataFrame(rows, columns=["epoch", "train_mse", "val_mse"])
 

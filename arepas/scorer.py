@@ -13,7 +13,8 @@ Options of this project (each a named setting, so ablations can compare them):
 ``architecture="unpadded"`` (valid convolutions), ``loss="detached_head"`` (contrastive loss on the
 raw distance plus a separately trained sigmoid head), ``warmup_rule="epoch"`` (epoch-average
 accuracy), ``stall_accuracy`` (refuse a scorer whose best held-out accuracy is near chance),
-``mining_source="clean"`` and ``mining_region="roi"``.
+``mining_source="clean"`` and ``mining_region="roi"``; ``max_steps``, a budget of optimiser steps
+for the main training (see ScorerSettings and planned_steps).
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from arepas.io import atomic_path, load_epoch_checkpoint, save_torch
+from arepas.progress import (
+    StepProgress,
+    batches_per_epoch,
+    capped_steps,
+    check_max_steps,
+    effective_epochs,
+)
 from arepas.settings import settings_from_dict
 from arepas.stacks import RowFile, StackArray, batch_tensor
 
@@ -65,6 +73,16 @@ LEGACY_SETTINGS = {
 
 @dataclass
 class ScorerSettings:
+    """Mining, network and training settings; the defaults are the reference's.
+
+    max_steps (ours; None: no cap) caps the optimiser steps of the main training, epochs 1 to
+    `epochs` of the try that passed its warm-up: training stops when they are spent, mid-epoch
+    if need be, and that epoch is evaluated, logged and checkpointed as any other. Warm-up
+    epochs are neither counted nor cut: the restart rule judges whole warm-up epochs, and how
+    many tries it takes is not known beforehand. planned_steps counts one warm-up epoch (the
+    first try passing) plus the capped main training; every failed try adds one epoch more.
+    """
+
     patch_size: int = 16
     patches_per_slice: int = 256
     percentile: float = 90.0
@@ -85,8 +103,10 @@ class ScorerSettings:
     stall_accuracy: float | None = None
     mining_source: str = "augmented"
     mining_region: str = "slice"
+    max_steps: int | None = None
 
     def __post_init__(self) -> None:
+        check_max_steps(self.max_steps)
         for name, choices in (
             ("architecture", ARCHITECTURES),
             ("loss", LOSSES),
@@ -691,7 +711,11 @@ def _train_epoch(
     rows: np.ndarray,
     settings: ScorerSettings,
     generator: torch.Generator,
+    max_batches: int | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> _EpochResult:
+    """One epoch over `rows` in an order drawn from `generator`; only its first max_batches
+    batches when given (the order is drawn whole either way). on_step() after every step."""
     model.train()
     # The generator lives on the CPU, so the order is the same whatever the device.
     order = torch.randperm(len(rows), generator=generator).numpy()
@@ -700,7 +724,7 @@ def _train_epoch(
         for start in range(0, len(rows), settings.batch_size)
     ]
     # Batch norm needs two samples for batch statistics.
-    batches = [idx for idx in batches if idx.size >= 2]
+    batches = [idx for idx in batches if idx.size >= 2][:max_batches]
     total_loss, correct, seen, last = 0.0, 0, 0, float("nan")
     for idx, (a, b, y) in zip(batches, _prefetched(pairs, [rows[i] for i in batches]), strict=True):
         loss, score = _batch_loss(model, a, b, y, settings)
@@ -712,6 +736,8 @@ def _train_epoch(
         correct += hits
         seen += idx.size
         last = hits / idx.size
+        if on_step is not None:
+            on_step()
     return _EpochResult(total_loss / max(seen, 1), correct / max(seen, 1), last)
 
 
@@ -744,6 +770,66 @@ def _new_optimiser(model: SiameseScorer, settings: ScorerSettings) -> torch.opti
 
 # File name of the scorer's per-epoch checkpoint inside its checkpoint folder.
 CHECKPOINT_NAME = "scorer_last.pt"
+
+
+def heldout_count(settings: ScorerSettings, n_pairs: int) -> int:
+    """Pairs train_scorer holds out of n_pairs, for the held-out accuracy."""
+    return int(round(settings.holdout * n_pairs))
+
+
+def steps_per_epoch(settings: ScorerSettings, n_pairs: int) -> int:
+    """Optimiser steps of one epoch (warm-up or main) on n_pairs mined pairs: a batch of the
+    pairs not held out each, a last batch of one pair skipped (batch norm needs two)."""
+    n_train = n_pairs - heldout_count(settings, n_pairs)
+    return batches_per_epoch(n_train, settings.batch_size, smallest=2)
+
+
+def planned_steps_for_pairs(settings: ScorerSettings, n_pairs: int) -> int:
+    """Optimiser steps train_scorer takes on n_pairs mined pairs when its first try passes
+    the warm-up: one warm-up epoch, then epochs x steps_per_epoch, at most max_steps (which
+    caps the main training only). Each failed try adds one epoch (steps_per_epoch)."""
+    epoch_steps = steps_per_epoch(settings, n_pairs)
+    return epoch_steps + capped_steps(settings.epochs, epoch_steps, settings.max_steps)
+
+
+def expected_pair_count(
+    settings: ScorerSettings, n_slices: int, pairs_per_slice: int, slice_side: int | None = None
+) -> int:
+    """The number of pairs mine_hard_pairs gives, as mined by the workflow from n_slices
+    training slices of a translator with pairs_per_slice training pairs per slice
+    (translator.pairs_per_slice; only mining_source 'augmented' reads it).
+
+    Mining reconstructs every slice_step-th sample (mining_plan), draws patches_per_slice
+    places in each (fewer where a slice of side slice_side has fewer places; side unknown:
+    assumed enough), keeps those above the percentile of their errors and pairs each kept patch
+    once as positive, once as negative. Exact when the errors have no ties and every sample
+    offers its places; with mining_region 'roi', an ROI with fewer places than patches_per_slice
+    makes it an upper bound.
+    """
+    samples = n_slices * pairs_per_slice if settings.mining_source == "augmented" else n_slices
+    picked = -(-max(samples, 0) // settings.slice_step)
+    per_sample = settings.patches_per_slice
+    if slice_side is not None:
+        per_sample = min(per_sample, max(slice_side - settings.patch_size + 1, 0) ** 2)
+    candidates = picked * per_sample
+    if candidates < 1:
+        return 0
+    # Kept: the errors strictly above np.percentile's linear interpolation between the sorted
+    # errors at index q (N - 1) / 100 and the next.
+    position = settings.percentile * (candidates - 1) / 100.0
+    return 2 * (candidates - 1 - math.floor(position))
+
+
+def planned_steps(
+    settings: ScorerSettings, n_slices: int, pairs_per_slice: int, slice_side: int | None = None
+) -> int:
+    """Optimiser steps of training the scorer on the pairs mined from n_slices training
+    slices (expected_pair_count, whose arguments these are), when its first try passes the
+    warm-up: planned_steps_for_pairs of that count. Before mining, so an estimate in the cases
+    expected_pair_count names."""
+    return planned_steps_for_pairs(
+        settings, expected_pair_count(settings, n_slices, pairs_per_slice, slice_side)
+    )
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -790,7 +876,11 @@ def train_scorer(
     With `checkpoint_dir`, the whole training state (try, epoch, weights, optimiser, batch-order
     generator, best states, history) is written atomically after every warm-up and training
     epoch, and a run that finds it resumes after the last finished epoch with the same result
-    as an uninterrupted run, given the same pairs. Only `epochs` may differ on a resume.
+    as an uninterrupted run, given the same pairs. Only `epochs` and `max_steps` may differ on a
+    resume. With max_steps (see ScorerSettings), the main training stops when that many steps
+    are spent; an epoch cut short is stored with the state it started from, and a later run with
+    a larger budget trains it again from there, as an uninterrupted run would have. Progress
+    lines with an expected end go to `progress` (arepas.progress.StepProgress).
 
     History columns: try, epoch (0 = warm-up epoch), train_loss, train_acc, heldout_acc,
     warmup_acc (the accuracy the restart rule judged; warm-up rows only).
@@ -821,7 +911,7 @@ def train_scorer(
     # on pairs the network has trained on; we keep them apart.)
     n_pairs = len(y_all)
     order = np.random.default_rng(seed).permutation(n_pairs)
-    n_held = int(round(settings.holdout * n_pairs))
+    n_held = heldout_count(settings, n_pairs)
     if n_held < 1 or n_pairs - n_held < 2:
         raise ValueError(f"{n_pairs} pairs are too few for a {settings.holdout} hold-out split")
     held, train = order[:n_held], order[n_held:]
@@ -835,8 +925,15 @@ def train_scorer(
     best_warmup, best_warmup_state = -1.0, None
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     # The settings a resume may not change; the pair count stands in for the pairs themselves
-    # (the caller's checkpoint folder is keyed on what they were mined from).
-    fixed = {**settings.to_dict(), "n_pairs": n_pairs}
+    # (the caller's checkpoint folder is keyed on what they were mined from). The budget may
+    # change, like `epochs`; left out, it also leaves checkpoints from before it existed valid.
+    fixed = {
+        **{k: v for k, v in settings.to_dict().items() if k != "max_steps"},
+        "n_pairs": n_pairs,
+    }
+    epoch_steps = steps_per_epoch(settings, n_pairs)
+    main_total = capped_steps(settings.epochs, epoch_steps, settings.max_steps)
+    epochs = effective_epochs(settings.epochs, epoch_steps, settings.max_steps)
     saved = load_epoch_checkpoint(checkpoint, fixed, seed, torch_device)
     first_try, resume = 0, None
     if saved is not None:
@@ -845,9 +942,24 @@ def train_scorer(
         if saved["phase"] == "warmup_failed":
             first_try = int(saved["try"]) + 1
             progress(f"scorer: resuming after the failed warm-up of try {first_try}")
+        elif saved.get("before_cut") is not None and saved["main_steps"] < main_total:
+            # Its last epoch was cut short by a smaller budget: train it again from its start.
+            first_try = int(saved["try"])
+            resume = {**saved, **saved["before_cut"], "epoch": int(saved["epoch"]) - 1}
+            rows = json.loads(resume["history_json"])
+            progress(
+                f"scorer: resuming try {first_try + 1} before epoch {int(saved['epoch'])}, "
+                f"which max_steps cut short at step {saved['main_steps']}"
+            )
         else:
             first_try, resume = int(saved["try"]), saved
             progress(f"scorer: resuming try {first_try + 1} after epoch {int(saved['epoch'])}")
+    # Steps so far: one whole warm-up epoch per try before, this try's too when resuming its
+    # main training, whose epochs before the first to train are whole.
+    done = first_try * epoch_steps
+    if resume is not None:
+        done += epoch_steps + int(resume["epoch"]) * epoch_steps
+    ticker = StepProgress("scorer", 0, progress, done=done)
 
     def save(phase: str, attempt: int, epoch: int, **state) -> None:
         if checkpoint is None:
@@ -868,6 +980,8 @@ def train_scorer(
         )
 
     for attempt in range(first_try, settings.max_restarts):
+        # The plan as of this try: its warm-up passes.
+        ticker.total = (attempt + 1) * epoch_steps + main_total
         try_seed = _derived_seed(seed, attempt)
         torch.manual_seed(try_seed)
         # Built on the CPU, then moved: the initial weights do not depend on the device.
@@ -884,7 +998,8 @@ def train_scorer(
             resume = None
         else:
             result = _train_epoch(
-                model, _new_optimiser(model, settings), pairs, train, settings, generator
+                model, _new_optimiser(model, settings), pairs, train, settings, generator,
+                on_step=ticker.step,
             )
             passed, judged = _passes_warmup(result, settings)
             held_acc = heldout_accuracy(model)
@@ -897,27 +1012,45 @@ def train_scorer(
                     f"{judged:.3f} ({settings.warmup_rule}) not above "
                     f"{settings.warmup_accuracy}, restarting"
                 )
+                ticker.epoch_end()
                 save("warmup_failed", attempt, 0)
                 continue
             progress(f"scorer try {attempt + 1}: warm-up accuracy {judged:.3f}, training on")
+            ticker.epoch_end()
             best_acc, best_state, first_epoch = -1.0, None, 1
 
+        # Epochs before first_epoch are whole: a cut one is the last or trained again.
+        main_steps = (first_epoch - 1) * epoch_steps
         if first_epoch == 1 and checkpoint is not None:
-            save("main", attempt, 0, **_main_state(
+            save("main", attempt, 0, main_steps=0, **_main_state(
                 model, optimiser, generator, best_acc, best_state, held_acc))
-        for epoch in range(first_epoch, settings.epochs + 1):
-            result = _train_epoch(model, optimiser, pairs, train, settings, generator)
+        for epoch in range(first_epoch, epochs + 1):
+            batches = before_cut = None
+            if main_total - main_steps < epoch_steps:
+                batches = main_total - main_steps
+                # max_steps ends training within this epoch. What a later run with a larger
+                # budget starts this epoch again from:
+                before_cut = copy.deepcopy({
+                    **_main_state(model, optimiser, generator, best_acc, best_state, held_acc),
+                    "history_json": json.dumps(rows),
+                })
+            result = _train_epoch(
+                model, optimiser, pairs, train, settings, generator, batches, ticker.step
+            )
+            main_steps += epoch_steps if batches is None else batches
             held_acc = heldout_accuracy(model)
             rows.append(_history_row(attempt, epoch, result.loss, result.accuracy, held_acc))
+            cut = f" (cut short at step {main_steps} by max_steps)" if batches is not None else ""
             progress(
-                f"scorer epoch {epoch}/{settings.epochs}: loss {result.loss:.4f}, "
-                f"train acc {result.accuracy:.3f}, held-out acc {held_acc:.3f}"
+                f"scorer epoch {epoch}/{epochs}: loss {result.loss:.4f}, "
+                f"train acc {result.accuracy:.3f}, held-out acc {held_acc:.3f}{cut}"
             )
+            ticker.epoch_end()
             if held_acc > best_acc:
                 best_acc, best_state = held_acc, _cpu_state(model)
             if checkpoint is not None:  # the state is copied only to be written
-                save("main", attempt, epoch, **_main_state(
-                    model, optimiser, generator, best_acc, best_state, held_acc))
+                save("main", attempt, epoch, main_steps=main_steps, before_cut=before_cut,
+                     **_main_state(model, optimiser, generator, best_acc, best_state, held_acc))
         history = _history_frame(rows)
         if best_state is not None:
             model.load_state_dict(best_state)

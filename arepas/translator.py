@@ -35,6 +35,8 @@ Options that are ours, not the reference's (each a TranslatorSettings field):
   Isensee et al., Nature Methods 2021); the reference mirrors nothing.
 - crop_size: train on a random crop_size x crop_size window of each pair (a new position every
   epoch) instead of the whole slice, for speed on large slices; inference uses whole slices.
+- max_steps: a budget of generator steps (planned_steps), so that one setting suits cohorts of
+  any size; training stops when it is spent, mid-epoch if need be.
 Model files written before these options existed load with the values they were trained with.
 """
 
@@ -46,6 +48,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from copy import deepcopy
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +62,13 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from arepas.edges import EDGE_DETECTORS, SWAP_STYLES, canny_edges, edge_maps, swap_augment
 from arepas.io import check_resumable, save_torch
+from arepas.progress import (
+    StepProgress,
+    batches_per_epoch,
+    capped_steps,
+    check_max_steps,
+    effective_epochs,
+)
 from arepas.settings import settings_from_dict
 from arepas.stacks import StackArray, StackReadError, array_chunks
 
@@ -85,7 +95,7 @@ LEGACY_SETTINGS = {
     "perceptual": "feature_matching",
 }
 # Settings that may change between an interrupted run and its resumption without changing results.
-_RESUME_FREE_SETTINGS = ("epochs", "num_threads")
+_RESUME_FREE_SETTINGS = ("epochs", "num_threads", "max_steps")
 _STEP_LOG_EVERY = 50
 
 
@@ -104,8 +114,10 @@ class TranslatorSettings:
     lr: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
     batch_size: int = 8
-    # The reference defaults do not fix an epoch count; the workflow config sets it per dataset.
-    epochs: int = 100
+    # The reference's `EPOCHS_GEN = 1` (config.py): one pass over the augmented training set,
+    # however large the cohort; the readable part of the paper gives no length. `max_steps`
+    # caps it (README, "How long training takes").
+    epochs: int = 1
     lambda_l1: float = 100.0
     # The reference's VGG19 term carries no gradient, so its effective loss has none ("none").
     # "vgg19" needs ImageNet weights on disk (vgg19_weights): nothing is fetched at run time.
@@ -135,8 +147,12 @@ class TranslatorSettings:
     # Ours, not the reference's: train on random crop_size x crop_size crops of each pair (one
     # position per pair and epoch) instead of whole slices; inference stays on whole slices.
     crop_size: int | None = None
+    # Ours: None trains `epochs` epochs; a number stops after that many generator steps (one per
+    # batch), mid-epoch if need be. A learning-rate decay then ends at the last epoch started.
+    max_steps: int | None = None
 
     def __post_init__(self) -> None:
+        check_max_steps(self.max_steps)
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         if len(self.betas) != 2:
             raise ValueError(f"betas must have two values, got {self.betas}")
@@ -507,17 +523,33 @@ def _torch_runtime(settings: TranslatorSettings, device: torch.device) -> Iterat
 
 
 def _check_resumable(
-    state: dict[str, Any], settings: TranslatorSettings, seed: int, fingerprint: str, path: Path
+    state: dict[str, Any],
+    settings: TranslatorSettings,
+    seed: int,
+    fingerprint: str,
+    path: Path,
+    epoch_steps: int | None = None,
 ) -> None:
+    """Refuse a checkpoint another run may not continue. epoch_steps (steps_per_epoch of the
+    training set) turns max_steps into epochs for the learning-rate decay's check; None compares
+    the epoch counts alone."""
     if state.get("format") not in (_CHECKPOINT_FORMAT, _LEGACY_CHECKPOINT_FORMAT):
         raise ValueError(f"{path} is not a translator checkpoint")
     legacy = state["format"] == _LEGACY_CHECKPOINT_FORMAT
-    if settings.lr_decay_epochs and state["settings"].get("epochs") != settings.epochs:
+    # The pair count, hence epoch_steps, is the checkpoint's too when its settings and data
+    # match, which the checks below require.
+    epoch_steps = 0 if epoch_steps is None else epoch_steps
+    saved_last = effective_epochs(
+        state["settings"].get("epochs"), epoch_steps, state["settings"].get("max_steps")
+    )
+    last = effective_epochs(settings.epochs, epoch_steps, settings.max_steps)
+    if settings.lr_decay_epochs and saved_last != last:
         # The decay ends at the last epoch: a run asked for more epochs decays elsewhere.
         raise ValueError(
             f"cannot resume from {path}: it decays its learning rate towards epoch "
-            f"{state['settings'].get('epochs')}, not {settings.epochs} (lr_decay_epochs "
-            f"{settings.lr_decay_epochs}); delete it (or its folder) to start afresh"
+            f"{saved_last}, not {last} (lr_decay_epochs {settings.lr_decay_epochs}; the last "
+            f"epoch is the one epochs and max_steps reach); delete it (or its folder) to start "
+            f"afresh"
         )
     saved = {k: v for k, v in state["settings"].items() if k not in _RESUME_FREE_SETTINGS}
     saved = _saved_settings({**saved, "epochs": settings.epochs}, legacy).to_dict()
@@ -700,10 +732,34 @@ def loader_workers(threads: int) -> int:
 _CROP_STREAM = 1
 
 
-def epoch_learning_rate(settings: TranslatorSettings, epoch: int) -> float:
-    """Learning rate of epoch `epoch` (1-based) of settings.epochs: constant, then falling
-    linearly over the last lr_decay_epochs epochs (never to zero: the last is lr / (k + 1))."""
-    remaining = settings.epochs - epoch + 1
+def steps_per_epoch(settings: TranslatorSettings, n_slices: int) -> int:
+    """Generator steps of one epoch over n_slices training slices: one per batch of training
+    pairs (pairs_per_slice per slice), the last batch kept however small."""
+    return batches_per_epoch(n_slices * pairs_per_slice(settings), settings.batch_size)
+
+
+def planned_steps(settings: TranslatorSettings, n_slices: int) -> int:
+    """Generator steps (each with one discriminator step) that train_translator takes on
+    n_slices training slices: epochs x steps_per_epoch, at most max_steps."""
+    return capped_steps(settings.epochs, steps_per_epoch(settings, n_slices), settings.max_steps)
+
+
+def last_epoch(settings: TranslatorSettings, n_slices: int) -> int:
+    """The last epoch train_translator starts on n_slices training slices: settings.epochs,
+    or fewer under max_steps (the last one then maybe cut short)."""
+    return effective_epochs(
+        settings.epochs, steps_per_epoch(settings, n_slices), settings.max_steps
+    )
+
+
+def epoch_learning_rate(
+    settings: TranslatorSettings, epoch: int, epochs: int | None = None
+) -> float:
+    """Learning rate of epoch `epoch` (1-based) of `epochs` (settings.epochs when None; under
+    max_steps, the epochs the budget starts, last_epoch): constant, then falling linearly over
+    the last lr_decay_epochs epochs (never to zero: the last is lr / (k + 1))."""
+    epochs = settings.epochs if epochs is None else epochs
+    remaining = epochs - epoch + 1
     return settings.lr * min(1.0, remaining / (settings.lr_decay_epochs + 1))
 
 
@@ -749,6 +805,13 @@ def train_translator(
     on whether or where training was interrupted, nor on num_workers. A training slice that
     cannot be read is a StackReadError naming the subject and file; the last finished epoch's
     checkpoint stays for a resume.
+
+    With settings.max_steps, training stops after that many generator steps (planned_steps),
+    cutting the last epoch short; that epoch gets its history row, validation and checkpoint as
+    any other. Such a checkpoint also holds the state its last epoch started from, so a later
+    run with a larger budget trains that epoch again from its start, as an uninterrupted run
+    with that budget would have. Progress lines with an expected end go to `progress` at most
+    once a minute and after every epoch (arepas.progress.StepProgress).
     """
     train = _as_slices(train_slices, settings, "train_slices")
     val = _as_slices(val_slices, settings, "val_slices") if len(val_slices) else None
@@ -777,34 +840,58 @@ def train_translator(
         opt_g = torch.optim.Adam(generator.parameters(), lr=settings.lr, betas=settings.betas)
         opt_d = torch.optim.Adam(discriminator.parameters(), lr=settings.lr, betas=settings.betas)
 
+        # Each pair depends only on its slice, the settings and the seed, so a resumed run
+        # trains on the same ones.
+        n_pairs = len(train) * pairs_per_slice(settings)
+        epoch_steps = steps_per_epoch(settings, len(train))
+        total_steps = planned_steps(settings, len(train))
+        epochs = last_epoch(settings, len(train))
+
         history: list[dict[str, float]] = []
         done_epochs = 0
         if checkpoint_path.exists():
             state = torch.load(checkpoint_path, map_location=torch_device, weights_only=True)
-            _check_resumable(state, settings, seed, fingerprint, checkpoint_path)
+            _check_resumable(state, settings, seed, fingerprint, checkpoint_path, epoch_steps)
+            done_steps = int(state["epoch"]) * epoch_steps
+            if state["history"]:
+                done_steps = int(state["history"][-1].get("step", done_steps))
+            before_cut = state.get("before_cut")
+            if before_cut is not None and done_steps < total_steps:
+                # Its last epoch was cut short by a smaller budget: train it again from its start.
+                state = {**state, **before_cut, "epoch": int(state["epoch"]) - 1}
+                progress(
+                    f"translator: resuming from {checkpoint_path} before epoch "
+                    f"{int(state['epoch']) + 1}, which max_steps cut short at step {done_steps}"
+                )
+            else:
+                progress(
+                    f"translator: resuming from {checkpoint_path} after epoch {state['epoch']}"
+                )
             generator.load_state_dict(state["generator"])
             discriminator.load_state_dict(state["discriminator"])
             opt_g.load_state_dict(state["opt_g"])
             opt_d.load_state_dict(state["opt_d"])
             history = list(state["history"])
             done_epochs = int(state["epoch"])
-            progress(f"translator: resuming from {checkpoint_path} after epoch {done_epochs}")
             if done_epochs > settings.epochs:
                 progress(
                     f"translator: checkpoint already has {done_epochs} epochs "
                     f"(> {settings.epochs} requested); returning it as is"
                 )
+            elif done_steps > total_steps:
+                progress(
+                    f"translator: checkpoint already has {done_steps} steps "
+                    f"(> max_steps {settings.max_steps}); returning it as is"
+                )
 
-        # Each pair depends only on its slice, the settings and the seed, so a resumed run
-        # trains on the same ones.
-        n_pairs = len(train) * pairs_per_slice(settings)
         val_edges = edges_for(settings, val) if val is not None else None
-        steps_per_epoch = -(-n_pairs // settings.batch_size)
-        step = done_epochs * steps_per_epoch
+        # Epochs before the first one to train are whole: a cut one is the last or trained again.
+        step = done_epochs * epoch_steps
+        ticker = StepProgress("translator", total_steps, progress, done=step)
 
         pair_loader = _pair_loader(train, settings, seed, num_workers)
         loader, epoch_batches = stack.enter_context(pair_loader)
-        for epoch in range(done_epochs + 1, settings.epochs + 1):
+        for epoch in range(done_epochs + 1, epochs + 1):
             started = time.perf_counter()
             # Per-epoch reseeding makes dropout, interpolation weights and batch order a function
             # of (seed, epoch) alone, so resuming reproduces an uninterrupted run.
@@ -816,15 +903,28 @@ def train_translator(
             # A function of the epoch alone, so a resumed run decays as an uninterrupted one.
             for optimizer in (opt_g, opt_d):
                 for group in optimizer.param_groups:
-                    group["lr"] = epoch_learning_rate(settings, epoch)
+                    group["lr"] = epoch_learning_rate(settings, epoch, epochs)
             generator.train()
             discriminator.train()
             sums = dict.fromkeys(("g_adv", "g_l1", "g_perc", "d_loss", "gp"), 0.0)
             counts = dict.fromkeys(sums, 0)
-            epoch_batches.batches = [
+            batches = [
                 order[first : first + settings.batch_size]
                 for first in range(0, n_pairs, settings.batch_size)
             ]
+            before_cut = None
+            if total_steps - step < len(batches):
+                # max_steps ends training within this epoch. What a later run with a larger
+                # budget starts this epoch again from:
+                batches = batches[: total_steps - step]
+                before_cut = deepcopy({
+                    "generator": generator.state_dict(),
+                    "discriminator": discriminator.state_dict(),
+                    "opt_g": opt_g.state_dict(),
+                    "opt_d": opt_d.state_dict(),
+                    "history": history,
+                })
+            epoch_batches.batches = batches
             for batch, loaded in zip(epoch_batches.batches, loader, strict=True):
                 if isinstance(loaded, StackReadError):
                     kept = f"{checkpoint_path} holds epoch {epoch - 1}" if epoch > 1 else "none"
@@ -852,6 +952,7 @@ def train_translator(
                         f"translator: epoch {epoch} step {step} g_l1 {losses['g_l1']:.4f} "
                         f"d_loss {losses['d_loss']:.4f}"
                     )
+                ticker.step()
             val_l1 = float("nan")
             if val_edges is not None:
                 recon = translate(generator, val_edges, device=device)
@@ -870,17 +971,20 @@ def train_translator(
                     "opt_d": opt_d.state_dict(),
                     "epoch": epoch,
                     "history": history,
+                    "before_cut": before_cut,
                     "settings": settings.to_dict(),
                     "seed": seed,
                     "data": fingerprint,
                 },
                 checkpoint_path,
             )
+            cut = ", cut short by max_steps" if before_cut is not None else ""
             progress(
-                f"translator: epoch {epoch}/{settings.epochs} g_l1 {row['g_l1']:.4f} "
+                f"translator: epoch {epoch}/{epochs} g_l1 {row['g_l1']:.4f} "
                 f"g_adv {row['g_adv']:.3f} d_loss {row['d_loss']:.3f} gp {row['gp']:.3f} "
-                f"val_l1 {val_l1:.4f} ({row['seconds']:.1f} s)"
+                f"val_l1 {val_l1:.4f} ({row['seconds']:.1f} s{cut})"
             )
+            ticker.epoch_end()
 
     generator.eval()
     return generator, pd.DataFrame(history, columns=HISTORY_COLUMNS)

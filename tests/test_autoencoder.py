@@ -84,3 +84,63 @@ def test_settings_reject_unknown_keys():
     assert AutoencoderSettings.from_dict({}) == AutoencoderSettings()
     with pytest.raises(ValueError, match="unknown autoencoder setting"):
         AutoencoderSettings.from_dict({"learning_rate": 1e-3})
+
+
+def count_optimiser_steps():
+    """(calls, handle): every optimiser step appends to calls until handle.remove()."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    calls = []
+    return calls, register_optimizer_step_post_hook(lambda *_: calls.append(1))
+
+
+@pytest.mark.parametrize(
+    ("n_train", "max_steps", "steps", "epochs"),
+    # 18 slices in batches of 8: 8, 8, 2, so 3 steps an epoch; 17: the last batch of one is
+    # skipped (batch norm), 2 steps.
+    [(18, None, 9, [1, 2, 3]), (18, 4, 4, [1, 2]), (18, 6, 6, [1, 2]), (17, None, 6, [1, 2, 3]),
+     (17, 3, 3, [1, 2])],
+)
+def test_planned_steps_are_the_steps_training_takes(n_train, max_steps, steps, epochs):
+    from arepas.autoencoder import planned_steps
+
+    settings = AutoencoderSettings(**{**SMALL.to_dict(), "epochs": 3, "max_steps": max_steps})
+    calls, handle = count_optimiser_steps()
+    messages = []
+    try:
+        _, history = train_autoencoder(
+            healthy_slices(0, n_train), healthy_slices(1, 4), settings, 5,
+            progress=messages.append,
+        )
+    finally:
+        handle.remove()
+    assert planned_steps(settings, n_train) == len(calls) == steps
+    assert history["epoch"].tolist() == epochs and history["val_l1"].notna().all()
+    step_lines = [m for m in messages if m.startswith("autoencoder: step ")]
+    assert len(step_lines) == len(epochs)
+    assert step_lines[-1].startswith(f"autoencoder: step {steps}/{steps} (100.0 %)")
+
+
+def test_a_capped_run_is_finished_and_a_larger_budget_continues_it_exactly(tmp_path):
+    train, val = healthy_slices(0, 16), healthy_slices(1, 4)
+    three = AutoencoderSettings(**{**SMALL.to_dict(), "epochs": 3})
+    # 2 steps an epoch: 3 steps stop within epoch 2.
+    capped = AutoencoderSettings(**{**three.to_dict(), "max_steps": 3})
+    quiet = lambda _: None  # noqa: E731
+    first, first_history = train_autoencoder(train, val, capped, 5, tmp_path / "b", quiet)
+    assert first_history["epoch"].tolist() == [1, 2]
+    messages = []
+    again, again_history = train_autoencoder(train, val, capped, 5, tmp_path / "b",
+                                             messages.append)
+    assert messages == ["autoencoder: resuming after epoch 2"]
+    assert again_history.equals(first_history)
+    straight, straight_history = train_autoencoder(train, val, three, 5, tmp_path / "a", quiet)
+    messages = []
+    resumed, resumed_history = train_autoencoder(train, val, three, 5, tmp_path / "b",
+                                                 messages.append)
+    assert messages[0] == (
+        "autoencoder: resuming before epoch 2, which max_steps cut short at step 3"
+    )
+    assert straight_history.equals(resumed_history)
+    for key, value in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0)

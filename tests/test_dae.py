@@ -101,3 +101,48 @@ def test_save_load_round_trip_and_settings_checks(tmp_path):
         DaeSettings.from_dict({"noise_sdt": 0.2})
     with pytest.raises(ValueError, match="divisible"):
         restore(build_dae(DaeSettings(depth=3)), np.zeros((1, 20, 20), np.float32))
+
+
+@pytest.mark.parametrize(
+    ("n_train", "max_steps", "steps", "epochs"),
+    # 10 slices in batches of 8: 8 and 2, so 2 steps an epoch; 9: the batch of one is skipped.
+    [(10, None, 4, [1, 2]), (10, 3, 3, [1, 2]), (10, 1, 1, [1]), (9, None, 2, [1, 2])],
+)
+def test_planned_steps_are_the_steps_training_takes(n_train, max_steps, steps, epochs):
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from arepas.dae import planned_steps
+
+    settings = DaeSettings(**{**SMALL.to_dict(), "epochs": 2, "max_steps": max_steps})
+    train, train_roi = healthy_slices(0, n_train)
+    val, val_roi = healthy_slices(1, 3)
+    calls, messages = [], []
+    handle = register_optimizer_step_post_hook(lambda *_: calls.append(1))
+    try:
+        _, history = train_dae(train, train_roi, val, val_roi, settings, seed=0,
+                               progress=messages.append)
+    finally:
+        handle.remove()
+    assert planned_steps(settings, n_train) == len(calls) == steps
+    assert history["epoch"].tolist() == epochs and history["val_mse"].notna().all()
+    step_lines = [m for m in messages if m.startswith("dae: step ")]
+    assert len(step_lines) == len(epochs)
+
+
+def test_a_capped_run_continues_exactly_under_a_larger_budget(tmp_path):
+    train, train_roi = healthy_slices(0, 16)
+    val, val_roi = healthy_slices(1, 4)
+    three = DaeSettings(**{**SMALL.to_dict(), "epochs": 3})
+    capped = DaeSettings(**{**three.to_dict(), "max_steps": 5})  # 2 steps an epoch
+    train_dae(train, train_roi, val, val_roi, capped, 5, tmp_path / "b", progress=QUIET)
+    straight, straight_history = train_dae(
+        train, train_roi, val, val_roi, three, 5, tmp_path / "a", progress=QUIET
+    )
+    messages = []
+    resumed, resumed_history = train_dae(
+        train, train_roi, val, val_roi, three, 5, tmp_path / "b", progress=messages.append
+    )
+    assert messages[0] == "dae: resuming before epoch 3, which max_steps cut short at step 5"
+    assert straight_history.equals(resumed_history)
+    for key, value in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0)

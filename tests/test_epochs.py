@@ -15,7 +15,7 @@ def _fit(epochs: int, val_losses: list[float], checkpoint, seed: int = 0):
     data = torch.arange(12, dtype=torch.float32).reshape(4, 3) / 10
     weights = {}
 
-    def run_epoch(epoch: int) -> float:
+    def run_epoch(epoch: int, batches: int | None = None) -> float:
         loss = model(data).pow(2).mean()
         optimiser.zero_grad()
         loss.backward()
@@ -62,3 +62,26 @@ def test_batches_and_order_helpers():
     with pytest.raises(ValueError, match=r"\(n, S, S\)"):
         as_slice_batch(np.zeros((4, 4)))
     assert torch.equal(stack_rows(batch, torch.tensor([0, 2])), batch[[0, 2]])
+
+
+def test_a_step_budget_cuts_the_last_epoch_and_needs_the_epoch_length(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
+    asked = []
+
+    def run_epoch(epoch: int, batches: int | None) -> float:
+        asked.append((epoch, batches))
+        return 1.0 / epoch
+
+    common = (model, optimiser, run_epoch, None, 5, {"lr": 0.1, "max_steps": 7}, 0)
+    rows = fit_epochs(*common, tmp_path / "toy.pt", torch.device("cpu"), "toy", "l1",
+                      progress=lambda _: None, steps_per_epoch=3, max_steps=7)
+    # 7 steps of 3 an epoch: two whole epochs and one of a single batch.
+    assert asked == [(1, None), (2, None), (3, 1)]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    saved = torch.load(tmp_path / "toy.pt", weights_only=True)
+    # The budget is not among the settings a resume must match.
+    assert saved["steps"] == 7 and "max_steps" not in saved["settings_json"]
+    with pytest.raises(ValueError, match="max_steps needs steps_per_epoch"):
+        fit_epochs(*common, None, torch.device("cpu"), "toy", "l1", max_steps=7)

@@ -1,8 +1,11 @@
+from contextlib import contextmanager
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from scipy import ndimage
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from arepas.scorer import (
     ScorerSettings,
@@ -373,7 +376,12 @@ def test_stall_detection_when_no_try_passes_warm_up(rule):
     assert (history["warmup_acc"] <= 0.7).all()
     if rule == "epoch":
         np.testing.assert_array_equal(history["warmup_acc"], history["train_acc"])
-    assert len(messages) == 3
+    assert len(without_step_lines(messages)) == 3
+
+
+def without_step_lines(messages: list[str]) -> list[str]:
+    """The messages other than the progress lines with an expected end (arepas.progress)."""
+    return [m for m in messages if not m.startswith("scorer: step ")]
 
 
 def test_warm_up_judges_the_last_batch_by_default():
@@ -610,6 +618,7 @@ def test_killed_scorer_resumes_to_the_uninterrupted_result(tmp_path):
     resumed, resumed_history = train_scorer(
         a, b, labels, settings, 3, messages.append, checkpoint_dir=folder
     )
+    messages = without_step_lines(messages)
     assert messages[0] == "scorer: resuming try 1 after epoch 2"
     assert [m.split(":")[0] for m in messages[1:]] == ["scorer epoch 3/4", "scorer epoch 4/4"]
     pd.testing.assert_frame_equal(resumed_history, straight_history)
@@ -619,6 +628,7 @@ def test_killed_scorer_resumes_to_the_uninterrupted_result(tmp_path):
     longer = ScorerSettings(**{**settings.to_dict(), "epochs": 5})
     messages = []
     train_scorer(a, b, labels, longer, 3, messages.append, checkpoint_dir=folder)
+    messages = without_step_lines(messages)
     assert messages[0] == "scorer: resuming try 1 after epoch 4" and len(messages) == 2
     other = ScorerSettings(**{**settings.to_dict(), "lr": 0.01})
     with pytest.raises(ValueError, match="cannot resume .*lr: checkpoint 0.001 vs now 0.01"):
@@ -638,6 +648,7 @@ def test_scorer_killed_between_restarts_resumes_at_the_next_try(tmp_path):
     messages = []
     with pytest.raises(StalledScorerError) as resumed:
         train_scorer(a, b, labels, settings, 0, messages.append, checkpoint_dir=folder)
+    messages = without_step_lines(messages)
     assert messages[0] == "scorer: resuming after the failed warm-up of try 1"
     assert [m.split(":")[0] for m in messages[1:]] == ["scorer try 2/3", "scorer try 3/3"]
     pd.testing.assert_frame_equal(resumed.value.history, straight.value.history)
@@ -696,3 +707,104 @@ def test_mining_from_the_translator_matches_mining_its_whole_training_set_in_mem
     # The pairs stay for training (and a resumed job); the reconstructions do not.
     assert load_mined_pairs(tmp_path / "work" / "pairs") is not None
     assert not (tmp_path / "work" / "mining").exists()
+
+
+@contextmanager
+def counted_optimiser_steps():
+    """The number of optimiser steps taken inside the block, any optimiser: len(calls)."""
+    calls = []
+    handle = register_optimizer_step_post_hook(lambda *_: calls.append(1))
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize(
+    ("n_pairs", "max_steps", "steps", "epochs"),
+    # 600 pairs: 480 not held out, 7 batches of 64 and one of 32, so 8 steps an epoch; 561
+    # pairs: 449, 7 batches of 64 and one of 1 that batch norm skips, so 7 steps.
+    [(600, None, 8 + 24, [0, 1, 2, 3]), (600, 13, 8 + 13, [0, 1, 2]),
+     (600, 16, 8 + 16, [0, 1, 2]), (600, 1, 8 + 1, [0, 1]), (561, None, 7 + 21, [0, 1, 2, 3])],
+)
+def test_planned_steps_are_the_steps_training_takes(n_pairs, max_steps, steps, epochs):
+    from arepas import scorer
+
+    a, b, labels = learnable_pairs(n_pairs)
+    settings = ScorerSettings(warmup_accuracy=0.0, epochs=3, batch_size=64, max_steps=max_steps)
+    messages = []
+    with counted_optimiser_steps() as calls:
+        _, history = train_scorer(a, b, labels, settings, 3, messages.append)
+    assert scorer.planned_steps_for_pairs(settings, n_pairs) == len(calls) == steps
+    assert history["epoch"].tolist() == epochs
+    # Every epoch ends with a progress line, the last one at the plan's end.
+    step_lines = [m for m in messages if m.startswith("scorer: step ")]
+    assert len(step_lines) == len(epochs)
+    assert step_lines[-1].startswith(f"scorer: step {steps}/{steps} (100.0 %)")
+
+
+def test_restarts_add_a_warm_up_epoch_each_to_the_plan():
+    a, b, labels = random_label_pairs(1000)
+    messages = []
+    with counted_optimiser_steps() as calls, pytest.raises(StalledScorerError):
+        train_scorer(a, b, labels, ScorerSettings(max_restarts=3), 0, messages.append)
+    # 800 pairs not held out: one step an epoch; the plan grows by one epoch per failed try.
+    assert len(calls) == 3
+    step_lines = [m.split(" (")[0] for m in messages if m.startswith("scorer: step ")]
+    assert step_lines == ["scorer: step 1/11", "scorer: step 2/12", "scorer: step 3/13"]
+
+
+@pytest.mark.parametrize(
+    ("mining_source", "patches_per_slice", "n_slices"),
+    # augmented: 5 slices x 3 pairs, every 3rd: 5 samples; clean: 7 slices, every 3rd: 3;
+    # 300 patches a slice but 20 x 20 slices have only 15 x 15 places for 6 x 6 patches.
+    [("augmented", 40, 5), ("clean", 40, 7), ("augmented", 300, 5)],
+)
+def test_planned_steps_from_slices_are_the_steps_of_mining_and_training(
+    mining_source, patches_per_slice, n_slices
+):
+    from arepas import scorer
+
+    settings = ScorerSettings(
+        patch_size=6, patches_per_slice=patches_per_slice, mining_source=mining_source,
+        warmup_accuracy=0.0, epochs=2, batch_size=8, max_steps=5,
+    )
+    picked, _ = mining_plan(n_slices, settings, n_slices * 3)
+    rng = np.random.default_rng(2)
+    real = smooth_slices(rng, len(picked), size=20)
+    mined = mine_hard_pairs(real, imperfect_reconstruction(rng, real), settings,
+                            np.random.default_rng(1))
+    n_pairs = len(mined["labels"])
+    assert scorer.expected_pair_count(settings, n_slices, 3, slice_side=20) == n_pairs
+    with counted_optimiser_steps() as calls:
+        train_scorer(mined["patches_a"], mined["patches_b"], mined["labels"], settings, 1,
+                     lambda _: None)
+    assert scorer.planned_steps(settings, n_slices, 3, slice_side=20) == len(calls)
+
+
+def test_a_capped_scorer_is_finished_and_a_larger_budget_continues_it_exactly(tmp_path):
+    a, b, labels = learnable_pairs()
+    # 8 steps an epoch: 20 steps stop within epoch 3.
+    settings = ScorerSettings(warmup_accuracy=0.0, epochs=4, batch_size=64)
+    capped = ScorerSettings(**{**settings.to_dict(), "max_steps": 20})
+    folder = tmp_path / "checkpoint"
+    first, first_history = train_scorer(a, b, labels, capped, 3, lambda _: None,
+                                        checkpoint_dir=folder)
+    assert first_history["epoch"].tolist() == [0, 1, 2, 3]
+    messages = []
+    again, again_history = train_scorer(a, b, labels, capped, 3, messages.append,
+                                        checkpoint_dir=folder)
+    assert messages == ["scorer: resuming try 1 after epoch 3"]
+    pd.testing.assert_frame_equal(again_history, first_history)
+    assert_same_model(again, first)
+    # A larger budget trains the cut epoch again from its start: the run of that budget.
+    straight, straight_history = train_scorer(a, b, labels, settings, 3, lambda _: None)
+    messages = []
+    resumed, resumed_history = train_scorer(a, b, labels, settings, 3, messages.append,
+                                            checkpoint_dir=folder)
+    assert messages[0] == (
+        "scorer: resuming try 1 before epoch 3, which max_steps cut short at step 20"
+    )
+    pd.testing.assert_frame_equal(resumed_history, straight_history)
+    assert_same_model(resumed, straight)
+    pd.testing.assert_frame_equal(first_history.iloc[:3], straight_history.iloc[:3])

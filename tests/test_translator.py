@@ -794,3 +794,113 @@ def test_cpu_training_runs_deterministic_kernels_without_the_nan_fill_and_restor
         assert not torch.utils.deterministic.fill_uninitialized_memory
     assert (torch.are_deterministic_algorithms_enabled(),
             torch.utils.deterministic.fill_uninitialized_memory) == before
+
+
+def _count_train_steps(monkeypatch) -> list[int]:
+    """Counts the training steps (one generator and one discriminator update each)."""
+    calls = []
+    step = translator._train_step
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(translator, "_train_step", counting)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("augment_clean", "max_steps", "steps", "epochs"),
+    # 5 slices x 3 copies = 15 pairs in batches of 4: 4 steps an epoch; with the clean edge
+    # map 20 pairs, 5 steps.
+    [(False, None, [4, 8, 12], [1, 2, 3]), (False, 6, [4, 6], [1, 2]),
+     (True, None, [5, 10, 15], [1, 2, 3]), (True, 5, [5], [1]), (True, 1, [1], [1])],
+)
+def test_planned_steps_are_the_steps_training_takes(
+    tmp_path, monkeypatch, augment_clean, max_steps, steps, epochs
+):
+    train, val = shape_slices(5, 30), shape_slices(1, 31)
+    settings = dataclasses.replace(TINY, augment_clean=augment_clean, max_steps=max_steps)
+    calls = _count_train_steps(monkeypatch)
+    lines = []
+    _, history = train_translator(train, val, settings, tmp_path, seed=0, progress=lines.append)
+    assert translator.planned_steps(settings, len(train)) == len(calls) == steps[-1]
+    assert history["step"].tolist() == steps and history["epoch"].tolist() == epochs
+    assert translator.last_epoch(settings, len(train)) == epochs[-1]
+    # The cut epoch is validated like any other, and each epoch ends with a progress line.
+    assert np.isfinite(history["val_l1"]).all()
+    progress_lines = [line for line in lines if line.startswith("translator: step ")]
+    assert len(progress_lines) == len(epochs)
+    assert progress_lines[-1].startswith(f"translator: step {steps[-1]}/{steps[-1]} (100.0 %)")
+
+
+def test_a_capped_run_is_finished_and_a_larger_budget_continues_it_exactly(tmp_path):
+    train, val = shape_slices(4, 40), shape_slices(1, 41)
+    # 12 pairs in batches of 4: 3 steps an epoch; 5 steps stop within epoch 2.
+    capped = dataclasses.replace(TINY, max_steps=5)
+    first, first_history = train_translator(
+        train, val, capped, tmp_path / "capped", seed=3, progress=lambda _: None
+    )
+    assert first_history["step"].tolist() == [3, 5]
+    lines = []
+    again, again_history = train_translator(
+        train, val, capped, tmp_path / "capped", seed=3, progress=lines.append
+    )
+    assert not any("epoch 2/2" in line for line in lines)
+    assert_same_training(again, again_history, first, first_history)
+    # A larger budget trains the cut epoch again from its start: the run of that budget.
+    straight, straight_history = train_translator(
+        train, val, TINY, tmp_path / "straight", seed=3, progress=lambda _: None
+    )
+    lines = []
+    resumed, resumed_history = train_translator(
+        train, val, TINY, tmp_path / "capped", seed=3, progress=lines.append
+    )
+    assert any("before epoch 2, which max_steps cut short at step 5" in line for line in lines)
+    assert_same_training(resumed, resumed_history, straight, straight_history)
+    # The capped run's epoch 1 is the uncapped run's.
+    np.testing.assert_array_equal(
+        first_history["g_l1"].iloc[:1].to_numpy(), straight_history["g_l1"].iloc[:1].to_numpy()
+    )
+    # A smaller budget than the checkpoint's returns it as it is.
+    lines = []
+    train_translator(
+        train, val, dataclasses.replace(TINY, max_steps=2), tmp_path / "straight", seed=3,
+        progress=lines.append,
+    )
+    assert any("already has 9 steps" in line for line in lines)
+
+
+def test_learning_rate_decay_ends_at_the_last_epoch_the_budget_starts(tmp_path):
+    train, val = shape_slices(4, 40), shape_slices(1, 41)
+    # 3 steps an epoch: 6 steps are 2 epochs, and the decay follows 2 epochs, not 5.
+    budget = dataclasses.replace(TINY, epochs=5, lr=0.01, lr_decay_epochs=1, max_steps=6)
+    two = dataclasses.replace(budget, epochs=2, max_steps=None)
+    capped, capped_history = train_translator(
+        train, val, budget, tmp_path / "budget", seed=2, progress=lambda _: None
+    )
+    plain, plain_history = train_translator(
+        train, val, two, tmp_path / "two", seed=2, progress=lambda _: None
+    )
+    assert_same_training(capped, capped_history, plain, plain_history)
+    assert translator.epoch_learning_rate(budget, 2, translator.last_epoch(budget, 4)) == 0.005
+    # Another budget of the same epochs resumes; one of more epochs would decay elsewhere.
+    train_translator(
+        train, val, dataclasses.replace(budget, max_steps=5), tmp_path / "budget", seed=2,
+        progress=lambda _: None,
+    )
+    with pytest.raises(ValueError, match="decays its learning rate towards epoch 2, not 3"):
+        train_translator(
+            train, val, dataclasses.replace(budget, max_steps=7), tmp_path / "budget", seed=2,
+            progress=lambda _: None,
+        )
+
+
+def test_max_steps_may_change_on_a_resume_and_old_checkpoints_have_none(tmp_path):
+    from arepas.translator import _CHECKPOINT_FORMAT, _check_resumable
+
+    settings = TranslatorSettings.from_dict({"base_channels": 4, "n_blocks": 1, "epochs": 3})
+    old = {k: v for k, v in settings.to_dict().items() if k != "max_steps"}
+    state = {"format": _CHECKPOINT_FORMAT, "settings": old, "seed": 0, "data": "abc"}
+    capped = dataclasses.replace(settings, max_steps=100)
+    _check_resumable(state, capped, 0, "abc", tmp_path / "last.pt", 10)

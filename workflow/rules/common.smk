@@ -1,4 +1,5 @@
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -334,8 +335,42 @@ for _dataset in sorted(PRETRAINED.keys() & set(SUBJECTS["dataset"])):
     check_pretrained(_dataset)
 
 
+def report_training_steps():
+    """Each training job's planned steps, printed before anything runs: what a user waiting on
+    a cluster job needs to know before submitting. Slice counts come from the preprocessed
+    stacks once they exist, else are bounded from the image headers (not for demo scans,
+    which do not exist yet)."""
+    from arepas.planning import (
+        describe_training_steps,
+        planned_training_steps,
+        training_slices,
+    )
+
+    for dataset in used_datasets():
+        train = subjects_of(dataset, ["train"])
+        if dataset in PRETRAINED or not train:
+            continue
+        stacks = preprocessed(dataset, train)
+        images = [SUBJECTS.loc[s, "image"] for s in train]
+        if DEMO and not all(os.path.exists(p) for p in stacks):
+            logger.info(
+                f"dataset '{dataset}': training steps are printed once its demo scans exist "
+                "(the next run), and each training log shows its own"
+            )
+            continue
+        networks = [n for n in needed_models() if "/" not in n]
+        n_slices, exact = training_slices(images, stacks, DATASETS[dataset])
+        steps = planned_training_steps(DATASETS[dataset], n_slices, networks)
+        logger.info(describe_training_steps(dataset, n_slices, exact, steps))
+
+
+
 def preprocessed(dataset, subjects, name="slices.npz"):
     return [f"results/{dataset}/preprocessed/{s}/{name}" for s in subjects]
+
+
+if workflow.is_main_process:
+    report_training_steps()
 
 
 def map_model_files(wildcards):

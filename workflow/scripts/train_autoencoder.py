@@ -32,7 +32,9 @@ model, history = autoencoder.train_autoencoder(
     checkpoint_dir=io.checkpoint_folder(
         snakemake.params.checkpoint_dir,
         {
-            "settings": {k: v for k, v in settings.to_dict().items() if k not in ("epochs",)},
+            "settings": {
+                k: v for k, v in settings.to_dict().items() if k not in ("epochs", "max_steps")
+            },
             "seed": snakemake.params.seed,
         },
         train,

@@ -34,7 +34,9 @@ model, history = dae.train_dae(
     checkpoint_dir=io.checkpoint_folder(
         snakemake.params.checkpoint_dir,
         {
-            "settings": {k: v for k, v in settings.to_dict().items() if k not in ("epochs",)},
+            "settings": {
+                k: v for k, v in settings.to_dict().items() if k not in ("epochs", "max_steps")
+            },
             "seed": snakemake.params.seed,
         },
         train,

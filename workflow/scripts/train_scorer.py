@@ -28,7 +28,9 @@ real, roi = train_stacks.slices, train_stacks.roi
 folder = io.checkpoint_folder(
     checkpoint_root,
     {
-        "settings": {k: v for k, v in settings.to_dict().items() if k != "epochs"},
+        "settings": {
+            k: v for k, v in settings.to_dict().items() if k not in ("epochs", "max_steps")
+        },
         "seed": seed,
         "translator": io.file_digest(snakemake.input.translator),
     },

@@ -38,7 +38,9 @@ checkpoints = io.checkpoint_folder(
     # What a resume may change does not define the set-up.
     {
         "settings": {
-            k: v for k, v in settings.to_dict().items() if k not in ("epochs", "num_threads")
+            k: v
+            for k, v in settings.to_dict().items()
+            if k not in ("epochs", "max_steps", "num_threads")
         },
         "seed": snakemake.params.seed,
         # Training pairs drawn per (slice, copy) since the stacks are read from disk: a
