@@ -36,6 +36,7 @@ SECTIONS = (
     "translator_disc",
     "translator_full",
     "ct_mapping",
+    "published_sizes",
 )
 # Hours of training: measured only when named in --only.
 ON_REQUEST = ("translator_knobs", "demo_anatomy", "variants", "heldout", "translator_schedule",
@@ -63,6 +64,7 @@ TITLES = {
     "translator_disc": "19. A discriminator of half the channels",
     "translator_full": "20. The translator at the published sizes, on a GPU",
     "ct_mapping": "21. CT intensities: the window, or the reference's darker half of it",
+    "published_sizes": "22. Every rule at the published sizes, on the CPU",
 }
 # What quality_previous.json measured: the code before the reference implementation's settings
 # became the defaults (unpadded scorer, detached head, clean-edge ROI mining, per-slice ROI
@@ -249,6 +251,10 @@ def measure_section(name: str, args: argparse.Namespace) -> dict:
 
         return translator_full.measure(args.runs_dir.resolve() / "full256", args.budget_s,
                                        cores=args.cores)
+    if name == "published_sizes":
+        from bench import published_sizes
+
+        return published_sizes.measure(REPO, args.runs_dir.resolve(), args.cores)
     if name == "ct_mapping":
         from bench import ct_mapping
 
@@ -540,4 +546,10 @@ def main(argv=None) -> int:
     run_dir = Path(sections["speed"]["data"]["run_dir"]) if "speed" in sections else args.run
     write_report(args.output, render(sections, run_dir))
     print(f"bench: wrote {args.output}")
+    if "translator_full" in sections:
+        from bench import training_time
+
+        readme = REPO / "README.md"
+        if training_time.update_readme(readme, training_time.render(sections["translator_full"])):
+            print(f"bench: updated the training times in {readme}")
     return 0

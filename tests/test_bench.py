@@ -722,6 +722,7 @@ def test_patch_size_study_tables_each_size_and_the_combination():
 
 
 def test_the_demo_config_comes_from_the_record_the_run_or_the_cloned_commit(tmp_path):
+    from arepas.presets import resolve_presets
     from bench import speed
 
     record = {"run_dir": str(tmp_path / "gone"), "config": {"seed": 5}}
@@ -732,7 +733,8 @@ def test_the_demo_config_comes_from_the_record_the_run_or_the_cloned_commit(tmp_
     # A fresh clone's folder removed: the shipped config of the commit it cloned.
     head = subprocess.run(["git", "-C", str(speed.REPO), "rev-parse", "HEAD"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    shipped = yaml.safe_load((speed.REPO / "config" / "config.yaml").read_text())
+    # With the demo's preset filled in, as the workflow sees it.
+    shipped = resolve_presets(yaml.safe_load((speed.REPO / "config" / "config.yaml").read_text()))
     committed = subprocess.run(["git", "-C", str(speed.REPO), "diff", "--quiet", "HEAD", "--",
                                 "config/config.yaml"]).returncode == 0
     found = speed.run_config({"run_dir": str(tmp_path / "gone"), "fresh_clone": {"commit": head}})
@@ -835,3 +837,15 @@ def test_translator_speed_builds_a_variants_own_discriminator():
 def test_readme_names_every_section_measured_only_on_request():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert [name for name in run.ON_REQUEST if f"`{name}`" not in readme] == []
+
+
+def test_the_readmes_training_times_are_rendered_from_the_stored_measurement():
+    import json
+
+    from bench import training_time
+
+    repo = Path(__file__).resolve().parents[1]
+    record = json.loads((repo / "bench" / "measurements" / "translator_full.json").read_text())
+    block = training_time.render(record)
+    assert block in (repo / "README.md").read_text()
+    assert "| 75,000 | 28,125 |" in block  # one epoch of 3 copies in batches of 8

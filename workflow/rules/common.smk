@@ -364,7 +364,6 @@ def report_training_steps():
         logger.info(describe_training_steps(dataset, n_slices, exact, steps))
 
 
-
 def preprocessed(dataset, subjects, name="slices.npz"):
     return [f"results/{dataset}/preprocessed/{s}/{name}" for s in subjects]
 

@@ -1,0 +1,71 @@
+"""How long the published translator trains for a cohort of N slices on a GPU: its planned steps
+(arepas.translator.planned_steps) times the seconds per step measured in section 20. Written into
+README.md between markers, so that its numbers come from a measurement file too."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from arepas.translator import TranslatorSettings, planned_steps
+from bench import tables
+
+START = "<!-- training-time -->"
+END = "<!-- /training-time -->"
+# Training slices of cohorts a user may bring: a pilot, 100 subjects of about 100 slices, and
+# 500 and 1,000 subjects of about 150 slices (thin-slice chest CT, 1 mm brain MRI).
+COHORTS = (1_000, 10_000, 75_000, 150_000)
+# The budget the README shows as an example: about the reference's one epoch over its own
+# 5,791 training slices x 3 copies in batches of 8.
+EXAMPLE_BUDGET = 2_172
+LONG_EPOCHS = 100
+
+
+def _hours(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def render(translator_full: dict) -> str:
+    """The README block from section 20's stored record (its data and machine)."""
+    runs = [run for run in translator_full["data"]["runs"] if run["device"] == "cuda"]
+    rows = [row for run in runs for row in run["rows"]]
+    gpu = runs[0]["machine"]["gpu"]
+    step_s = statistics.median(row["step_s"] for row in rows)
+    published = TranslatorSettings()
+    budgeted = TranslatorSettings(epochs=LONG_EPOCHS, max_steps=EXAMPLE_BUDGET)
+    long = TranslatorSettings(epochs=LONG_EPOCHS)
+    table_rows = []
+    for n in COHORTS:
+        steps = planned_steps(published, n)
+        table_rows.append([
+            f"{n:,}", f"{steps:,}", _hours(steps * step_s),
+            _hours(planned_steps(budgeted, n) * step_s),
+            _hours(planned_steps(long, n) * step_s),
+        ])
+    table = tables.markdown_table(
+        ["train slices", "steps, 1 epoch (published)", "time, 1 epoch",
+         f"time, `max_steps: {EXAMPLE_BUDGET}`", f"time, {LONG_EPOCHS} epochs"],
+        table_rows,
+    )
+    return (
+        f"{START}\n"
+        f"At {step_s * 1000:.0f} ms per step of batch 8 (the median over the stages of "
+        f"`BENCHMARKS.md` section 20, the published translator on one {gpu}, trained with "
+        "bfloat16 autocast; float32, now the published default, was not timed there), "
+        "the translator trains:\n\n"
+        f"{table}\n"
+        f"{END}"
+    )
+
+
+def update_readme(readme: Path, block: str) -> bool:
+    """Replace the README's block; True if it changed."""
+    text = readme.read_text()
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    updated = head + block + tail
+    if updated != text:
+        readme.write_text(updated)
+    return updated != text
