@@ -13,6 +13,8 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pandas as pd
 
 from arepas.io import InputError, open_nifti
@@ -52,13 +54,17 @@ def resolve_paths(table: pd.DataFrame, sheet_dir: str | Path) -> pd.DataFrame:
     return out
 
 
-def check_sheet(table: pd.DataFrame, datasets: dict, check_files: bool = True) -> None:
+def check_sheet(
+    table: pd.DataFrame, datasets: dict, check_files: bool = True
+) -> dict[str, tuple[tuple[int, ...], np.ndarray]]:
     """Stop on the sheet errors that can be seen before any heavy work.
 
     ``table`` holds resolved paths. With ``check_files`` every image and mask must exist, be a 3D
     NIfTI with a positive voxel size and an invertible affine, masks must share their image's
-    grid, and no two subjects may use the same scan (:func:`check_shared_scans`).
+    grid, and no two subjects may use the same scan (:func:`check_shared_scans`). Returns the
+    grid (shape, affine) of every image read on the way, so that nothing reads its header again.
     """
+    grids: dict[str, tuple[tuple[int, ...], np.ndarray]] = {}
     dupes = table["subject"][table["subject"].duplicated()].unique().tolist()
     if dupes:
         raise SheetError(f"subject id(s) {dupes} appear more than once in the sheet")
@@ -86,7 +92,8 @@ def check_sheet(table: pd.DataFrame, datasets: dict, check_files: bool = True) -
                 stacklevel=2,
             )
         if check_files:
-            check_subject_files(row._asdict())
+            image = check_subject_files(row._asdict())
+            grids[row.image] = (tuple(image.shape[:3]), image.affine)
     if check_files:
         check_shared_scans(table)
     for name in {r.dataset for r in table.itertuples()}:
@@ -97,10 +104,12 @@ def check_sheet(table: pd.DataFrame, datasets: dict, check_files: bool = True) -
                     f"dataset '{name}' has no '{needed}' subjects; "
                     "training needs healthy train and val subjects"
                 )
+    return grids
 
 
-def check_subject_files(row: dict) -> None:
-    """Header-level checks of one subject's files (cheap: no voxel data is read)."""
+def check_subject_files(row: dict) -> nib.Nifti1Image:
+    """Header-level checks of one subject's files (cheap: no voxel data is read); the image,
+    opened."""
     image = open_nifti(row["image"], row["subject"], "image")
     for column in ("lesion", "roi"):
         if not row.get(column):
@@ -120,6 +129,7 @@ def check_subject_files(row: dict) -> None:
                 row[column],
                 "affine differs from the image's: the mask must be on the image's grid",
             )
+    return image
 
 
 # The sampled-content fingerprint: the NIfTI-1 header, and a few blocks spread over the file.

@@ -6,3 +6,6 @@
 CALIBRATED_METHOD = "arepas_calibrated"
 # Methods that need the Siamese scorer's patch map.
 PATCH_METHODS = ("patch", "arepas", CALIBRATED_METHOD)
+# AREPAS as this project built it before it followed the reference code, kept as a method of its
+# own on its own translator and scorer (arepas.clean_method).
+CLEAN_METHOD = "arepas_clean"

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -200,94 +198,3 @@ def to_native(
     from arepas import registration as reg
 
     return reg.apply_inverse(volume, w_affine, native_shape, native_affine, mapping, transform_dir)
-
-
-# Method `arepas_clean`: AREPAS as this project built it before it followed the reference code,
-# kept as a method of its own because it did better on the lung demo (BENCHMARKS.md).
-CLEAN_METHOD = "arepas_clean"
-CLEAN_MAPS = {"scoring": "dense", "stride": 1, "normalise": "slice"}
-
-
-def clean_method_settings(dataset: Mapping, maps: Mapping, overrides: Mapping) -> dict:
-    """Translator, scorer and maps settings of method `arepas_clean` for one dataset.
-
-    The dataset's own sections give sizes and epochs; the earlier choices
-    (`translator.LEGACY_SETTINGS`, `scorer.LEGACY_SETTINGS`, `CLEAN_MAPS`) replace the
-    reference's; the config's `arepas_clean` section overrides both.
-    """
-    from arepas.scorer import LEGACY_SETTINGS as SCORER_CHOICES
-    from arepas.translator import LEGACY_SETTINGS as TRANSLATOR_CHOICES
-
-    return {
-        "translator": {
-            **(dataset.get("translator") or {}),
-            **TRANSLATOR_CHOICES,
-            **(overrides.get("translator") or {}),
-        },
-        "scorer": {
-            **(dataset.get("scorer") or {}),
-            **SCORER_CHOICES,
-            **(overrides.get("scorer") or {}),
-        },
-        "maps": {**maps, **CLEAN_MAPS, **(overrides.get("maps") or {})},
-    }
-
-
-def mine_translator_pairs(
-    real,
-    roi,
-    generator,
-    translator_settings,
-    settings,
-    seed: int,
-    folder: Path,
-    device: str = "cpu",
-) -> tuple[dict, int]:
-    """The patch scorer's hard pairs, mined as the reference does from the translator's own
-    training set (`settings.mining_source`: its augmented pairs or the clean edges), cut a chunk
-    at a time on disk under `folder` (kept there; the reconstructions are removed); and the
-    number of reconstructions they were cut from.
-
-    real / roi: the training slices and ROIs, arrays or StackArrays.
-    """
-    from arepas import scorer, stacks, translator
-
-    picked, slice_of = scorer.mining_plan(
-        len(real), settings, len(real) * translator.pairs_per_slice(translator_settings)
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    stacks.check_free_space(folder, scorer.mining_disk_bytes(len(picked), real.shape[1:], settings))
-    make_inputs = scorer.mining_samples(
-        real,
-        settings,
-        augmented=lambda numbers: translator.training_pair_batch(
-            real, numbers, translator_settings, seed
-        ),
-        clean=lambda slices: translator.edges_for(translator_settings, slices),
-    )
-    by_roi = settings.mining_region == "roi"
-    targets, recon, mined_roi = scorer.reconstruct_for_mining(
-        picked,
-        slice_of,
-        make_inputs,
-        lambda inputs: translator.translate(generator, inputs, device=device),
-        folder / "mining",
-        roi=roi if by_roi else None,
-        # Mirrored training pairs (augment_mirror) need their ROI mirrored too; without ROIs
-        # nothing reads the flags.
-        mirrored=translator.mirrored_pairs(translator_settings, picked, seed)
-        if settings.mining_source == "augmented" and by_roi
-        else None,
-    )
-    pairs = scorer.mine_hard_pairs(
-        targets,
-        recon,
-        settings,
-        np.random.default_rng(seed),
-        roi=mined_roi,
-        folder=folder / "pairs",
-    )
-    scorer.keep_mined_pairs(folder / "pairs", pairs)
-    # The reconstructions were only needed to cut the pairs.
-    shutil.rmtree(folder / "mining")
-    return pairs, len(targets)

@@ -43,15 +43,25 @@ def stored_slice_count(path: str | os.PathLike) -> int:
 
 
 def training_slices(
-    images: Iterable[str], stacks: Iterable[str], settings: Mapping
+    images: Iterable[str],
+    stacks: Iterable[str],
+    settings: Mapping,
+    grids: Mapping[str, tuple] | None = None,
 ) -> tuple[int, bool]:
     """(slices, exact) of a dataset's training subjects: the stored stacks' counts where every
-    subject has been preprocessed (exact), else the bound from the image headers."""
+    subject has been preprocessed (exact), else the bound from the image headers; `grids` holds
+    (shape, affine) of images whose headers were read already (arepas.cohort.check_sheet)."""
     stacks = list(stacks)
     if stacks and all(os.path.exists(p) for p in stacks):
         return sum(stored_slice_count(p) for p in stacks), True
     spacing, axis = settings["spacing"], settings.get("slice_axis", "axial")
-    return sum(header_slice_bound(p, spacing, axis) for p in images), False
+    grids = grids or {}
+    return sum(
+        slice_count_bound(*grids[p], spacing, axis)
+        if p in grids
+        else header_slice_bound(p, spacing, axis)
+        for p in images
+    ), False
 
 
 def planned_training_steps(

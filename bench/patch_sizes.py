@@ -46,12 +46,12 @@ def size_method(size: int) -> str:
 def train_at_size(training_set: tuple, reference_settings, size: int, seed: int, work: Path):
     """A scorer of patch size `size` trained as the run's train_scorer job trains its own, from
     training_set = (training slices, their ROIs, translator, translator settings)."""
-    from arepas import pipeline
+    from arepas import mining
 
     real, roi, generator, translator_settings = training_set
     started = time.perf_counter()
     settings = dataclasses.replace(reference_settings, patch_size=size)
-    pairs, _ = pipeline.mine_translator_pairs(
+    pairs, _ = mining.mine_translator_pairs(
         real, roi, generator, translator_settings, settings, seed, work / f"p{size}"
     )
     model, info = heldout_mining.train_on_pairs(pairs, settings, seed)

@@ -82,6 +82,7 @@ def measure(repo: Path, runs_dir: Path, cores: int, progress=print) -> dict:
         "slices": subject_slices(workdir),
         "training_steps": training_steps(workdir),
         "report_bytes": (workdir / "results" / "report.zip").stat().st_size,
+        "disk": tables.subject_disk(workdir),
     }
 
 
@@ -130,4 +131,16 @@ def render(data: dict) -> str:
         ["rule", "dataset", "jobs", "mean s/job", "longest job s", "s per slice",
          "peak RSS MB"], rows, left=2,
     )
-    return intro + table + "\n"
+    disk = ""
+    if data.get("disk"):
+        disk = (
+            "\n\nDisk under `results/<dataset>/` per subject of this run, by kind of file (mean "
+            "over the dataset's subjects; train subjects have preprocessed files only). The "
+            "thick working slices make the working-grid files (reconstructions, working-grid "
+            "maps, map slices) smaller than at the published slice spacing, in proportion to "
+            "the slices; the native-grid maps (one per method and variant) have the scan's own "
+            "size. `keep_intermediates: false` removes the reconstructions, working-grid maps "
+            f"and map slices once consumed. The report: {data['report_bytes'] / 1e6:.1f} MB.\n\n"
+            + tables.disk_table(data["disk"])
+        )
+    return intro + table + disk + "\n"

@@ -37,6 +37,7 @@ def measure(run_dir: Path, baseline_run: Path | None = None) -> dict:
         "records": records.drop(columns=["source"]).to_dict("records"),
         "translator": translator,
         "test_subjects": quality.test_subjects(run_dir),
+        "disk": tables.subject_disk(run_dir),
         # Set only for a run made by bench.fresh_clone: `make demo` timed from a fresh clone.
         "fresh_clone": fresh_clone.read(run_dir),
         "baseline_clone": fresh_clone.read(baseline_run) if baseline_run else None,
@@ -193,4 +194,12 @@ def render(data: dict) -> str:
                 per_dataset,
             )
         )
+    if data.get("disk"):
+        lines.append(
+            "\nDisk under `results/<dataset>/` per subject of this run, by kind of file (mean "
+            "over the dataset's subjects; train subjects have preprocessed files only; "
+            "`keep_intermediates: false` removes the reconstructions, working-grid maps and map "
+            "slices once consumed):\n"
+        )
+        lines.append(tables.disk_table(data["disk"]))
     return "\n".join(lines)

@@ -349,3 +349,51 @@ def verdict(value: float | None, limit: float, at_most: bool = True) -> str:
         return "not measured"
     ok = value <= limit if at_most else value >= limit
     return "pass" if ok else "FAIL"
+
+
+DISK_KINDS = (
+    ("preprocessed", "/preprocessed/"),
+    ("reconstruction", "/reconstruction/"),
+    ("working-grid maps", "_working.nii.gz"),
+    ("native maps", "_native.nii.gz"),
+    ("map slices", "_slices.npz"),
+    ("masks", "/masks/"),
+    ("figures", "/figures/"),
+)
+
+
+def subject_disk(run_dir: str | Path) -> list[dict]:
+    """Bytes each subject of a finished run holds under results/<dataset>/, by kind of file (the
+    first kind in DISK_KINDS whose fragment the path holds): one row per dataset and subject."""
+    results = Path(run_dir) / "results"
+    rows = []
+    for dataset_dir in sorted(p for p in results.iterdir() if (p / "preprocessed").is_dir()):
+        for subject_dir in sorted((dataset_dir / "preprocessed").iterdir()):
+            subject = subject_dir.name
+            sizes = dict.fromkeys((kind for kind, _ in DISK_KINDS), 0)
+            for path in dataset_dir.rglob("*"):
+                if not path.is_file() or subject not in path.relative_to(dataset_dir).parts and \
+                        not path.name.startswith(f"{subject}_") and \
+                        not path.name.startswith(f"{subject}."):
+                    continue
+                text = path.as_posix()
+                kind = next((k for k, fragment in DISK_KINDS if fragment in text), None)
+                if kind:
+                    sizes[kind] += path.stat().st_size
+            rows.append({"dataset": dataset_dir.name, "subject": subject, **sizes})
+    return rows
+
+
+def disk_table(rows: list[dict]) -> str:
+    """Mean MB per subject and kind, per dataset (subjects without a kind, such as train
+    subjects without maps, count in its mean as 0)."""
+    frame = pd.DataFrame(rows)
+    kinds = [kind for kind, _ in DISK_KINDS]
+    body = []
+    for dataset, group in frame.groupby("dataset"):
+        mapped = group[group["native maps"] > 0]
+        body.append([dataset, f"{len(group)}",
+                     *[f"{group[k].mean() / 1e6:.1f}" for k in kinds],
+                     f"{mapped[kinds].sum(axis=1).mean() / 1e6:.1f}" if len(mapped) else ""])
+    return markdown_table(["dataset", "subjects", *[f"{k} MB" for k in kinds],
+                           "a mapped subject, all MB"], body)

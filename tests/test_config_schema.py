@@ -190,6 +190,18 @@ START_REFUSALS = [
         "datasets.lung_ct.slice_axis is sagittal",
     ),
     (
+        "translator",
+        {"max_steps": 0},
+        "datasets.lung_ct.translator: max_steps must be a positive whole number of steps or "
+        "null, got 0",
+    ),
+    (
+        "autoencoder",
+        {"max_steps": "2k"},
+        "datasets.lung_ct.autoencoder: max_steps must be a positive whole number of steps or "
+        "null, got '2k'",
+    ),
+    (
         "autoencoder",
         {"depth": 7},
         "datasets.lung_ct.autoencoder.depth: 7 halvings need a slice size divisible by 128",
@@ -223,7 +235,7 @@ def test_network_settings_that_cannot_run_stop_the_workflow_at_start(start_refus
 
 
 def test_clean_method_keeps_the_dataset_sizes_and_takes_the_earlier_choices():
-    from arepas.pipeline import clean_method_settings
+    from arepas.clean_method import clean_method_settings
     from arepas.scorer import LEGACY_SETTINGS as SCORER_CHOICES
     from arepas.translator import LEGACY_SETTINGS as TRANSLATOR_CHOICES
 

@@ -19,9 +19,12 @@ DATASETS = ("lung_ct", "brain_t1")
 
 @pytest.fixture(scope="module")
 def published_run(tmp_path_factory) -> Path:
+    """The smoke run, here without the large intermediates (`keep_intermediates: false`)."""
     workdir = make_workdir(tmp_path_factory.mktemp("published") / "run")
+    (workdir / "lean.yaml").write_text("keep_intermediates: false\n")
     result = run_snakemake(
-        workdir, "--report", "results/report.zip", "--report-after-run", configs=(SMOKE,)
+        workdir, "--report", "results/report.zip", "--report-after-run",
+        configs=(SMOKE, "lean.yaml"),
     )
     (workdir / "snakemake.log").write_text(result.stdout + result.stderr)
     return workdir
@@ -66,10 +69,20 @@ def test_every_rule_ran_and_maps_lie_on_the_native_grid(published_run):
         assert any(name.endswith("summary.md") for name in report.namelist())
 
 
+def test_large_intermediates_are_removed_once_consumed(published_run):
+    results = published_run / "results"
+    for dataset in DATASETS:
+        assert not list((results / dataset / "reconstruction").glob("*.npz"))
+        assert not list((results / dataset / "maps").rglob("*_working.nii.gz"))
+        assert not list((results / dataset / "maps").glob("*_slices.npz"))
+        assert list((results / dataset / "maps").rglob("*_native.nii.gz"))
+        assert list((results / dataset / "figures" / "subjects").glob("*.png"))
+
+
 def test_start_up_names_no_preset_and_prints_the_budgeted_steps(published_run):
     assert "preset cpu_demo" not in (published_run / "snakemake.log").read_text()
     # Once the stacks exist, a dry run counts the training slices and plans each job's steps.
-    result = run_snakemake(published_run, "-n", configs=(SMOKE,))
+    result = run_snakemake(published_run, "-n", configs=(SMOKE, "lean.yaml"))
     lines = [line for line in (result.stdout + result.stderr).splitlines()
              if "training steps on" in line]
     assert len(lines) == len(DATASETS)

@@ -672,7 +672,7 @@ def test_finished_mining_is_found_again_and_unfinished_mining_is_not(tmp_path):
 
 
 def test_mining_from_the_translator_matches_mining_its_whole_training_set_in_memory(tmp_path):
-    from arepas import pipeline, translator
+    from arepas import mining, translator
 
     rng = np.random.default_rng(6)
     real = smooth_slices(rng, 6, size=32).astype(np.float32)
@@ -682,7 +682,7 @@ def test_mining_from_the_translator_matches_mining_its_whole_training_set_in_mem
     torch.manual_seed(0)
     generator = translator.build_generator(tiny).eval()
     settings = ScorerSettings(patch_size=6, patches_per_slice=30, mining_region="roi")
-    pairs, reconstructed = pipeline.mine_translator_pairs(
+    pairs, reconstructed = mining.mine_translator_pairs(
         real, roi, generator, tiny, settings, 3, tmp_path / "work"
     )
     # The same pairs by the plain route: the whole augmented set in memory, reconstructed at once.

@@ -163,3 +163,21 @@ def test_same_seed_gives_bit_identical_maps_and_metrics(tiny_run, tmp_path):
         assert np.array_equal(first, second), f"{rel} differs between two runs with one seed"
     rel = Path("results/brain_t1/metrics/per_subject.tsv")
     assert (tiny_run / rel).read_text() == (again / rel).read_text()
+
+
+def test_a_report_to_share_holds_no_subject(tiny_run, tmp_path):
+    """`report: {subjects: false}`: aggregate tables and curves, no subject's images or rows,
+    and nothing computed again."""
+    overlay = tmp_path / "share.yaml"
+    overlay.write_text("report: {subjects: false}\n")
+    planned = run_snakemake(tiny_run, "-n", configs=(TINY, str(overlay)))
+    assert "Nothing to be done" in planned.stdout + planned.stderr
+    report_path = tmp_path / "shared.zip"
+    run_snakemake(tiny_run, "--report", str(report_path), configs=(TINY, str(overlay)))
+    with zipfile.ZipFile(report_path) as report:
+        names = report.namelist()
+    assert any(n.endswith("/summary.tsv") for n in names)
+    assert any(n.endswith("/pr_curves.png") for n in names)
+    for fragment in ("lung005", "brain004", "per_subject.tsv", "dice_per_subject.png",
+                     "translator_edge_reliance.png"):
+        assert not any(fragment in n for n in names), fragment

@@ -11,9 +11,14 @@ from snakemake.utils import validate
 from arepas import cohort
 from arepas.io import InputError
 from arepas.methods import CALIBRATED_METHOD, PATCH_METHODS
-from arepas.pipeline import CLEAN_METHOD, clean_method_settings
+from arepas.clean_method import CLEAN_METHOD, clean_method_settings
 from arepas.postprocess import PostprocessSettings, evaluated_methods
 from arepas.presets import PresetError, apply_preset, describe_origins
+
+# Start-up checks (settings the networks cannot run, every scan's header, shared scans, pretrained
+# models) run once, in the process that plans the run. A cluster job parses the workflow again
+# to run one rule; it needs the config and the sheet, not their checks, nor torch.
+MAIN = workflow.is_main_process
 
 
 def apply_presets():
@@ -32,11 +37,6 @@ def apply_presets():
 
 PRESET_ORIGINS = apply_presets()
 validate(config, schema="../schemas/config.schema.yaml")
-if workflow.is_main_process:
-    for _dataset, _origins in PRESET_ORIGINS.items():
-        _message = describe_origins(_dataset, _origins)
-        if _message:
-            logger.info(_message)
 
 # Jobs import `arepas` from this checkout, not from an installed copy: Snakemake appends the main
 # process's module search path to every rule script's, so the repository root put first here
@@ -50,7 +50,7 @@ DATASETS = config["datasets"]
 CLEAN = CLEAN_METHOD in config["methods"]
 CLEAN_SETTINGS = {
     name: clean_method_settings(settings, config["maps"], config["arepas_clean"])
-    for name, settings in DATASETS.items()
+    for name, settings in (DATASETS.items() if CLEAN else ())
 }
 DEMO = config["demo"].get("enabled", False)
 # Every method raw and post-processed (`residual`, `residual+pp`): the maps written and evaluated.
@@ -122,7 +122,8 @@ def check_autoencoder_depth(name, settings):
         )
 
 
-check_network_settings()
+if MAIN:
+    check_network_settings()
 
 
 def check_intensity_settings():
@@ -136,7 +137,8 @@ def check_intensity_settings():
             raise WorkflowError(str(error)) from None
 
 
-check_intensity_settings()
+if MAIN:
+    check_intensity_settings()
 
 
 def check_dae_settings():
@@ -158,7 +160,8 @@ def check_dae_settings():
             )
 
 
-check_dae_settings()
+if MAIN:
+    check_dae_settings()
 
 PREPROCESSING_KEYS = (
     "modality",
@@ -177,6 +180,10 @@ resource_scopes:
     gpu="local",
 
 
+# Each image's grid (shape, affine) as the sheet check read it, for the training plan.
+IMAGE_GRIDS = {}
+
+
 def load_subjects() -> pd.DataFrame:
     if DEMO:
         sheet = cohort.demo_sheet(config["demo"])
@@ -186,7 +193,9 @@ def load_subjects() -> pd.DataFrame:
     table = cohort.resolve_paths(sheet, SHEET_DIR)
     # Demo files are outputs of rule make_demo; a user's files must exist now.
     applied = table["dataset"].isin(PRETRAINED)
-    cohort.check_sheet(table[~applied], DATASETS, check_files=not DEMO)
+    IMAGE_GRIDS.update(
+        cohort.check_sheet(table[~applied], DATASETS, check_files=MAIN and not DEMO)
+    )
     check_applied_rows(table, table[applied])
     for row in table.itertuples():
         settings = DATASETS[row.dataset]
@@ -214,7 +223,7 @@ def check_applied_rows(table, rows):
             raise InputError(
                 row.subject, "lesion", "", "a test subject needs a lesion mask"
             )
-        if not DEMO:
+        if MAIN and not DEMO:
             cohort.check_subject_files(row._asdict())
     for name, group in rows.groupby("dataset"):
         if "test" in set(group["split"]) and "val" not in set(group["split"]):
@@ -331,8 +340,16 @@ def check_pretrained(dataset):
         )
 
 
-for _dataset in sorted(PRETRAINED.keys() & set(SUBJECTS["dataset"])):
+for _dataset in sorted(PRETRAINED.keys() & set(SUBJECTS["dataset"]) if MAIN else ()):
     check_pretrained(_dataset)
+
+
+def report_presets():
+    """Which settings of each dataset in the sheet came from a preset, and which from the config."""
+    for dataset in used_datasets():
+        message = describe_origins(dataset, PRESET_ORIGINS[dataset])
+        if message:
+            logger.info(message)
 
 
 def report_training_steps():
@@ -359,7 +376,9 @@ def report_training_steps():
             )
             continue
         networks = [n for n in needed_models() if "/" not in n]
-        n_slices, exact = training_slices(images, stacks, DATASETS[dataset])
+        n_slices, exact = training_slices(
+            images, stacks, DATASETS[dataset], IMAGE_GRIDS
+        )
         steps = planned_training_steps(DATASETS[dataset], n_slices, networks)
         logger.info(describe_training_steps(dataset, n_slices, exact, steps))
 
@@ -368,7 +387,8 @@ def preprocessed(dataset, subjects, name="slices.npz"):
     return [f"results/{dataset}/preprocessed/{s}/{name}" for s in subjects]
 
 
-if workflow.is_main_process:
+if MAIN:
+    report_presets()
     report_training_steps()
 
 
@@ -560,3 +580,45 @@ def final_outputs():
     if evaluated_datasets():
         outputs.append("results/summary.md")
     return outputs
+
+
+def script_code(name):
+    """Digest of a rule's script and the library code it runs (arepas.provenance), given to the
+    rule as a parameter: changing that code reruns the rule and what follows, and changes its
+    cache key; changing other library code does not."""
+    import arepas
+    from arepas.provenance import code_digest
+
+    package_root = Path(arepas.__file__).resolve().parents[1]
+    return code_digest(
+        Path(workflow.basedir) / "workflow" / "scripts" / name, package_root
+    )
+
+
+REPORT_SUBJECTS = config["report"]["subjects"]
+
+
+def subject_report(path, **kwargs):
+    """An output shown in the report unless it shows a subject's images or rows and the config
+    asks for a report to share (`report: {subjects: false}`)."""
+    return report(path, **kwargs) if REPORT_SUBJECTS else path
+
+
+# Jobs of a few seconds that read only small tables: under SLURM they run in the main process
+# instead of waiting in the queue for a node ("Speed per rule and stage" in BENCHMARKS.md).
+localrules:
+    summary_table,
+    dataset_figures,
+    scorer_figure,
+
+
+KEEP_INTERMEDIATES = config["keep_intermediates"]
+
+
+def intermediate(paths):
+    """Large intermediate outputs: removed once consumed unless `keep_intermediates` (default)."""
+    if KEEP_INTERMEDIATES:
+        return paths
+    if isinstance(paths, str):
+        return temp(paths)
+    return [temp(path) for path in paths]

@@ -13,6 +13,7 @@ if DEMO:
             "../../envs/arepas.yaml"
         threads: 2
         params:
+            code=script_code("make_demo.py"),
             demo=config["demo"],
             rows=SUBJECTS.reset_index(drop=True).to_dict("records"),
         script:

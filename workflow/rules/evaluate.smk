@@ -2,7 +2,7 @@ rule evaluate:
     input:
         unpack(evaluation_files),
     output:
-        per_subject=report(
+        per_subject=subject_report(
             "results/{dataset}/metrics/per_subject.tsv",
             caption="../report/per_subject.rst",
             category="4. Evaluation",
@@ -28,6 +28,7 @@ rule evaluate:
     conda:
         "../../envs/arepas.yaml"
     params:
+        code=script_code("evaluate.py"),
         methods=MAP_METHODS,
         evaluation=config["evaluation"],
         test=lambda wc: subject_rows(wc.dataset, ["test"]),
@@ -61,6 +62,7 @@ rule summary_table:
     conda:
         "../../envs/arepas.yaml"
     params:
+        code=script_code("summary_table.py"),
         datasets=evaluated_datasets(),
     script:
         "../scripts/summary_table.py"

@@ -2,7 +2,7 @@ rule subject_figure:
     input:
         slices="results/{dataset}/maps/{subject}_slices.npz",
     output:
-        report(
+        subject_report(
             "results/{dataset}/figures/subjects/{subject}.png",
             caption="../report/subject_panel.rst",
             category="5. Figures",
@@ -14,6 +14,8 @@ rule subject_figure:
         "benchmarks/{dataset}/subject_figure/{subject}.tsv"
     conda:
         "../../envs/arepas.yaml"
+    params:
+        code=script_code("subject_figure.py"),
     script:
         "../scripts/subject_figure.py"
 
@@ -30,7 +32,7 @@ rule dataset_figures:
             category="5. Figures",
             subcategory="{dataset}",
         ),
-        dice=report(
+        dice=subject_report(
             "results/{dataset}/figures/dice_per_subject.png",
             caption="../report/dice_strip.rst",
             category="5. Figures",
@@ -42,6 +44,8 @@ rule dataset_figures:
         "benchmarks/{dataset}/dataset_figures.tsv"
     conda:
         "../../envs/arepas.yaml"
+    params:
+        code=script_code("dataset_figures.py"),
     script:
         "../scripts/dataset_figures.py"
 
@@ -62,7 +66,7 @@ rule translator_figure:
             category="2. Translator",
             subcategory="{dataset}",
         ),
-        edge_reliance=report(
+        edge_reliance=subject_report(
             "results/{dataset}/figures/translator_edge_reliance.png",
             caption="../report/translator_edge_reliance_figure.rst",
             category="2. Translator",
@@ -75,6 +79,7 @@ rule translator_figure:
     conda:
         "../../envs/arepas.yaml"
     params:
+        code=script_code("training_figure.py"),
         columns=["g_l1", "val_l1"],
         title="translator L1",
     script:
@@ -98,6 +103,7 @@ rule scorer_figure:
     conda:
         "../../envs/arepas.yaml"
     params:
+        code=script_code("training_figure.py"),
         columns=["train_acc", "heldout_acc"],
         title="patch scorer accuracy",
     script:

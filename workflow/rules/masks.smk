@@ -19,6 +19,7 @@ rule mask_thresholds:
     conda:
         "../../envs/arepas.yaml"
     params:
+        code=script_code("mask_thresholds.py"),
         methods=MASK_METHODS,
         evaluation=config["evaluation"],
         val=lambda wc: subject_rows(wc.dataset, ["val"]),
@@ -34,7 +35,7 @@ rule lesion_masks:
         thresholds="results/{dataset}/masks/thresholds.tsv",
     output:
         masks=[
-            report(
+            subject_report(
                 path,
                 caption="../report/lesion_mask.rst",
                 category="6. Lesion masks",
@@ -45,7 +46,7 @@ rule lesion_masks:
                 method=MASK_METHODS,
             )
         ],
-        figure=report(
+        figure=subject_report(
             "results/{dataset}/figures/masks/{subject}.png",
             caption="../report/lesion_mask_figure.rst",
             category="6. Lesion masks",
@@ -58,6 +59,7 @@ rule lesion_masks:
     conda:
         "../../envs/arepas.yaml"
     params:
+        code=script_code("lesion_masks.py"),
         methods=MASK_METHODS,
         dataset=lambda wc: DATASETS[wc.dataset],
         split=lambda wc: SUBJECTS.loc[wc.subject, "split"],

@@ -9,6 +9,7 @@ rule prepare_template:
     conda:
         "../../envs/arepas.yaml"
     params:
+        code=script_code("prepare_template.py"),
         registration=lambda wc: DATASETS[wc.dataset]["registration"],
         spacing=lambda wc: DATASETS[wc.dataset]["spacing"],
     script:
@@ -36,6 +37,7 @@ rule preprocess:
     conda:
         "../../envs/arepas.yaml"
     params:
+        code=script_code("preprocess.py"),
         settings=preprocess_settings,
         seed=config["seed"],
     script:

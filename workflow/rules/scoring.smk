@@ -23,6 +23,7 @@ rule train_scorer:
     resources:
         gpu=1,
     params:
+        code=script_code("train_scorer.py"),
         settings=lambda wc: DATASETS[wc.dataset]["scorer"],
         on_stall=config["scorer_stall"],
         checkpoint_dir=lambda wc: f"results/{wc.dataset}/models/scorer_checkpoint",
@@ -48,6 +49,7 @@ use rule train_scorer as train_scorer_clean with:
     log:
         "logs/{dataset}/arepas_clean/train_scorer.log",
     params:
+        code=script_code("train_scorer.py"),
         settings=lambda wc: CLEAN_SETTINGS[wc.dataset]["scorer"],
         on_stall=config["scorer_stall"],
         checkpoint_dir=lambda wc: f"results/{wc.dataset}/models/arepas_clean/scorer_checkpoint",
@@ -74,6 +76,7 @@ rule train_autoencoder:
     resources:
         gpu=1,
     params:
+        code=script_code("train_autoencoder.py"),
         settings=lambda wc: DATASETS[wc.dataset]["autoencoder"],
         checkpoint_dir=lambda wc: f"results/{wc.dataset}/models/autoencoder_checkpoint",
         seed=config["seed"],
@@ -100,6 +103,7 @@ rule train_dae:
     resources:
         gpu=1,
     params:
+        code=script_code("train_dae.py"),
         settings=lambda wc: DATASETS[wc.dataset]["dae"],
         checkpoint_dir=lambda wc: f"results/{wc.dataset}/models/dae_checkpoint",
         seed=config["seed"],
@@ -126,6 +130,7 @@ rule patch_calibration:
         "../../envs/arepas.yaml"
     threads: 1
     params:
+        code=script_code("patch_calibration.py"),
         subjects=lambda wc: subjects_of(wc.dataset, ["val"]),
         maps=config["maps"],
     script:
@@ -141,15 +146,17 @@ rule anomaly_maps:
         transforms="results/{dataset}/preprocessed/{subject}/transforms",
         roi_native="results/{dataset}/preprocessed/{subject}/roi_native.nii.gz",
     output:
-        working=expand(
-            "results/{{dataset}}/maps/{method}/{{subject}}_working.nii.gz",
-            method=MAP_METHODS,
+        working=intermediate(
+            expand(
+                "results/{{dataset}}/maps/{method}/{{subject}}_working.nii.gz",
+                method=MAP_METHODS,
+            )
         ),
         native=expand(
             "results/{{dataset}}/maps/{method}/{{subject}}_native.nii.gz",
             method=MAP_METHODS,
         ),
-        slices="results/{dataset}/maps/{subject}_slices.npz",
+        slices=intermediate("results/{dataset}/maps/{subject}_slices.npz"),
     log:
         "logs/{dataset}/anomaly_maps/{subject}.log",
     benchmark:
@@ -158,9 +165,10 @@ rule anomaly_maps:
         "../../envs/arepas.yaml"
     threads: 1
     params:
+        code=script_code("anomaly_maps.py"),
         methods=config["methods"],
         maps=config["maps"],
-        clean_maps=lambda wc: CLEAN_SETTINGS[wc.dataset]["maps"],
+        clean_maps=lambda wc: CLEAN_SETTINGS[wc.dataset]["maps"] if CLEAN else {},
         postprocess=config["postprocess"],
         seed=config["seed"],
     script:

@@ -33,6 +33,7 @@ rule train_translator:
     resources:
         gpu=1,
     params:
+        code=script_code("train_translator.py"),
         settings=lambda wc: DATASETS[wc.dataset]["translator"],
         preprocessing=preprocess_settings,
         checkpoint_dir=lambda wc: f"results/{wc.dataset}/models/translator_checkpoint",
@@ -49,8 +50,8 @@ rule reconstruct:
         working="results/{dataset}/preprocessed/{subject}/working.nii.gz",
         model=translator_file,
     output:
-        reconstruction="results/{dataset}/reconstruction/{subject}.npz",
-        volume="results/{dataset}/reconstruction/{subject}_working.nii.gz",
+        reconstruction=intermediate("results/{dataset}/reconstruction/{subject}.npz"),
+        volume=intermediate("results/{dataset}/reconstruction/{subject}_working.nii.gz"),
     log:
         "logs/{dataset}/reconstruct/{subject}.log",
     benchmark:
@@ -58,12 +59,14 @@ rule reconstruct:
     conda:
         "../../envs/arepas.yaml"
     threads: 1
+    params:
+        code=script_code("reconstruct.py"),
     script:
         "../scripts/reconstruct.py"
 
 
 # Method arepas_clean: the same training and reconstruction with the earlier choices
-# (arepas.pipeline.clean_method_settings), written under a folder of its own.
+# (arepas.clean_method.clean_method_settings), written under a folder of its own.
 use rule train_translator as train_translator_clean with:
     output:
         model="results/{dataset}/models/arepas_clean/translator.pt",
@@ -83,6 +86,7 @@ use rule train_translator as train_translator_clean with:
     log:
         "logs/{dataset}/arepas_clean/train_translator.log",
     params:
+        code=script_code("train_translator.py"),
         settings=lambda wc: CLEAN_SETTINGS[wc.dataset]["translator"],
         preprocessing=preprocess_settings,
         checkpoint_dir=lambda wc: f"results/{wc.dataset}/models/arepas_clean/translator_checkpoint",
@@ -97,8 +101,12 @@ use rule reconstruct as reconstruct_clean with:
         working="results/{dataset}/preprocessed/{subject}/working.nii.gz",
         model=lambda wc: model_file(wc.dataset, "arepas_clean/translator"),
     output:
-        reconstruction="results/{dataset}/reconstruction/arepas_clean/{subject}.npz",
-        volume="results/{dataset}/reconstruction/arepas_clean/{subject}_working.nii.gz",
+        reconstruction=intermediate(
+            "results/{dataset}/reconstruction/arepas_clean/{subject}.npz"
+        ),
+        volume=intermediate(
+            "results/{dataset}/reconstruction/arepas_clean/{subject}_working.nii.gz"
+        ),
     log:
         "logs/{dataset}/arepas_clean/reconstruct/{subject}.log",
     benchmark:

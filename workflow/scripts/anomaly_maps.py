@@ -9,8 +9,7 @@ import torch
 
 from arepas import io, pipeline
 from arepas.maps import anomaly_maps, raw_patch_map, reference_scores_for
-from arepas.methods import CALIBRATED_METHOD, PATCH_METHODS
-from arepas.pipeline import CLEAN_METHOD
+from arepas.methods import CALIBRATED_METHOD, CLEAN_METHOD, PATCH_METHODS
 from arepas.postprocess import (
     PostprocessSettings,
     evaluated_methods,

@@ -8,7 +8,7 @@ start = time.perf_counter()
 
 import torch
 
-from arepas import devices, io, pipeline, scorer, stacks, translator
+from arepas import devices, io, mining, scorer, stacks, translator
 
 torch.set_num_threads(snakemake.threads)
 # Buffers freed by one training step stay for the next (devices.keep_freed_memory_for_reuse).
@@ -43,7 +43,7 @@ else:
     generator, translator_settings, _ = translator.load_translator(
         snakemake.input.translator, device=device
     )
-    pairs, n_reconstructed = pipeline.mine_translator_pairs(
+    pairs, n_reconstructed = mining.mine_translator_pairs(
         real, roi, generator, translator_settings, settings, seed, folder, device=device
     )
     print(
