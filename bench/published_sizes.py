@@ -6,6 +6,7 @@ with each job's peak memory: what the rules' memory requests are sized from."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -144,3 +145,36 @@ def render(data: dict) -> str:
             + tables.disk_table(data["disk"])
         )
     return intro + table + disk + "\n"
+
+
+def _round_up(value: float, digits: int = 2) -> float:
+    """Up to `digits` significant digits, never below the value."""
+    if value <= 0:
+        return 0.0
+    scale = 10 ** (math.floor(math.log10(value)) - digits + 1)
+    return math.ceil(value / scale - 1e-9) * scale
+
+
+def subject_rates(published: dict, scaling: dict) -> dict[str, dict[str, float]]:
+    """The per-subject rules' rates that arepas.resources.SUBJECT_RATES holds, derived from this
+    section's data and the scaling section's (memory per native voxel, for the rules that hold
+    native volumes), rounded up to two significant digits."""
+    from arepas.resources import SUBJECT_RATES
+    from bench import scaling as scaling_section
+
+    records = pd.DataFrame(published["records"])
+    per_voxel = scaling_section.summarise(scaling)["memory_bytes_per_voxel"]
+    rates = {}
+    for rule, rate in SUBJECT_RATES.items():
+        jobs = records[records["rule"] == rule]
+        per_slice = [
+            row.s / published["slices"][f"{row.dataset}/{row.job}"]
+            for row in jobs.itertuples()
+        ]
+        rates[rule] = {
+            "s_per_slice": _round_up(max(per_slice)),
+            "peak_mb": _round_up(float(jobs["max_rss"].max())),
+            # Only where the measured rate is meant to apply: the rules holding native volumes.
+            "mb_per_mvoxel": _round_up(per_voxel) if rate.mb_per_mvoxel else 0.0,
+        }
+    return rates

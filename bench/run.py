@@ -37,11 +37,13 @@ SECTIONS = (
     "translator_full",
     "ct_mapping",
     "published_sizes",
+    "gpu_workflow",
+    "parse",
 )
 # Hours of training: measured only when named in --only.
 ON_REQUEST = ("translator_knobs", "demo_anatomy", "variants", "heldout", "translator_schedule",
               "heldout_mining", "patch_sizes", "translator_detail", "translator_disc",
-              "translator_full", "ct_mapping")
+              "translator_full", "ct_mapping", "gpu_workflow")
 TITLES = {
     "quality": "1. Quality over seeds",
     "speed": "2. Speed per rule and stage",
@@ -65,6 +67,8 @@ TITLES = {
     "translator_full": "20. The translator at the published sizes, on a GPU",
     "ct_mapping": "21. CT intensities: the window, or the reference's darker half of it",
     "published_sizes": "22. Every rule at the published sizes, on the CPU",
+    "gpu_workflow": "23. Published sizes on a GPU",
+    "parse": "24. Planning a run and parsing a job, against the cohort size",
 }
 # What quality_previous.json measured: the code before the reference implementation's settings
 # became the defaults (unpadded scorer, detached head, clean-edge ROI mining, per-slice ROI
@@ -131,6 +135,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="scaling: native grids, comma-separated")
     parser.add_argument("--scratch", type=Path, default=None,
                         help="scaling: folder for temporary volumes (default: system temp)")
+    parser.add_argument("--gpu-workflow-cores", type=int, default=None,
+                        help="gpu_workflow: snakemake --cores (default: every CPU here)")
+    parser.add_argument("--gpu-workflow-cpu-smoke", action="store_true",
+                        help="gpu_workflow: the shrunken form (1 training step per network, "
+                        "thick slices) that runs without CUDA, to test the plumbing")
+    parser.add_argument("--gpu-workflow-steps", type=int, default=None,
+                        help="gpu_workflow: translator max_steps per dataset instead of "
+                        "config/gpu_workflow.yaml's")
     parser.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md")
     # Not bench/results: `results/` is ignored by git anywhere in the tree.
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "measurements")
@@ -251,10 +263,25 @@ def measure_section(name: str, args: argparse.Namespace) -> dict:
 
         return translator_full.measure(args.runs_dir.resolve() / "full256", args.budget_s,
                                        cores=args.cores)
+    if name == "parse":
+        from bench import parse
+
+        return parse.measure(REPO, args.runs_dir.resolve() / "parse")
     if name == "published_sizes":
         from bench import published_sizes
 
         return published_sizes.measure(REPO, args.runs_dir.resolve(), args.cores)
+    if name == "gpu_workflow":
+        from bench import gpu_workflow
+
+        if args.gpu_workflow_cpu_smoke and args.results_dir.resolve() == (
+            REPO / "bench" / "measurements"
+        ).resolve():
+            raise SystemExit("gpu_workflow: the CPU smoke is no measurement; give it "
+                             "--results-dir and --output outside the repository's")
+        return gpu_workflow.measure(REPO, args.runs_dir.resolve(), args.gpu_workflow_cores,
+                                    smoke=args.gpu_workflow_cpu_smoke,
+                                    steps=args.gpu_workflow_steps)
     if name == "ct_mapping":
         from bench import ct_mapping
 

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -59,7 +60,8 @@ def test_profile_slurm_is_found_from_the_repository_root_and_keeps_gpu_jobs_para
     assert args.rerun_incomplete and args.latency_wait >= 5
     assert {"runtime", "mem_mb", "cpus_per_task"} <= set(args.default_resources)
     for rule in TRAINING_RULES:
-        assert set(args.set_resources[rule]) == {"runtime", "mem_mb"}  # gpu=1 from the rule
+        # Memory and time come from the rules; gpu=1 too.
+        assert set(args.set_resources[rule]) == {"tasks_per_gpu"}
     # GPU training jobs get CPUs to feed the GPU; everything else keeps the rules' threads.
     assert {rule: t.value for rule, t in args.set_threads.items()} == dict.fromkeys(
         TRAINING_RULES, 8
@@ -196,7 +198,9 @@ def test_every_job_went_through_sbatch(slurm_run):
     # The executor names each job's rule in its comment: rule_<name>[_wildcards_<values>].
     rules = jobs["comment"].str.extract(r"^rule_(.+?)(?:_wildcards_.*)?$")[0]
     planned = planned_jobs(log)
-    submitted = {name: count for name, count in planned.items() if name != "all"}
+    # Jobs of seconds on small tables run in the main process (localrules), not through sbatch.
+    local = {"all", "summary_table", "dataset_figures", "scorer_figure"}
+    submitted = {name: count for name, count in planned.items() if name not in local}
     assert rules.value_counts().to_dict() == submitted
     assert {"train_translator", "train_scorer", "anomaly_maps", "evaluate"} <= set(submitted)
     # sbatch wrote one log per job, named by its SLURM job id.
@@ -224,3 +228,47 @@ def test_results_equal_a_local_runs(slurm_run):
         remote = np.asarray(nib.load(path).dataobj)
         local = np.asarray(nib.load(tiny_run / rel).dataobj)
         assert np.array_equal(local, remote), f"{rel} differs between SLURM and local runs"
+
+
+def test_a_gpu_training_job_gets_an_sbatch_line_that_fits_a_gpu_partition():
+    """The SLURM plugin's own command builder, given a training job's resources as the workflow
+    plans them under the shipped profile (a dry run) and the profile's threads: one GPU, the
+    rule's memory and time, CPUs to feed the GPU, and no --ntasks-per-gpu."""
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--nolock", "--profile", "slurm",
+         "--configfile", "config/published_smoke.yaml"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    block = output.split("rule train_translator:", 1)[1].split("\n\n", 1)[0]
+    listed = re.search(r"resources: (.*)", block).group(1)
+    values = {}
+    for item in listed.split(", "):
+        key, _, value = item.partition("=")
+        if value.isdigit():
+            values[key] = int(value)
+        elif value and "<" not in value:
+            values[key] = value
+
+    class Resources(dict):
+        __getattr__ = dict.__getitem__
+
+    profile = yaml.safe_load((REPO / "slurm/config.yaml").read_text())
+    threads = profile["set-threads"]["train_translator"]
+    # The profile's default `cpus_per_task: threads`, with the profile's threads.
+    values["cpus_per_task"] = threads
+    job = SimpleNamespace(resources=Resources(values), threads=threads)
+    params = {"run_uuid": "run", "slurm_logfile": "job.log", "comment_str": "rule_train_translator",
+              "account": "", "partition": "", "workdir": str(REPO)}
+    call = get_submit_command(job, params) + set_gres_string(job)
+    assert "--gpus=1" in call
+    assert f"--mem {values['mem_mb']}" in call and values["mem_mb"] >= 1000
+    assert f"-t {values['runtime']}" in call and 10 <= values["runtime"] <= 1440
+    assert f"--cpus-per-task={threads}" in call
+    assert "--ntasks-per-gpu" not in call

@@ -1,9 +1,12 @@
+import functools
 import json
 import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from nibabel import load as nib_load
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
@@ -622,3 +625,128 @@ def intermediate(paths):
     if isinstance(paths, str):
         return temp(paths)
     return [temp(path) for path in paths]
+
+
+MAX_RUNTIME_MIN = config["cluster"]["max_runtime_min"]
+
+
+@functools.cache
+def subject_size(dataset, subject):
+    """(network slices, native voxels) of a subject: its stack's count once preprocessed, else
+    the bound from its image's header."""
+    from arepas import planning
+
+    image = SUBJECTS.loc[subject, "image"]
+    if image in IMAGE_GRIDS:
+        shape, affine = IMAGE_GRIDS[image]
+    elif os.path.exists(image):
+        header = nib_load(image)
+        shape, affine = header.shape[:3], header.affine
+    else:  # a demo scan not generated yet: a clinical-size guess
+        shape, affine = (512, 512, 256), np.diag([0.8, 0.8, 1.25, 1.0])
+    stack = preprocessed(dataset, [subject])[0]
+    if os.path.exists(stack):
+        slices = planning.stored_slice_count(stack)
+    else:
+        settings = DATASETS[dataset]
+        slices = planning.slice_count_bound(
+            shape, affine, settings["spacing"], settings.get("slice_axis", "axial")
+        )
+    return slices, int(np.prod(shape))
+
+
+def subject_resources(rule_name):
+    """mem_mb and runtime (minutes) of a per-subject rule's job, from the subject's size."""
+    from arepas import resources
+
+    def estimate(wildcards):
+        return resources.subject_estimate(
+            rule_name, *subject_size(wildcards.dataset, wildcards.subject)
+        )
+
+    return {
+        "mem_mb": lambda wildcards, attempt: resources.mem_mb(
+            estimate(wildcards)[1], attempt
+        ),
+        "runtime": lambda wildcards, attempt: resources.runtime_min(
+            estimate(wildcards)[0], attempt, MAX_RUNTIME_MIN
+        ),
+    }
+
+
+@functools.cache
+def planned_steps_of(dataset):
+    """Each network's planned training steps for a dataset (as printed at start)."""
+    from arepas.planning import planned_training_steps, training_slices
+
+    train = subjects_of(dataset, ["train"])
+    images = [SUBJECTS.loc[s, "image"] for s in train]
+    if DEMO and not all(os.path.exists(p) for p in images):
+        n_slices = sum(subject_size(dataset, s)[0] for s in train)
+    else:
+        n_slices = training_slices(
+            images, preprocessed(dataset, train), DATASETS[dataset], IMAGE_GRIDS
+        )[0]
+    networks = [n for n in needed_models() if "/" not in n]
+    return planned_training_steps(DATASETS[dataset], n_slices, networks)
+
+
+def training_resources(network):
+    """mem_mb and runtime of a training job, from its planned steps; `tasks_per_gpu: 0` keeps
+    the SLURM plugin from adding --ntasks-per-gpu, which some clusters refuse."""
+    from arepas import resources
+
+    def estimate(wildcards):
+        if not MAIN:
+            # A job on its node: its request was made when it was submitted, and planning the
+            # steps again would import torch into the job's parse.
+            return 0.0, 0.0
+        steps = planned_steps_of(wildcards.dataset).get(network, 0)
+        return resources.training_estimate(network, steps, MAX_RUNTIME_MIN)
+
+    return {
+        "mem_mb": lambda wildcards, attempt: resources.mem_mb(
+            estimate(wildcards)[1], attempt
+        ),
+        "runtime": lambda wildcards, attempt: resources.runtime_min(
+            estimate(wildcards)[0], attempt, MAX_RUNTIME_MIN
+        ),
+        "tasks_per_gpu": 0,
+    }
+
+
+def check_runtime_limits():
+    """Warn, before submitting, about jobs whose estimate exceeds the partition's limit: training
+    resumes from its checkpoint on the next attempt, any other job would fail."""
+    from arepas import resources
+
+    for dataset in used_datasets():
+        if dataset not in PRETRAINED and subjects_of(dataset, ["train"]):
+            for network, steps in planned_steps_of(dataset).items():
+                seconds, _ = resources.training_estimate(
+                    network, steps, MAX_RUNTIME_MIN
+                )
+                wanted = resources.runtime_min(seconds, 1, 10**9)
+                if network in resources.GPU_S_PER_STEP and wanted > MAX_RUNTIME_MIN:
+                    logger.warning(
+                        f"rule train_{network} (dataset '{dataset}'): about {wanted} min for "
+                        f"{steps:,} steps on a GPU, above cluster.max_runtime_min "
+                        f"({MAX_RUNTIME_MIN}); it trains over several attempts, each resuming "
+                        "from the last checkpoint, so give it enough `retries` or set max_steps"
+                    )
+        for rule_name in resources.SUBJECT_RATES:
+            longest = max(
+                resources.subject_estimate(rule_name, *subject_size(dataset, s))[0]
+                for s in subjects_of(dataset)
+            )
+            wanted = resources.runtime_min(longest, 1, 10**9)
+            if wanted > MAX_RUNTIME_MIN:
+                logger.warning(
+                    f"rule {rule_name} (dataset '{dataset}'): its largest subject's job is "
+                    f"estimated at {wanted} min, above cluster.max_runtime_min "
+                    f"({MAX_RUNTIME_MIN}); it cannot resume, so raise the limit"
+                )
+
+
+if MAIN:
+    check_runtime_limits()

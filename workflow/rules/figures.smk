@@ -14,6 +14,8 @@ rule subject_figure:
         "benchmarks/{dataset}/subject_figure/{subject}.tsv"
     conda:
         "../../envs/arepas.yaml"
+    resources:
+        **subject_resources("subject_figure"),
     params:
         code=script_code("subject_figure.py"),
     script:

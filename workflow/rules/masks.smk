@@ -58,6 +58,8 @@ rule lesion_masks:
         "benchmarks/{dataset}/lesion_masks/{subject}.tsv"
     conda:
         "../../envs/arepas.yaml"
+    resources:
+        **subject_resources("lesion_masks"),
     params:
         code=script_code("lesion_masks.py"),
         methods=MASK_METHODS,

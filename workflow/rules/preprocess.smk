@@ -36,6 +36,8 @@ rule preprocess:
         "benchmarks/{dataset}/preprocess/{subject}.tsv"
     conda:
         "../../envs/arepas.yaml"
+    resources:
+        **subject_resources("preprocess"),
     params:
         code=script_code("preprocess.py"),
         settings=preprocess_settings,

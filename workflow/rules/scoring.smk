@@ -21,6 +21,7 @@ rule train_scorer:
     # The slurm profile raises it with set-threads (GPU jobs need CPUs to feed the GPU).
     threads: 1
     resources:
+        **training_resources("scorer"),
         gpu=1,
     params:
         code=script_code("train_scorer.py"),
@@ -74,6 +75,7 @@ rule train_autoencoder:
     # The slurm profile raises it with set-threads (GPU jobs need CPUs to feed the GPU).
     threads: 1
     resources:
+        **training_resources("autoencoder"),
         gpu=1,
     params:
         code=script_code("train_autoencoder.py"),
@@ -101,6 +103,7 @@ rule train_dae:
     # One thread per training job, as the other training rules (see train_scorer).
     threads: 1
     resources:
+        **training_resources("dae"),
         gpu=1,
     params:
         code=script_code("train_dae.py"),
@@ -164,6 +167,8 @@ rule anomaly_maps:
     conda:
         "../../envs/arepas.yaml"
     threads: 1
+    resources:
+        **subject_resources("anomaly_maps"),
     params:
         code=script_code("anomaly_maps.py"),
         methods=config["methods"],

@@ -31,6 +31,7 @@ rule train_translator:
     # The slurm profile raises it with set-threads (GPU jobs need CPUs to feed the GPU).
     threads: 1
     resources:
+        **training_resources("translator"),
         gpu=1,
     params:
         code=script_code("train_translator.py"),
@@ -59,6 +60,8 @@ rule reconstruct:
     conda:
         "../../envs/arepas.yaml"
     threads: 1
+    resources:
+        **subject_resources("reconstruct"),
     params:
         code=script_code("reconstruct.py"),
     script:
