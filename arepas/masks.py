@@ -11,6 +11,7 @@ import pandas as pd
 from scipy import ndimage
 
 from arepas.metrics import segment
+from arepas.preprocessing import DEFAULT_CT_MAPPING
 
 THRESHOLD_COLUMNS = ["method", "threshold", "threshold_mode", "threshold_value", "n_val_subjects"]
 
@@ -70,7 +71,7 @@ def display_window(
     maps to [-1, 1] (whole scan where the ROI is empty)."""
     if modality == "ct":
         low, high = intensity.get("window", (-1000.0, 200.0))
-        if intensity.get("ct_mapping", "linear") == "lower_half":
+        if intensity.get("ct_mapping", DEFAULT_CT_MAPPING) == "lower_half":
             high = (low + high) / 2.0
         return float(low), float(high)
     image = np.asarray(image, dtype=np.float32)

@@ -106,7 +106,10 @@ def test_display_window_ct_from_settings_mri_from_roi_percentiles():
     image = np.arange(1000, dtype=np.float32).reshape(10, 10, 10)
     roi = np.zeros(image.shape, bool)
     roi[5:] = True  # values 500 to 999
-    assert masks.display_window(image, roi, "ct", {"window": [-1000, 200]}) == (-1000.0, 200.0)
+    # As the networks saw it: by default the window's darker half (the reference's stretch).
+    assert masks.display_window(image, roi, "ct", {"window": [-1000, 200]}) == (-1000.0, -400.0)
+    linear = {"window": [-1000, 200], "ct_mapping": "linear"}
+    assert masks.display_window(image, roi, "ct", linear) == (-1000.0, 200.0)
     low, high = masks.display_window(image, roi, "mri", {"percentiles": [0.0, 100.0]})
     assert (low, high) == (500.0, 999.0)
 
