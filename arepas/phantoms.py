@@ -945,7 +945,8 @@ def brain_t1_phantom(seed: int, shape: tuple[int, int, int], affine: np.ndarray,
     # (sd), smooth over about 20 mm, give each registered subject its own anatomy; with the
     # 1.5-3 mm over 16 mm used before, every subject was the template within a 3 mm voxel, so
     # the training mean image was as good a healthy reconstruction as any (BENCHMARKS.md,
-    # "Does the translator use its edges?").
+    # "Does the translator use its edges?"; docs/studies.md, "Individual anatomy in the demo
+    # brain cohort, and translator epochs").
     warp_range = warp_mm
     warp_mm = anatomy_rng.uniform(warp_range[0], warp_range[1])
     warp = [_random_field(anatomy_rng, t_lo, t_hi, 8.0, warp_smoothness_mm) for _ in range(3)]

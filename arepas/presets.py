@@ -18,11 +18,12 @@ PUBLISHED = "published"
 CPU_DEMO = "cpu_demo"
 
 # The CPU demo's departures from the published sizes and training, per modality. Why each one,
-# and what it costs, is measured in BENCHMARKS.md: "Translator settings that make the demo
-# translators use their edges" (dropout 0, the clean copy, 5 swaps), "Translator training step"
-# (discriminator first, the lazy gradient penalty), "Translator learning-rate schedule and
-# mirrored copies" (the brain's schedule and mirroring), "A discriminator of half the channels"
-# and "What the CPU demo trades away"; README, "Fidelity to the reference implementation".
+# and what it costs, was measured in the studies of docs/studies.md: "Translator settings that
+# make the demo translators use their edges" (dropout 0, the clean copy, 5 swaps), "Translator
+# training step" (discriminator first, the lazy gradient penalty), "Translator learning-rate
+# schedule and mirrored copies" (the brain's schedule and mirroring), "A discriminator of half
+# the channels"; BENCHMARKS.md, "What the CPU demo trades away"; README, "Fidelity to the
+# reference implementation".
 _CPU_DEMO_TRANSLATOR = {
     "base_channels": 16,
     "n_blocks": 4,

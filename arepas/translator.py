@@ -509,8 +509,8 @@ def _torch_runtime(settings: TranslatorSettings, device: torch.device) -> Iterat
         torch.use_deterministic_algorithms(True)
         # Deterministic mode also fills every new tensor with NaN (to expose reads of memory
         # never written): about a tenth of a CPU step at the demo's size in alternating
-        # timings, and the weights are the same bit for bit without it. The bench's
-        # "Translator training step" has a row that puts the fill back.
+        # timings, and the weights are the same bit for bit without it. The archived study
+        # "Translator training step" (docs/studies.md) has a row that puts the fill back.
         torch.utils.deterministic.fill_uninitialized_memory = False
     # On CUDA the reflection-pad backward has no deterministic kernel, so GPU runs are
     # reproducible only up to floating-point summation order.

@@ -233,11 +233,7 @@ def script_devices(repo: Path = REPO) -> list[dict]:
             device, how = "CPU", "runs a network on the CPU: its model loaded without a device"
         else:
             device, how = "CPU", "no torch device"
-        notes = []
-        for call in re.findall(r"dae\.restore\([^\n]*\)", text):
-            if "device" not in call:
-                notes.append("the DAE's restoration runs on the CPU (dae.restore without device)")
-        rows.append({"script": path.stem, "device": device, "how": how, "notes": "; ".join(notes)})
+        rows.append({"script": path.stem, "device": device, "how": how, "notes": ""})
     return rows
 
 
@@ -401,103 +397,69 @@ class _Clock:
 
 
 def stage_reconstruct(folder: Path, run_dir: Path, device: str) -> dict:
-    """workflow/scripts/reconstruct.py on the subject."""
+    """What the reconstruct rule does (arepas.subject_maps.reconstruct), on the subject."""
     import nibabel as nib
 
     from arepas import io, translator
-    from arepas.preprocessing import SliceGeometry, assemble_volume
+    from arepas.subject_maps import reconstruct
 
     clock = _Clock(device == "cuda")
     stack = io.load_arrays(folder / "slices.npz")
     model, settings, _ = translator.load_translator(
         run_dir / "results" / INFERENCE_DATASET / "models" / "translator.pt", device=device)
     clock.lap("load")
-    edge_maps = translator.edges_for(settings, stack["slices"])
-    clock.lap("edges (CPU)")
-    recon = translator.translate(model, edge_maps, device=device)
-    clock.lap("translate")
-    io.save_arrays(folder / "reconstruction.npz", **stack, edges=edge_maps, recon=recon)
-    geometry = SliceGeometry.from_array(stack["geometry"])
-    volume = assemble_volume(recon, stack["indices"], geometry, fill=-1.0)
+    arrays, volume = reconstruct(stack, model, settings, device=device)
+    clock.lap("edges (CPU) and translate")
+    io.save_arrays(folder / "reconstruction.npz", **arrays)
     io.save_volume(folder / "recon_working.nii.gz", volume,
                    nib.load(folder / "working.nii.gz").affine)
     clock.lap("save")
-    return {"parts": clock.parts, "slices": int(len(recon))}
+    return {"parts": clock.parts, "slices": int(len(arrays["recon"]))}
 
 
 def stage_maps(folder: Path, run_dir: Path, device: str) -> dict:
-    """workflow/scripts/anomaly_maps.py on the subject, every configured method raw and
-    post-processed, on the working and the native grid."""
-    from arepas import autoencoder, dae, io, pipeline, scorer
-    from arepas.maps import anomaly_maps, raw_patch_map, reference_scores_for
+    """What the anomaly_maps rule does (arepas.subject_maps), on the subject: every configured
+    method raw and post-processed, on the working and the native grid."""
+    from arepas import autoencoder, dae, io, scorer
     from arepas.methods import CALIBRATED_METHOD, PATCH_METHODS
-    from arepas.postprocess import (
-        PostprocessSettings,
-        evaluated_methods,
-        median_per_slice,
-        remove_small_components,
-        variant_name,
-    )
-    from arepas.preprocessing import SliceGeometry, assemble_volume
-    from bench.scaling import _config
+    from arepas.postprocess import PostprocessSettings
+    from arepas.subject_maps import method_maps, native_volume, working_volumes
+    from bench.scaling import NEEDS_MORE, _config
 
     clock = _Clock(device == "cuda")
     config = _config(run_dir)
-    methods, options = config["methods"], config["maps"]
+    methods = [m for m in config["methods"] if m not in NEEDS_MORE or m == CALIBRATED_METHOD]
     models = run_dir / "results" / INFERENCE_DATASET / "models"
     rec = io.load_arrays(folder / "reconstruction.npz")
     mapping = json.loads((folder / "mapping.json").read_text())
-    native_shape, native_affine = mapping["native_shape"], np.asarray(mapping["native_affine"])
     roi_native, _ = io.load_volume(folder / "roi_native.nii.gz", "scaling001", "roi_native")
-    clock.lap("load inputs")
-    patch = healthy = None
+    loaded = {}
     if set(PATCH_METHODS) & set(methods):
-        model, _, _ = scorer.load_scorer(models / "scorer.pt", device=device)
-        clock.lap("load scorer")
-        patch = raw_patch_map(model, rec["slices"], rec["recon"], rec["roi"], options)
-        clock.lap("patch scores")
+        model, _, meta = scorer.load_scorer(models / "scorer.pt", device=device)
+        loaded["scorer"] = (model, meta)
     if CALIBRATED_METHOD in methods:
-        calibration = io.load_arrays(models / "patch_calibration.npz")
-        split = np.cumsum(calibration["counts"])[:-1]
-        healthy = reference_scores_for("scaling001", [str(s) for s in calibration["subjects"]],
-                                       np.split(calibration["scores"], split))
-        clock.lap("load calibration")
-    extra = {}
+        loaded["calibration"] = io.load_arrays(models / "patch_calibration.npz")
     if "ae" in methods:
-        ae, _, _ = autoencoder.load_autoencoder(models / "autoencoder.pt", device=device)
-        extra["ae"] = autoencoder.reconstruct_autoencoder(ae, rec["slices"])
-        clock.lap("autoencoder")
+        loaded["autoencoder_model"] = autoencoder.load_autoencoder(
+            models / "autoencoder.pt", device=device)[0]
     if "dae" in methods:
-        # As the rule does it: dae.restore without a device, on the CPU.
-        extra["dae"] = dae.restore(dae.load_dae(models / "dae.pt")[0], rec["slices"])
-        clock.lap("dae (CPU, as the rule)")
-    maps = anomaly_maps(rec["slices"], rec["recon"], rec["roi"], patch, methods,
-                        median_size=options["median_size"], normalise=options["normalise"],
-                        extra_recons=extra, healthy_scores=healthy)
-    clock.lap("combine")
-    geometry = SliceGeometry.from_array(rec["geometry"])
+        loaded["dae_model"] = dae.load_dae(models / "dae.pt")[0]
+    clock.lap("load")
+    maps = method_maps(rec, methods, config["maps"], subject="scaling001", device=device,
+                       lap=clock.lap, **loaded)
     post = PostprocessSettings.from_dict(config["postprocess"])
-    volumes = {}
-    for method in methods:
-        volumes[method] = np.maximum(assemble_volume(maps[method], rec["indices"], geometry), 0.0)
-        clock.lap("assemble")
-        if post.active:
-            filtered = median_per_slice(maps[method], rec["roi"], post.median_size)
-            filtered = np.maximum(assemble_volume(filtered, rec["indices"], geometry), 0.0)
-            volumes[variant_name(method)] = remove_small_components(
-                filtered, post.min_component_voxels)
-            clock.lap("post-processing")
+    volumes = working_volumes(maps, rec, methods, post)
+    clock.lap("assemble and post-process")
     w_affine = np.asarray(mapping["working_affine"])
-    for method in evaluated_methods(methods, post):
-        io.save_volume(folder / f"{method}_working.nii.gz", volumes[method], w_affine)
+    for method, volume in volumes.items():
+        io.save_volume(folder / f"{method}_working.nii.gz", volume, w_affine)
         clock.lap("save working")
-        native = pipeline.to_native(volumes[method], mapping, native_shape, native_affine,
-                                    folder / "transforms")
-        native = np.where(roi_native > 0, np.maximum(native, 0.0), 0.0)
+        native = native_volume(volume, mapping, roi_native, folder / "transforms")
         clock.lap("to native grid")
-        io.save_volume(folder / f"{method}_native.nii.gz", native, native_affine)
+        io.save_volume(folder / f"{method}_native.nii.gz", native,
+                       np.asarray(mapping["native_affine"]))
         clock.lap("save native")
-    return {"parts": clock.parts, "methods": list(evaluated_methods(methods, post))}
+    return {"parts": clock.parts, "methods": list(volumes)}
 
 
 def run_stage(stage: str, folder: Path, run_dir: Path, threads: int) -> None:

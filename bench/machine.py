@@ -9,6 +9,8 @@ import resource
 import subprocess
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def cpu_model() -> str:
     """The CPU's model name, from lscpu or /proc/cpuinfo."""
@@ -59,7 +61,27 @@ def describe() -> dict:
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "load_average": [round(v, 2) for v in os.getloadavg()],
+        **code_state(),
     }
+
+
+def git(*args: str, repo: Path = REPO) -> subprocess.CompletedProcess:
+    """`git -C repo ARGS`, its output as text; a missing git reads as a failed command."""
+    try:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    except OSError as error:
+        return subprocess.CompletedProcess(["git", *args], 127, "", str(error))
+
+
+def code_state(repo: Path = REPO) -> dict:
+    """The commit the code was measured at (None outside a git checkout) and the files that
+    differed from it then (tracked changes and untracked files, as `git status` lists them)."""
+    head = git("rev-parse", "HEAD", repo=repo)
+    if head.returncode != 0:
+        return {"commit": None, "dirty": None, "dirty_paths": []}
+    status = git("status", "--porcelain", "--untracked-files=all", repo=repo)
+    paths = sorted(line[3:].split(" -> ")[-1] for line in status.stdout.splitlines() if line)
+    return {"commit": head.stdout.strip(), "dirty": bool(paths), "dirty_paths": paths}
 
 
 def peak_rss_mb() -> float:

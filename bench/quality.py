@@ -243,15 +243,21 @@ def run_check_slices(run_dir: Path, dataset: str) -> dict:
     """The edge-reliance check's arrays (diagnostics.load_check_slices) of a finished run's train
     and val subjects of one dataset, in the train_translator job's order (sorted subjects)."""
     from arepas import diagnostics
-    from bench import variants
 
     results = run_dir / "results" / dataset
     train, val = (
         [results / "preprocessed" / s / "slices.npz"
-         for s in variants.subjects_in(run_dir, dataset, split)]
+         for s in subjects_in(run_dir, dataset, split)]
         for split in ("train", "val")
     )
     return diagnostics.load_check_slices(train, val)
+
+
+def subjects_in(run_dir: Path, dataset: str, split: str) -> list[str]:
+    """The run's subjects of one dataset and split (train, val, test), sorted."""
+    sheet = pd.read_csv(run_dir / "results" / "demo" / "subjects.tsv", sep="\t",
+                        keep_default_na=False)
+    return sorted(sheet.loc[(sheet["dataset"] == dataset) & (sheet["split"] == split), "subject"])
 
 
 def recompute_edge_reliance(run_dir: Path, dataset: str) -> dict[str, float]:
@@ -449,7 +455,8 @@ def render(data: dict) -> str:
         "Best Dice: at the threshold that maximises the pooled test Dice (an upper bound). "
         "Dice at val threshold: at the threshold taken from the healthy validation scans "
         "without lesion labels (what a user gets). Val thr. ÷ best: the two divided in each run, "
-        "then averaged (target ≥ 0.8; other label-free rules in \"The label-free threshold\"). "
+        "then averaged (target ≥ 0.8; other label-free rules: docs/studies.md, "
+        "\"The label-free threshold\"). "
         "Flagged runs: the patch scorer stalled "
         "(pair accuracy near 50 %), so its maps are not the method's.\n"
     )

@@ -21,19 +21,8 @@ SECTIONS = (
     "scaling",
     "gpu",
     "refscoring",
-    "translator_speed",
-    "translator_knobs",
     "training_memory",
-    "demo_anatomy",
-    "threshold",
-    "ablation",
-    "variants",
     "heldout",
-    "translator_schedule",
-    "heldout_mining",
-    "patch_sizes",
-    "translator_detail",
-    "translator_disc",
     "translator_full",
     "ct_mapping",
     "published_sizes",
@@ -41,9 +30,9 @@ SECTIONS = (
     "parse",
 )
 # Hours of training: measured only when named in --only.
-ON_REQUEST = ("translator_knobs", "demo_anatomy", "variants", "heldout", "translator_schedule",
-              "heldout_mining", "patch_sizes", "translator_detail", "translator_disc",
-              "translator_full", "ct_mapping", "gpu_workflow")
+ON_REQUEST = ("heldout", "translator_full", "ct_mapping", "gpu_workflow")
+# Section numbers do not change when sections leave: README, config and bench text cite them
+# ("section 20"). The missing numbers are studies archived in docs/studies.md.
 TITLES = {
     "quality": "1. Quality over seeds",
     "speed": "2. Speed per rule and stage",
@@ -51,24 +40,42 @@ TITLES = {
     "scaling": "4. Scaling with the native volume",
     "gpu": "5. GPU",
     "refscoring": "6. Patch scoring as the reference implementation does it, at 256²",
-    "translator_speed": "7. Translator training step: threads, memory layout, compile, crops",
-    "translator_knobs": "8. Translator settings that make the demo translators use their edges",
     "training_memory": "9. Training memory against the number of training subjects",
-    "demo_anatomy": "10. Individual anatomy in the demo brain cohort, and translator epochs",
-    "threshold": "11. The label-free threshold",
-    "ablation": "12. Patch map scaling × median filter",
-    "variants": "13. Patch scoring variants beyond the paper",
     "heldout": "14. Held-out confirmation on demo seeds never used in development",
-    "translator_schedule": "15. Translator learning-rate schedule and mirrored copies",
-    "heldout_mining": "16. A patch scorer mined from healthy subjects the translator never saw",
-    "patch_sizes": "17. Several patch sizes combined",
-    "translator_detail": "18. Fine anatomy in the reconstructions against the L1 weight",
-    "translator_disc": "19. A discriminator of half the channels",
     "translator_full": "20. The translator at the published sizes, on a GPU",
     "ct_mapping": "21. CT intensities: the window, or the reference's darker half of it",
     "published_sizes": "22. Every rule at the published sizes, on the CPU",
     "gpu_workflow": "23. Published sizes on a GPU",
     "parse": "24. Planning a run and parsing a job, against the cohort size",
+}
+# The code each section measures, as git pathspecs: a section measured at a commit older than
+# the last change to these paths is shown as stale (tests/test_bench.py checks that every
+# library module a section's bench module reaches is covered).
+WORKFLOW_CODE = ("arepas/", "workflow/", "config/")
+_SCORING_CODE = ("arepas/__init__.py", "arepas/scorer.py", "arepas/maps.py",
+                 "arepas/methods.py", "arepas/io.py", "arepas/settings.py", "arepas/stacks.py",
+                 "arepas/progress.py")
+_TRANSLATOR_CODE = ("arepas/__init__.py", "arepas/translator.py", "arepas/edges.py",
+                    "arepas/io.py", "arepas/settings.py", "arepas/stacks.py",
+                    "arepas/progress.py")
+MEASURES = {
+    "quality": WORKFLOW_CODE,
+    "speed": (*WORKFLOW_CODE, "Makefile", "pyproject.toml"),
+    "scoring": _SCORING_CODE,
+    "scaling": ("arepas/",),
+    "gpu": tuple(dict.fromkeys(_TRANSLATOR_CODE + _SCORING_CODE)),
+    "refscoring": _SCORING_CODE,
+    "training_memory": tuple(dict.fromkeys(
+        _TRANSLATOR_CODE + _SCORING_CODE
+        + ("arepas/autoencoder.py", "arepas/dae.py", "arepas/devices.py", "arepas/epochs.py")
+    )),
+    "heldout": WORKFLOW_CODE,
+    "translator_full": (*_TRANSLATOR_CODE, "arepas/diagnostics.py", "arepas/figures.py",
+                        "config/full.yaml"),
+    "ct_mapping": WORKFLOW_CODE,
+    "published_sizes": WORKFLOW_CODE,
+    "gpu_workflow": WORKFLOW_CODE,
+    "parse": WORKFLOW_CODE,
 }
 # What quality_previous.json measured: the code before the reference implementation's settings
 # became the defaults (unpadded scorer, detached head, clean-edge ROI mining, per-slice ROI
@@ -204,60 +211,11 @@ def measure_section(name: str, args: argparse.Namespace) -> dict:
         from bench import refscoring
 
         return refscoring.measure(args.threads)
-    if name == "translator_speed":
-        from bench import translator_speed
-
-        return translator_speed.measure(args.threads)
-    if name == "translator_knobs":
-        from bench import translator_knobs
-
-        return translator_knobs.measure(args.run)
-    if name == "demo_anatomy":
-        from bench import demo_anatomy
-
-        return demo_anatomy.measure(args.run)
-    if name == "threshold":
-        from bench import threshold
-
-        return threshold.measure(threshold.study_runs(args.results_dir, args.run))
-    if name == "variants":
-        from bench import threshold, variants
-
-        runs = [run for run, _ in threshold.study_runs(args.results_dir, args.run)]
-        return variants.measure(runs, args.threads)
-    if name == "ablation":
-        from bench import ablation
-
-        return ablation.measure(args.run, args.threads)
     if name == "heldout":
         from bench import heldout
 
         return heldout.measure(REPO, args.reuse, args.runs_dir.resolve(), args.cores,
                                args.configfile)
-    if name == "translator_schedule":
-        from bench import threshold, translator_schedule
-
-        return translator_schedule.measure(threshold.study_runs(args.results_dir, args.run))
-    if name == "heldout_mining":
-        from bench import heldout_mining, threshold
-
-        runs = [run for run, _ in threshold.study_runs(args.results_dir, args.run)]
-        return heldout_mining.measure(runs, workers=args.cores)
-    if name == "patch_sizes":
-        from bench import patch_sizes, threshold
-
-        runs = [run for run, _ in threshold.study_runs(args.results_dir, args.run)]
-        return patch_sizes.measure(runs, workers=args.cores)
-    if name == "translator_detail":
-        from bench import threshold, translator_detail
-
-        return translator_detail.measure(threshold.study_runs(args.results_dir, args.run),
-                                         workers=args.cores)
-    if name == "translator_disc":
-        from bench import threshold, translator_disc
-
-        return translator_disc.measure(threshold.study_runs(args.results_dir, args.run),
-                                       workers=args.cores)
     if name == "translator_full":
         from bench import translator_full
 
@@ -295,6 +253,8 @@ def measure_section(name: str, args: argparse.Namespace) -> dict:
 
 
 def save_section(results_dir: Path, name: str, data: dict) -> None:
+    """The section's numbers with the machine and the commit they were measured on
+    (machine.describe, which records the commit and the files that differed from it)."""
     record = {"section": name, "machine": machine.describe(), "data": data}
     with atomic_path(results_dir / f"{name}.json", suffix=".json") as tmp:
         tmp.write_text(json.dumps(record, indent=1, default=_json_default))
@@ -493,6 +453,50 @@ def tradeoffs(config: dict, speed: dict | None) -> str:
     )
 
 
+def _measured_by(paths: tuple[str, ...], path: str) -> bool:
+    return any(path == p or (p.endswith("/") and path.startswith(p)) for p in paths)
+
+
+def code_status(name: str, measured: dict, repo: Path = REPO) -> tuple[str, str]:
+    """(what the section's "Measured" line says of its code, a stale notice or '').
+
+    Stale: the last commit that changed the section's MEASURES paths is not the measured
+    commit or one of its ancestors, or those paths have uncommitted changes now (so that a
+    report written before a commit still holds after it). Not known to be current: no commit
+    recorded, a commit this repository does not hold, or uncommitted changes to those paths
+    when it was measured."""
+    def git(*args: str):
+        return machine.git(*args, repo=repo)
+
+    paths = MEASURES[name]
+    commit = measured.get("commit")
+    if not commit:
+        return "commit not recorded, so not known to be current", ""
+    short = commit[:12]
+    dirty = [p for p in measured.get("dirty_paths") or [] if _measured_by(paths, p)]
+    if dirty:
+        shown = ", ".join(dirty[:3]) + (", …" if len(dirty) > 3 else "")
+        return (f"at commit {short} with uncommitted changes to the code it measures ({shown}), "
+                "so not known to be current"), ""
+    if git("cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
+        return (f"at commit {short}, which this repository does not hold (a shallow clone?), "
+                "so not known to be current"), ""
+    last = git("log", "-1", "--format=%H", "--", *paths).stdout.strip()
+    changed = []
+    if last and git("merge-base", "--is-ancestor", last, commit).returncode != 0:
+        changed.append(f"in commit {last[:12]}")
+    if git("status", "--porcelain", "--untracked-files=all", "--", *paths).stdout.strip():
+        changed.append("in uncommitted changes")
+    measured_code = ", ".join(f"`{p}`" for p in paths)
+    if not changed:
+        return f"at commit {short}; {measured_code} unchanged since", ""
+    return f"at commit {short}", (
+        f"**Stale:** the code this section measures ({measured_code}) changed "
+        f"{' and '.join(changed)} after it was measured; `python -m bench --only {name}` "
+        "measures it again.\n"
+    )
+
+
 def render(sections: dict[str, dict], run_dir: Path) -> str:
     latest = max(sections.values(), key=lambda s: s["machine"]["date"])["machine"] \
         if sections else machine.describe()
@@ -504,7 +508,10 @@ def render(sections: dict[str, dict], run_dir: Path) -> str:
         "`--reuse DIR` takes finished workflow runs as quality seeds, `--help` lists the rest). "
         "Each section's raw numbers are kept in `bench/measurements/<section>.json`; this file is "
         "written from them. Timings come from a shared machine, so compare ratios measured in "
-        "the same section rather than absolute seconds across sections.",
+        "the same section rather than absolute seconds across sections. Each section names the "
+        "commit it was measured at and is marked stale when the code it measures (`MEASURES` in "
+        "`bench/run.py`) changed after that commit. Studies that informed a decision and are no "
+        "longer measured (the missing section numbers) are in `docs/studies.md`.",
         "",
         f"Machine: {latest['cpu']}, {latest['cores']} cores, {latest['memory_gib']:g} GiB RAM, "
         f"GPU: {latest['gpu']}; Python {latest['python']}, torch {latest['torch']}, "
@@ -525,10 +532,13 @@ def render(sections: dict[str, dict], run_dir: Path) -> str:
             continue
         record = sections[name]
         m = record["machine"]
+        said, stale = code_status(name, m)
         lines.append(
             f"*Measured {m['date']} ({m['cpu']}, {m['cores']} cores, load average at the end "
-            f"{', '.join(str(v) for v in m['load_average'])}).*\n"
+            f"{', '.join(str(v) for v in m['load_average'])}), {said}.*\n"
         )
+        if stale:
+            lines.append(stale)
         module = __import__(f"bench.{name}", fromlist=["render"])
         lines.append(module.render(record["data"]))
         if name == "quality":
@@ -547,7 +557,8 @@ def render(sections: dict[str, dict], run_dir: Path) -> str:
                 )
             )
     # Numbered after the measured sections, however many there are.
-    lines += [f"## {len(SECTIONS) + 1}. What the CPU demo trades away", ""]
+    last = max(int(title.split(".", 1)[0]) for title in TITLES.values())
+    lines += [f"## {last + 1}. What the CPU demo trades away", ""]
     from bench import speed as speed_section
 
     timed = sections.get("speed", {}).get("data")
@@ -563,16 +574,28 @@ def write_report(path: Path, text: str) -> None:
         tmp.chmod(0o644)  # the temporary file is private; the report is not
 
 
+def report(results_dir: Path, run: Path) -> str:
+    """BENCHMARKS.md from the stored sections, as `python -m bench` writes it."""
+    sections = load_sections(results_dir)
+    run_dir = Path(sections["speed"]["data"]["run_dir"]) if "speed" in sections else run
+    return render(sections, run_dir)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     for name in args.only:
+        uncommitted = [p for p in machine.code_state()["dirty_paths"]
+                       if _measured_by(MEASURES[name], p)]
+        if uncommitted:
+            print(f"bench: warning: {name} measures code with uncommitted changes "
+                  f"({', '.join(uncommitted[:3])}); the report cannot call it current. "
+                  "Commit first to measure a commit.", flush=True)
         print(f"bench: measuring {name}", flush=True)
         data = measure_section(name, args)
         save_section(args.results_dir, name, data)
-    sections = load_sections(args.results_dir)
-    run_dir = Path(sections["speed"]["data"]["run_dir"]) if "speed" in sections else args.run
-    write_report(args.output, render(sections, run_dir))
+    write_report(args.output, report(args.results_dir, args.run))
     print(f"bench: wrote {args.output}")
+    sections = load_sections(args.results_dir)
     if "translator_full" in sections:
         from bench import training_time
 

@@ -39,7 +39,13 @@ TARGET_GIB = 4.0
 
 
 def _config(run_dir: Path) -> dict:
-    return resolve_presets(yaml.safe_load((run_dir / "config" / "config.yaml").read_text()))
+    """The run's config as its workflow saw it: presets applied, the schema's defaults filled."""
+    from snakemake.utils import validate
+
+    config = resolve_presets(yaml.safe_load((run_dir / "config" / "config.yaml").read_text()))
+    validate(config, str(Path(__file__).resolve().parents[1] / "workflow" / "schemas"
+                         / "config.schema.yaml"))
+    return config
 
 
 class _Clock:
@@ -116,7 +122,7 @@ def stage_reconstruct(folder: Path, run_dir: Path) -> dict:
     import nibabel as nib
 
     from arepas import io, translator
-    from arepas.preprocessing import SliceGeometry, assemble_volume
+    from arepas.subject_maps import reconstruct
 
     clock = _Clock()
     stack = io.load_arrays(folder / "slices.npz")
@@ -124,59 +130,54 @@ def stage_reconstruct(folder: Path, run_dir: Path) -> dict:
         run_dir / "results" / DATASET / "models" / "translator.pt"
     )
     clock.lap("load")
-    edge_maps = translator.edges_for(settings, stack["slices"])
-    clock.lap("edges")
-    recon = translator.translate(model, edge_maps)
-    clock.lap("translate")
-    io.save_arrays(folder / "reconstruction.npz", **stack, edges=edge_maps, recon=recon)
-    geometry = SliceGeometry.from_array(stack["geometry"])
-    volume = assemble_volume(recon, stack["indices"], geometry, fill=-1.0)
+    arrays, volume = reconstruct(stack, model, settings)
+    clock.lap("reconstruct")
+    io.save_arrays(folder / "reconstruction.npz", **arrays)
     io.save_volume(folder / "recon_working.nii.gz", volume,
                    nib.load(folder / "working.nii.gz").affine)
     clock.lap("save")
     return {"parts": clock.parts}
 
 
+# Methods that need more than the subject and the trained models (the val subjects' scores,
+# a second translator and scorer): left out of the timed maps.
+NEEDS_MORE = ("arepas_calibrated", "arepas_clean")
+
+
 def stage_maps(folder: Path, run_dir: Path) -> dict:
-    from arepas import autoencoder, io, pipeline, scorer
-    from arepas.maps import anomaly_maps, patch_map_dense
-    from arepas.preprocessing import SliceGeometry, assemble_volume
+    """What the anomaly_maps rule does (arepas.subject_maps), with the run's own settings."""
+    from arepas import autoencoder, dae, io, scorer
+    from arepas.postprocess import PostprocessSettings
+    from arepas.subject_maps import method_maps, native_volume, working_volumes
 
     clock = _Clock()
     config = _config(run_dir)
-    methods = config["methods"]
-    stride = int(config.get("maps", {}).get("stride", 1))
-    median_size = int(config.get("maps", {}).get("median_size", 0))
+    methods = [m for m in config["methods"] if m not in NEEDS_MORE]
     models = run_dir / "results" / DATASET / "models"
     rec = io.load_arrays(folder / "reconstruction.npz")
     mapping = json.loads((folder / "mapping.json").read_text())
-    native_shape, native_affine = mapping["native_shape"], np.asarray(mapping["native_affine"])
     roi_native, _ = io.load_volume(folder / "roi_native.nii.gz", SUBJECT, "roi_native")
-    patch_model, _, _ = scorer.load_scorer(models / "scorer.pt")
-    ae, _, _ = autoencoder.load_autoencoder(models / "autoencoder.pt")
+    loaded = {"scorer": scorer.load_scorer(models / "scorer.pt")[::2]}
+    if "ae" in methods:
+        loaded["autoencoder_model"] = autoencoder.load_autoencoder(models / "autoencoder.pt")[0]
+    if "dae" in methods:
+        loaded["dae_model"] = dae.load_dae(models / "dae.pt")[0]
     clock.lap("load")
-    patch = patch_map_dense(patch_model, rec["slices"], rec["recon"], rec["roi"], stride)
-    clock.lap("patch scores")
-    extra = {"ae": autoencoder.reconstruct_autoencoder(ae, rec["slices"])} if "ae" in methods \
-        else {}
-    clock.lap("autoencoder")
-    maps = anomaly_maps(rec["slices"], rec["recon"], rec["roi"], patch, methods,
-                        median_size=median_size, extra_recons=extra)
-    clock.lap("combine")
-    geometry = SliceGeometry.from_array(rec["geometry"])
+    maps = method_maps(rec, methods, config["maps"], subject=SUBJECT, **loaded)
+    clock.lap("maps")
+    volumes = working_volumes(maps, rec, methods,
+                              PostprocessSettings.from_dict(config["postprocess"]))
+    clock.lap("post-processing")
     w_affine = np.asarray(mapping["working_affine"])
-    for method in methods:
-        volume = np.maximum(assemble_volume(maps[method], rec["indices"], geometry, fill=0.0), 0)
+    for method, volume in volumes.items():
         io.save_volume(folder / f"{method}_working.nii.gz", volume, w_affine)
         clock.lap("save")
-        native = pipeline.to_native(
-            volume, mapping, native_shape, native_affine, folder / "transforms"
-        )
-        native = np.where(roi_native > 0, np.maximum(native, 0.0), 0.0)
+        native = native_volume(volume, mapping, roi_native, folder / "transforms")
         clock.lap("to native grid")
-        io.save_volume(folder / f"{method}_native.nii.gz", native, native_affine)
+        io.save_volume(folder / f"{method}_native.nii.gz", native,
+                       np.asarray(mapping["native_affine"]))
         clock.lap("save")
-    return {"parts": clock.parts, "methods": methods}
+    return {"parts": clock.parts, "methods": list(volumes)}
 
 
 def run_stage(stage: str, folder: Path, run_dir: Path, shape, seed: int, threads: int) -> None:

@@ -1,6 +1,6 @@
 """The translator at the published sizes, trained on a GPU: does it rebuild fine anatomy?
 
-The CPU demo trains small translators on 64² slices (section 20 lists what it trades away), and
+The CPU demo trains small translators on 64² slices (the report's last section: its trade-offs), and
 keeps about two thirds (brain) and under half (thorax) of a healthy slice's fine detail
 (section 1, "Does the translator use its edges?"). This section asks the same question of the
 published configuration (config/full.yaml: 256² slices, a 64-channel generator with 9 residual
@@ -372,7 +372,7 @@ def render(data: dict) -> str:
         f"with the prediction's, inside the ROI less a {DETAIL_BORDER_PX} px border; *ceiling*: "
         f"the same for the slice blurred by {CEILING_BLUR_PX:g} px, what a faithful but slightly "
         "smooth reconstruction would give. Target "
-        f"as in section 19: own / other ≤ {EDGE_RELIANCE_TARGET} and, on the registered brain "
+        f"as in section 1: own / other ≤ {EDGE_RELIANCE_TARGET} and, on the registered brain "
         f"cohort, own / mean image ≤ {EDGE_RELIANCE_TARGET}. The CPU demo's translators (64² "
         "slices) on the same questions: section 1.\n\n"
     )

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -16,8 +15,7 @@ import yaml
 # `bench/` sits at the repository root, outside the installed package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from arepas import metrics  # noqa: E402
-from bench import quality, run, scaling, tables, threshold  # noqa: E402
+from bench import quality, run, scaling, tables  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -270,229 +268,6 @@ def test_bootstrap_intervals_of_each_run_are_tabled():
     assert "No run" in quality.render_intervals({"runs": [{"label": "seed 0"}]})
 
 
-def test_translator_knob_table_gives_the_ratios():
-    from bench import translator_knobs
-
-    row = {
-        "variant": "reference", "dataset": "brain_t1", "why": "baseline", "steps": 936,
-        "own": 0.24, "other": 0.30, "mean": 0.20, "blur1": 0.11, "own_over_other": 0.8,
-        "own_over_mean": 1.2,
-    }
-    text = translator_knobs.render({"run_dir": "/r", "seed": 0, "rows": [row]})
-    expected = (
-        "| brain_t1 | reference | baseline | 936 | 0.240 | 0.300 | 0.200 | 0.110 | 0.80 | 1.20 |"
-    )
-    assert expected in text
-    # Hours of training: never measured unless asked for.
-    assert "translator_knobs" not in run.parse_args([]).only
-
-
-def test_translator_schedule_table_counts_the_seeds_meeting_the_target():
-    from bench import translator_schedule
-
-    def row(dataset, variant, seed, own_other, own_mean):
-        return {"dataset": dataset, "variant": variant, "why": "w", "seed": seed,
-                "l1_own_edges": 0.1, "l1_other_edges": 0.1 / own_other,
-                "l1_mean_image": 0.1 / own_mean, "own_over_other": own_other,
-                "own_over_mean_image": own_mean}
-
-    rows = [row("brain_t1", "base", 0, 0.6, 0.72), row("brain_t1", "base", 1, 0.6, 0.68),
-            row("lung_ct", "base", 0, 0.65, 0.9)]
-    text = translator_schedule.render({"rows": rows})
-    # Brain needs both ratios under 0.7 (registered); lung only own / other.
-    assert "| brain_t1 | base | w | 2 | 0.1000 | 0.600 | 0.700 | 0.720, 0.680 | 1 of 2 |" in text
-    assert "| lung_ct | base | w | 1 | 0.1000 | 0.650 | 0.900 | 0.650 | 1 of 1 |" in text
-    assert "translator_schedule" not in run.parse_args([]).only
-
-
-def _cohort(seed: int, shift: float = 0.0):
-    """Healthy val and test ROI scores with lesion flags: lesion voxels score higher."""
-    rng = np.random.default_rng(seed)
-    val = [rng.gamma(2.0, 0.1, 4000) for _ in range(2)]
-    lesion = [rng.random(4000) < 0.02 for _ in range(3)]
-    test = [rng.gamma(2.0, 0.1, 4000) + shift + 0.8 * flags for flags in lesion]
-    return val, test, lesion
-
-
-def test_threshold_study_dice_matches_the_workflow_metrics():
-    val, test, lesion = _cohort(1)
-    n_outside = 7
-    for cut in (0.3, 0.6, 0.9):
-        rows = []
-        for values, flags in zip(test, lesion, strict=True):
-            roi = np.ones(values.size + 3, bool)
-            roi[-3:] = False
-            whole = np.r_[flags, True, True, False]
-            rows.append(metrics.subject_metrics(np.r_[values, 0, 0, 0], whole, roi, cut))
-        # Two lesion voxels per subject lie outside the ROI: six misses, plus one more here.
-        expected = metrics.pooled_dice(rows + [{"tp": 0, "fp": 0, "fn": 1}])
-        assert threshold.pooled_dice_at(test, lesion, n_outside, cut) == pytest.approx(expected)
-    scores = np.concatenate(test)
-    flags = np.concatenate(lesion)
-    hist = metrics.ScoreHistogram(scores.max(), 2**18)
-    hist.add(scores, flags, np.ones(scores.size, bool))
-    hist.n_lesion_outside = n_outside
-    assert threshold.best_pooled_dice(test, lesion, n_outside) == pytest.approx(
-        metrics.best_dice(hist)[0], abs=1e-4
-    )
-
-
-def test_threshold_study_rules_and_their_ratios():
-    val, test, lesion = _cohort(2)
-    rows = {r["rule"]: r for r in threshold.study_method(val, test, lesion, n_outside=0)}
-    assert len(rows) == len(threshold.rules())
-    best = rows["percentile 99"]["best_dice"]
-    assert all(r["best_dice"] == best and r["dice"] <= best + 1e-12 for r in rows.values())
-    # The percentile and the false-positive rate that leave the same share of healthy voxels.
-    assert rows["percentile 99"]["dice"] == pytest.approx(rows["fpr 0.01"]["dice"], abs=0.02)
-    healthy = np.concatenate(val)
-    assert np.mean(healthy >= rows["percentile 99"]["threshold"]) == pytest.approx(0.01, abs=1e-3)
-    assert rows["percentile 99.9"]["threshold"] > rows["percentile 99"]["threshold"]
-    assert rows["percentile 99"]["ratio"] == pytest.approx(rows["percentile 99"]["dice"] / best)
-
-
-def test_volume_normalisation_removes_a_shift_between_volumes():
-    val, test, lesion = _cohort(3, shift=0.5)
-    z = threshold.normalise_volume(test[0], "zscore")
-    assert z.mean() == pytest.approx(0.0, abs=1e-9) and z.std() == pytest.approx(1.0)
-    robust = threshold.normalise_volume(test[0], "robust")
-    assert np.median(robust) == pytest.approx(0.0, abs=1e-9)
-    assert np.all(threshold.normalise_volume(np.full(5, 2.0), "zscore") == 0)
-    with pytest.raises(ValueError, match="unknown volume normalisation"):
-        threshold.normalise_volume(test[0], "max")
-    # Test volumes brighter than the healthy ones: the raw val percentile keeps too much, the
-    # per-volume z-score follows the shift.
-    rows = {r["rule"]: r for r in threshold.study_method(val, test, lesion, n_outside=0)}
-    assert rows["zscore, percentile 99"]["ratio"] > rows["percentile 99"]["ratio"]
-
-
-def test_excess_estimate_finds_the_lesion_tail_without_labels():
-    val, test, lesion = _cohort(4)
-    cut = threshold.excess_threshold(np.concatenate(val), np.concatenate(test))
-    best = threshold.best_pooled_dice(test, lesion, 0)
-    assert threshold.pooled_dice_at(test, lesion, 0, cut) > 0.8 * best
-
-
-def test_threshold_ranking_and_report():
-    frame = pd.DataFrame([
-        {"rule": "percentile 99", "dataset": "a", "ratio": 0.9},
-        {"rule": "percentile 99", "dataset": "b", "ratio": 0.5},
-        {"rule": "percentile 98", "dataset": "a", "ratio": 0.85},
-        {"rule": "percentile 98", "dataset": "b", "ratio": 0.82},
-    ])
-    ranked = threshold.rank_rules(frame, 0.8)
-    assert list(ranked["rule"]) == ["percentile 98", "percentile 99"]
-    assert list(ranked["reached"]) == [2, 1]
-    assert ranked.set_index("rule").loc["percentile 99", "b"] == pytest.approx(0.5)
-    # More cases at the target, but dataset a loses: not a clearly better default.
-    assert threshold.better_rules(ranked, "percentile 99", ["a", "b"]) == []
-    frame.loc[2, "ratio"] = 0.95
-    ranked = threshold.rank_rules(frame, 0.8)
-    assert threshold.better_rules(ranked, "percentile 99", ["a", "b"]) == ["percentile 98"]
-    val, test, lesion = _cohort(5)
-    rows = [{"dataset": "d", "method": "m", **r}
-            for r in threshold.study_method(val, test, lesion, 0)]
-    data = {"target": 0.8, "runs": [{
-        "label": "seed 0", "evaluation": {"threshold_mode": "percentile", "threshold_value": 99},
-        "rows": rows,
-        "summary": [{"dataset": "d", "method": "m", "best_dice": rows[0]["best_dice"],
-                     "honest_dice": next(r["dice"] for r in rows
-                                         if r["rule"] == "percentile 99")}],
-    }]}
-    text = threshold.render(data)
-    assert "**percentile 99** (default)" in text
-    assert "within 0.0000" in text
-
-
-def _ablation_subject(seed: int):
-    """A small subject as the reconstruct rule stores it: slices, reconstruction, ROI, where
-    the slices sit in the working volume."""
-    from arepas.preprocessing import SliceGeometry
-
-    rng = np.random.default_rng(seed)
-    slices = rng.uniform(-1, 1, (3, 16, 16)).astype(np.float32)
-    recon = np.clip(slices + rng.normal(0, 0.2, slices.shape), -1, 1).astype(np.float32)
-    roi = np.zeros(slices.shape, bool)
-    roi[:, 3:13, 3:13] = True
-    geometry = SliceGeometry(axis=2, box=(0, 16, 0, 16), side=16, size=16,
-                             volume_shape=(16, 16, 4))
-    return {"slices": slices, "recon": recon, "roi": roi, "indices": np.array([0, 1, 3]),
-            "geometry": geometry.as_array()}
-
-
-def test_ablation_maps_every_setting_through_the_workflow_code():
-    from arepas.maps import NORMALISATIONS, anomaly_maps, raw_patch_map
-    from arepas.scorer import SiameseScorer
-    from bench import ablation
-
-    torch.manual_seed(0)
-    model = SiameseScorer(6, 10).eval()
-    rec = _ablation_subject(1)
-    options = {**ablation.MAP_DEFAULTS, "n_patches": 50}
-    maps = ablation.subject_maps(model, rec, options)
-    # arepas and patch for every scaling and filter; the residual once per filter.
-    expected = len(NORMALISATIONS) * len(ablation.MEDIAN_SIZES) * 2 + len(ablation.MEDIAN_SIZES)
-    assert len(maps) == expected
-    assert all(v.shape == (16, 16, 4) for v in maps.values())
-    # The default setting is what the anomaly_maps rule writes for the same patch positions.
-    raw = raw_patch_map(model, rec["slices"], rec["recon"], rec["roi"], options)
-    direct = anomaly_maps(rec["slices"], rec["recon"], rec["roi"], raw, ["arepas"])["arepas"]
-    np.testing.assert_allclose(maps[("arepas", "reference", 0)][:, :, 1], direct[1])
-    assert np.all(maps[("arepas", "reference", 0)][:, :, 2] == 0)  # a slice not scored
-    assert not np.allclose(maps[("arepas", "volume", 0)], maps[("arepas", "reference", 0)])
-    assert not np.allclose(maps[("arepas", "reference", 5)], maps[("arepas", "reference", 0)])
-
-
-def test_ablation_table_names_the_best_setting():
-    from bench import ablation
-
-    rows = []
-    for norm, size, dice in (("reference", 0, 0.30), ("volume", 0, 0.40), ("reference", 5, 0.35)):
-        rows.append({"dataset": "lung_ct", "method": "arepas", "normalise": norm,
-                     "median_size": size, "best_dice": dice, "honest_dice": dice / 2})
-    rows.append({"dataset": "lung_ct", "method": "residual", "normalise": "reference",
-                 "median_size": 5, "best_dice": 0.33, "honest_dice": 0.2})
-    text = ablation.render({"run_dir": "/run", "maps": {"scoring": "sampled"},
-                            "threshold": ["percentile", 99.0], "rows": rows,
-                            "seconds": {"lung_ct": 12.0}, "threads": 1})
-    assert "`normalise: volume`, median off (0.400; the residual at its best 0.330)" in text
-    assert "| residual | — | 5 × 5 | 0.330 | 0.200 |" in text
-
-
-def test_demo_anatomy_table_leaves_the_mean_ratio_to_registered_data():
-    from bench import demo_anatomy
-
-    row = {"l1_own_edges": 0.16, "l1_other_edges": 0.30, "l1_mean_image": 0.24,
-           "own_over_other": 0.16 / 0.30, "own_over_mean_image": 0.16 / 0.24, "seconds": 40.0,
-           "epochs": 12}
-    data = {"device": "cpu", "rows": [
-        {**row, "dataset": "brain_t1", "anatomy": "3-6 mm", "variant": "demo settings"},
-        {**row, "dataset": "lung_ct", "anatomy": "demo phantom", "variant": "8 epochs"},
-    ]}
-    lines = demo_anatomy.render(data).splitlines()
-    brain = next(line for line in lines if line.startswith("| brain_t1"))
-    lung = next(line for line in lines if line.startswith("| lung_ct"))
-    assert "| 0.53 | 0.67 |" in brain
-    assert "| 0.53 | n/a |" in lung
-
-
-def test_variant_quantiles_and_intensity_scale_use_healthy_values_only():
-    from bench import variants
-
-    healthy = np.sort(np.array([0.1, 0.2, 0.3, 0.4], dtype=np.float32))
-    real = np.array([[-1.0, -1.0, 1.0, 1.0]], dtype=np.float32)
-    residual = np.array([[0.1, 0.3, 0.5, 0.7]], dtype=np.float32)
-    roi = np.ones_like(real, dtype=bool)
-    scale = variants.intensity_scale(real, residual, roi)
-    # Dark voxels' normal error is 0.2 on average, bright ones' 0.6: the same residual of 0.6
-    # is unusual in dark tissue and ordinary in bright tissue.
-    assert scale[0] == pytest.approx(0.2) and scale[-1] == pytest.approx(0.6)
-    s = {"roi": roi[None], "real": real[None], "residual": np.full((1, 1, 4), 0.6, np.float32),
-         "dae": residual[None], "raw_patch": np.full((1, 1, 4), 0.35, np.float32)}
-    maps = variants.variant_slices(s, healthy, scale)
-    both = maps["arepas_calibrated_both"][0, 0]
-    assert both[0] == pytest.approx(0.75 * 3.0) and both[-1] == pytest.approx(0.75 * 1.0)
-    assert set(maps) >= {"arepas", "arepas+pp", "dae", "dae+pp", "arepas_dae"}
 def test_training_memory_table_gives_growth_and_verdicts():
     from bench import training_memory
 
@@ -654,73 +429,6 @@ def test_named_method_demo_wall_share_adds_its_jobs_and_maps_over_the_demo_wall(
     assert heldout.budget_rows(data, None)[1][-1] == "not measured"
 
 
-def test_heldout_mining_reads_the_runs_seed_and_tables_the_change(tmp_path):
-    from bench import heldout_mining
-
-    (tmp_path / "config").mkdir()
-    (tmp_path / "config" / "config.yaml").write_text("seed: 3\n")
-    assert heldout_mining.run_seed(tmp_path) == 3
-    # The bench's own seed file wins over the linked shipped config.
-    (tmp_path / quality.SEED_CONFIG).write_text("seed: 101\n")
-    assert heldout_mining.run_seed(tmp_path) == 101
-    rows = [
-        {"run": f"/runs/seed{k}", "dataset": "lung_ct", "method": method,
-         "best_dice": dice + k / 10, "honest_dice": dice / 2}
-        for k in (0, 1) for method, dice in (("arepas", 0.3), ("arepas_heldout", 0.4))
-    ]
-    changes = [{"run": "/runs/seed0", "dataset": "lung_ct", "method": "arepas_heldout",
-                "other": "arepas", "best_other": True, "own_dice": 0.4, "other_dice": 0.3,
-                "relative_change": 1 / 3, "ci_low": 0.1, "ci_high": 0.5}]
-    training = [{"scorer": name, "pairs": pairs, "heldout_acc": 0.8, "stalled": stalled}
-                for name, pairs, stalled in (("all", 1000, ""), ("val001", 500, "stalled"))]
-    text = heldout_mining.render({"rows": rows, "changes": changes, "training": training,
-                                  "seconds": 120.0, "workers": 2})
-    assert "| arepas_heldout | 0.450 ± 0.071 | 0.200 ± 0.000 |" in text
-    assert "| seed0 | lung_ct | arepas_heldout | arepas (best other) | 0.400 vs 0.300 | +33.3% |" \
-        in text
-    assert "Scorers trained: 2 (1 stalled, kept flagged)" in text
-
-
-def test_patch_size_study_tables_each_size_and_the_combination():
-    from bench import patch_sizes
-
-    rows = [
-        {"run": f"/runs/seed{k}", "dataset": "brain_t1", "method": method,
-         "best_dice": dice + k / 10, "honest_dice": dice / 2}
-        for k in (0, 1)
-        for method, dice in (("arepas", 0.3), ("arepas_p4", 0.2), ("arepas_sizes", 0.5))
-    ]
-    changes = [{"run": "/runs/seed1", "dataset": "brain_t1", "method": "arepas_sizes",
-                "other": "arepas", "best_other": False, "own_dice": 0.6, "other_dice": 0.4,
-                "relative_change": 0.5, "ci_low": -0.1, "ci_high": 0.9}]
-    rows += [
-        {"run": f"/runs/seed{k}", "dataset": "brain_t1", "method": "arepas_p4+pp",
-         "best_dice": 0.5, "honest_dice": honest}
-        for k, honest in ((0, 0.45), (1, 0.3))
-    ]
-    # Both +10 % over the best other with the interval above 0; seed1's label-free Dice is
-    # below 0.8 of its best, so only seed0 meets the target.
-    size_changes = [{"run": f"/runs/seed{k}", "dataset": "brain_t1", "method": "arepas_p4+pp",
-                     "other": "residual+pp", "best_other": True, "own_dice": 0.5,
-                     "other_dice": 0.5 / 1.1, "relative_change": 0.1, "ci_low": 0.02,
-                     "ci_high": 0.2} for k in (0, 1)]
-    training = [{"size": size, "pairs": pairs, "heldout_acc": acc, "stalled": ""}
-                for size, pairs, acc in ((4, 900, 0.7), (4, 1100, 0.9), (10, 500, 0.8))]
-    text = patch_sizes.render({"rows": rows, "changes": changes, "training": training,
-                               "size_changes": size_changes,
-                               "sizes": [4, 6, 10], "map_seconds": {"a": 3.0, "b": 5.0},
-                               "seconds": 600.0, "workers": 2})
-    assert "| seed0 | brain_t1 | arepas_p4+pp | residual+pp (best other) | 0.500 vs 0.455 |" \
-        in text
-    assert "`arepas_p4+pp` in 1 of 2" in text
-    assert "patch sizes 4 × 4 and 6 × 6 and 10 × 10 px" in text
-    assert "| arepas_sizes | 0.550 ± 0.071 | 0.250 ± 0.000 |" in text
-    assert "| seed1 | brain_t1 | arepas_sizes | arepas | 0.600 vs 0.400 | +50.0% |" in text
-    assert "Combining the sizes alone (raw `arepas_sizes` against raw `arepas`)" in text
-    assert "4 px: 1000 ± 141 hard pairs, best held-out pair accuracy 0.800 ± 0.141" in text
-    assert "4.0 s on average" in text and "10.0 min for the whole study" in text
-
-
 def test_the_demo_config_comes_from_the_record_the_run_or_the_cloned_commit(tmp_path):
     from arepas.presets import resolve_presets
     from bench import speed
@@ -776,64 +484,6 @@ def test_edge_reliance_of_an_old_run_is_recomputed_and_must_match_its_stored_l1(
         quality.edge_reliance_rows(tmp_path)
 
 
-def test_translator_detail_table_marks_the_runs_own_translator():
-    from bench import translator_detail
-
-    base = {"run": "seed 0", "dataset": "brain_t1", "l1_own_edges": 0.15,
-            "own_over_other": 0.55, "own_over_mean_image": 0.65, "detail_own": 0.6,
-            "detail_other_edges": 0.15, "detail_mean_image": 0.2, "detail_blurred_input": 0.9}
-    rows = [{**base, "lambda_l1": 100.0, "trained": False, "seconds": 20.0},
-            {**base, "lambda_l1": 10.0, "trained": True, "seconds": 420.0, "detail_own": 0.7}]
-    text = translator_detail.render({"rows": rows, "workers": 2})
-    assert "| brain_t1 | 100 | 0.1500 | 0.550 | 0.650 | 0.600 | 0.150 | 0.200 | 0.900 | stored |" \
-        in text
-    assert "| brain_t1 | 10 | 0.1500 | 0.550 | 0.650 | 0.700 | 0.150 | 0.200 | 0.900 | 7.0 |" \
-        in text
-
-
-def test_discriminator_study_tables_both_channel_counts_and_the_target_per_run():
-    from bench import translator_disc
-
-    base = {"l1_own_edges": 0.15, "own_over_other": 0.55, "own_over_mean_image": 0.65,
-            "detail_own": 0.6, "detail_other_edges": 0.15, "detail_mean_image": 0.2,
-            "detail_blurred_input": 0.9, "trained": True, "seconds": 300.0}
-    rows = []
-    for label, shift in (("seed 0", 0.0), ("seed 1", 0.1)):
-        rows.append({**base, "run": label, "dataset": "brain_t1", "disc_channels": 32,
-                     "own_over_mean_image": 0.65 + shift, "trained": False})
-        rows.append({**base, "run": label, "dataset": "brain_t1", "disc_channels": 16,
-                     "detail_own": 0.5})
-    text = translator_disc.render({"rows": rows, "workers": 2})
-    # Seed 1's own translator misses the brain's mean-image target (0.75 > 0.7).
-    assert "| brain_t1 | 32 | 2 | 0.150 ± 0.000 | 0.550 ± 0.000 | 0.700 ± 0.071 |" in text
-    assert text.count("1 of 2") == 1 and text.count("2 of 2") == 1
-    assert "| seed 1 | brain_t1 | 0.550 → 0.550 | 0.750 → 0.650 | 0.600 → 0.500 |" in text
-    assert "of 32 channels (the runs' own translators, checked again) and of 16 channels " \
-        "(trained from scratch" in text
-    assert translator_disc.render({"rows": []}) == "No run to study.\n"
-    # The lung cohort is not registered: only own / other counts there.
-    lung = {**base, "dataset": "lung_ct", "own_over_mean_image": 0.9}
-    assert quality.meets_edge_target(pd.Series(lung))
-    assert not quality.meets_edge_target(pd.Series({**lung, "dataset": "brain_t1"}))
-
-
-def test_translator_speed_builds_a_variants_own_discriminator():
-    from bench import translator_speed
-
-    chosen = {v.name: v for v in translator_speed.variants(1)}
-    half = chosen["64², pix2pix order, penalty every 16th step, 16-channel discriminator"]
-    assert half.against in chosen
-    from arepas import translator
-
-    settings = translator.TranslatorSettings.from_dict(translator_speed.DEMO_SETTINGS)
-    slices = np.zeros((2, 64, 64), dtype=np.float32)
-    batch = (torch.zeros(2, 1, 64, 64), torch.from_numpy(slices).unsqueeze(1))
-    runs = [translator_speed._replica(chosen[name], settings, batch, 0)
-            for name in (half.name, half.against)]
-    first_conv = [next(run["discriminator"].parameters()).shape[0] for run in runs]
-    assert first_conv == [16, 32]
-
-
 def test_readme_names_every_section_measured_only_on_request():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert [name for name in run.ON_REQUEST if f"`{name}`" not in readme] == []
@@ -849,3 +499,147 @@ def test_the_readmes_training_times_are_rendered_from_the_stored_measurement():
     block = training_time.render(record)
     assert block in (repo / "README.md").read_text()
     assert "| 75,000 | 28,125 |" in block  # one epoch of 3 copies in batches of 8
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_benchmarks_md_is_the_render_of_the_stored_measurements():
+    """BENCHMARKS.md as `python -m bench --only none` writes it at this commit and working tree
+    (the stale marks depend on both)."""
+    rendered = run.report(REPO / "bench" / "measurements", REPO)
+    stored = (REPO / "BENCHMARKS.md").read_text()
+    assert rendered == stored, (
+        "BENCHMARKS.md differs from its measurements' render: `python -m bench --only none`"
+    )
+
+
+def test_every_section_is_registered_titled_and_says_what_code_it_measures():
+    assert set(run.TITLES) == set(run.MEASURES) == set(run.SECTIONS)
+    assert set(run.ON_REQUEST) <= set(run.SECTIONS)
+    numbers = [int(run.TITLES[name].split(".", 1)[0]) for name in run.SECTIONS]
+    assert numbers == sorted(set(numbers))  # in order, none twice
+    for name in run.SECTIONS:
+        assert (REPO / "bench" / f"{name}.py").exists(), name
+        for path in run.MEASURES[name]:
+            assert (REPO / path).exists(), (name, path)
+    # No measurement file without a section (an archived study's numbers stay in its commit).
+    stored = {p.stem for p in (REPO / "bench" / "measurements").glob("*.json")}
+    assert stored - set(run.SECTIONS) <= {"quality_previous"}
+
+
+# bench's helpers for reading finished runs, tables and machine facts: what they import is no
+# part of what the sections that use them measure.
+BENCH_HELPERS = {"quality", "tables", "machine"}
+
+
+def _bench_modules_reached(name: str, seen: set[str], top: bool = True) -> None:
+    """bench modules a section's module imports, itself included, recursively, helpers aside."""
+    import re
+
+    if name in seen or (not top and name in BENCH_HELPERS) \
+            or not (REPO / "bench" / f"{name}.py").exists():
+        return
+    seen.add(name)
+    source = (REPO / "bench" / f"{name}.py").read_text()
+    for names in re.findall(r"^\s*from bench import ([\w, ]+)", source, re.M):
+        for other in names.split(","):
+            _bench_modules_reached(other.strip(), seen, top=False)
+    for other in re.findall(r"^\s*from bench\.(\w+) import", source, re.M):
+        _bench_modules_reached(other, seen, top=False)
+
+
+def test_each_sections_measured_paths_cover_the_library_modules_it_reaches():
+    """A module split or added to what a section runs must enter its MEASURES, or the section
+    would not go stale when that code changes."""
+    from arepas.provenance import modules_reached
+
+    for section in run.SECTIONS:
+        modules: set[str] = set()
+        bench_modules: set[str] = set()
+        _bench_modules_reached(section, bench_modules)
+        for module in bench_modules:
+            modules.update(modules_reached(REPO / "bench" / f"{module}.py", REPO))
+        files = []
+        for module in sorted(m for m in modules if m.split(".")[0] == "arepas"):
+            path = REPO.joinpath(*module.split("."))
+            files.append(
+                f"{path.relative_to(REPO)}/__init__.py" if path.is_dir()
+                else f"{path.relative_to(REPO)}.py"
+            )
+        missing = [f for f in files if not run._measured_by(run.MEASURES[section], f)]
+        assert missing == [], (section, missing)
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+
+
+def test_a_section_is_stale_when_its_code_changed_after_the_measured_commit(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "arepas").mkdir(parents=True)
+    _git(repo, "init", "-q")
+    (repo / "arepas" / "scorer.py").write_text("a = 1\n")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "scorer")
+    first = _git(repo, "rev-parse", "HEAD")
+    (repo / "README.md").write_text("other code\n")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "readme")
+    unrelated = _git(repo, "rev-parse", "HEAD")
+
+    def status(record: dict) -> tuple[str, str]:
+        return run.code_status("scoring", record, repo=repo)
+
+    # A later commit that leaves the measured code alone keeps the section current.
+    for commit in (first, unrelated):
+        said, stale = status({"commit": commit, "dirty_paths": ["README.md"]})
+        assert said.startswith(f"at commit {commit[:12]}; ") and "unchanged since" in said
+        assert stale == ""
+    (repo / "arepas" / "scorer.py").write_text("a = 2\n")
+    said, stale = status({"commit": unrelated})
+    assert stale.startswith("**Stale:**") and "in uncommitted changes" in stale
+    _git(repo, "commit", "-q", "-am", "scorer again")
+    changed = _git(repo, "rev-parse", "HEAD")
+    said, stale = status({"commit": first})
+    assert said == f"at commit {first[:12]}"
+    assert f"in commit {changed[:12]}" in stale and "--only scoring" in stale
+    assert status({"commit": changed})[1] == ""
+    # Unknown: no commit, a commit not in this repository, measured with uncommitted code.
+    assert status({})[0] == "commit not recorded, so not known to be current"
+    assert "does not hold" in status({"commit": "0" * 40})[0]
+    said, stale = status({"commit": changed, "dirty_paths": ["arepas/scorer.py"]})
+    assert "uncommitted changes to the code it measures (arepas/scorer.py)" in said
+    assert stale == ""
+
+
+def test_a_saved_section_records_the_commit_and_whether_the_tree_was_dirty(tmp_path):
+    import json
+
+    run.save_section(tmp_path, "scoring", {"rows": []})
+    measured = json.loads((tmp_path / "scoring.json").read_text())["machine"]
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    assert measured["commit"] == head
+    assert measured["dirty"] == bool(measured["dirty_paths"])
+
+
+def test_archived_studies_name_their_commit_and_are_gone_from_bench():
+    import re
+
+    studies = (REPO / "docs" / "studies.md").read_text()
+    named = re.findall(r"commit `([0-9a-f]{40})`, `bench/(\w+)\.py`", studies)
+    assert len(named) >= 11
+    for commit, study in named:
+        assert study not in run.SECTIONS and not (REPO / "bench" / f"{study}.py").exists()
+        held = subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{commit}^{{commit}}"],
+                              capture_output=True)
+        if held.returncode == 0:  # a shallow clone may not hold it
+            shown = subprocess.run(
+                ["git", "-C", str(REPO), "cat-file", "-e", f"{commit}:bench/{study}.py"],
+                capture_output=True,
+            )
+            assert shown.returncode == 0, (commit, study)

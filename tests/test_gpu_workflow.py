@@ -206,7 +206,6 @@ def test_render_writes_the_quality_edge_and_rule_tables():
     assert "| reconstruct | lung_ct | 1 | 6.0 |" in text and "GPU where visible" in text
     assert "| lung_ct | translator | 2000 | 10 | 290.0 | 145 |" in text
     assert "6.0 GiB" in text and "record no GPU memory of their own" in text
-    assert "the DAE's restoration runs on the CPU" in text
     # Over the 5 s target: where the time goes, largest part first.
     assert "over the 5 s target" in text
     assert "Where the time goes (the largest parts): maps: save native 8.0 s" in text
