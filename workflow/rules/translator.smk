@@ -27,7 +27,7 @@ rule train_translator:
     conda:
         "../../envs/arepas.yaml"
     # One thread per training job: on a 2-core machine the two datasets then train side by side,
-    # 1.4x the throughput of one job on two threads (0.24 vs 0.17 s per step, BENCHMARKS.md).
+    # more throughput than one job on two threads (docs/studies.md, "Translator training step").
     # The slurm profile raises it with set-threads (GPU jobs need CPUs to feed the GPU).
     threads: 1
     resources:
