@@ -63,6 +63,10 @@ def _code_fingerprint(code: CodeType, digest) -> None:
     for const in code.co_consts:
         if isinstance(const, CodeType):
             _code_fingerprint(const, digest)
+        elif isinstance(const, frozenset):
+            # `x in {"a", "b"}` compiles to a frozenset, whose order follows the per-process
+            # string hash: sorted, the digest is the same in every process.
+            digest.update(repr(sorted(map(repr, const))).encode())
         else:
             digest.update(repr(const).encode())
 

@@ -1,6 +1,9 @@
 """Code-aware reruns: a rule's parameters carry a digest of the library code its script runs."""
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,6 +53,26 @@ def test_comments_and_docstrings_change_nothing_code_does(tmp_path):
     assert digest(root, "train_translator.py") == before
     assert digest(root, "subject_figure.py") != digest(copy_package(tmp_path / "b"),
                                                        "subject_figure.py")
+
+
+def test_every_script_digest_is_the_same_in_every_process():
+    """Set literals compile to frozensets whose order follows the per-process string hash; a
+    digest that followed it would rerun rules on every invocation."""
+    program = (
+        "import sys; from pathlib import Path; from arepas import provenance; "
+        "root = Path(sys.argv[1]); "
+        "print(*(provenance.code_digest(p, root) for p in "
+        "sorted((root / 'workflow' / 'scripts').glob('*.py'))))"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", program, str(REPO)],
+            capture_output=True, text=True, check=True, cwd=REPO,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(digests) == 1
 
 
 @pytest.mark.slow

@@ -586,8 +586,8 @@ def final_outputs():
 
 
 def script_code(name):
-    """Digest of a rule's script and the library code it runs (arepas.provenance), given to the
-    rule as a parameter: changing that code reruns the rule and what follows, and changes its
+    """Digest of a rule's script and the library code it runs (arepas.provenance), passed as a
+    parameter of that rule: changing that code reruns the rule and what follows, and changes its
     cache key; changing other library code does not."""
     import arepas
     from arepas.provenance import code_digest
@@ -605,14 +605,6 @@ def subject_report(path, **kwargs):
     """An output shown in the report unless it shows a subject's images or rows and the config
     asks for a report to share (`report: {subjects: false}`)."""
     return report(path, **kwargs) if REPORT_SUBJECTS else path
-
-
-# Jobs of a few seconds that read only small tables: under SLURM they run in the main process
-# instead of waiting in the queue for a node ("Speed per rule and stage" in BENCHMARKS.md).
-localrules:
-    summary_table,
-    dataset_figures,
-    scorer_figure,
 
 
 KEEP_INTERMEDIATES = config["keep_intermediates"]
@@ -729,7 +721,7 @@ def check_runtime_limits():
                 wanted = resources.runtime_min(seconds, 1, 10**9)
                 if network in resources.GPU_S_PER_STEP and wanted > MAX_RUNTIME_MIN:
                     logger.warning(
-                        f"rule train_{network} (dataset '{dataset}'): about {wanted} min for "
+                        f"train_{network} (dataset '{dataset}'): about {wanted} min for "
                         f"{steps:,} steps on a GPU, above cluster.max_runtime_min "
                         f"({MAX_RUNTIME_MIN}); it trains over several attempts, each resuming "
                         "from the last checkpoint, so give it enough `retries` or set max_steps"
@@ -742,7 +734,7 @@ def check_runtime_limits():
             wanted = resources.runtime_min(longest, 1, 10**9)
             if wanted > MAX_RUNTIME_MIN:
                 logger.warning(
-                    f"rule {rule_name} (dataset '{dataset}'): its largest subject's job is "
+                    f"{rule_name} (dataset '{dataset}'): its largest subject's job is "
                     f"estimated at {wanted} min, above cluster.max_runtime_min "
                     f"({MAX_RUNTIME_MIN}); it cannot resume, so raise the limit"
                 )
