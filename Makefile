@@ -5,19 +5,18 @@ BIN := $(VENV)/bin
 
 .PHONY: install demo test lint report bench clean
 
-# torch is pinned and installed first: its CPU wheel is what a laptop or CI needs, and a looser
-# requirement installed alone would pull a multi-GB CUDA build. pip compiles the packages'
-# bytecode one file at a time (a third of the set-up time, most of it torch's); compileall does
-# the same on every core afterwards, except for the packages' own test suites, pip and setuptools,
-# which neither the workflow nor its tests import (a quarter of the sources, a third of the
-# compile time). Like pip, it skips the few files written for a newer Python (torch's test
-# fixtures), which report an error and leave compileall's status at 1.
+# The venv holds exactly the packages of $(LOCK), each checked against its sha256, and the project,
+# editable: requirements/install.sh says how (requirements/compile.sh regenerates the lock).
+# pip compiles the packages' bytecode one file at a time (a third of the set-up time, most of it
+# torch's), so the script leaves it out; compileall does it on every core afterwards, except for
+# the packages' own test suites, pip and setuptools, which neither the workflow nor its tests
+# import (a quarter of the sources, a third of the compile time). Like pip, it skips the few files
+# written for a newer Python (torch's test fixtures), which report an error and leave compileall's
+# status at 1.
+LOCK ?= requirements/cpu.lock
 NOT_IMPORTED := /site-packages/(pip|setuptools|.*/tests)/
-$(BIN)/snakemake: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --no-compile torch==2.13.0
-	$(BIN)/pip install --quiet --no-compile -e '.[dev]'
+$(BIN)/snakemake: pyproject.toml $(LOCK) requirements/install.sh
+	PYTHON=$(PYTHON) requirements/install.sh $(VENV) $(LOCK)
 	$(BIN)/python -m compileall -qq -j 0 -x '$(NOT_IMPORTED)' $(VENV)/lib || true
 	touch $@
 

@@ -25,6 +25,7 @@ from test_incremental import (
     REPO,
     SNAKEMAKE,
     TINY,
+    checkpoint_epoch,
     lung_sheet,
     make_workdir,
     planned_jobs,
@@ -228,6 +229,106 @@ def test_results_equal_a_local_runs(slurm_run):
         remote = np.asarray(nib.load(path).dataobj)
         local = np.asarray(nib.load(tiny_run / rel).dataobj)
         assert np.array_equal(local, remote), f"{rel} differs between SLURM and local runs"
+
+
+# Translator epochs for the cancelled job: long enough (about a minute) to be cancelled mid-way.
+SCANCEL_EPOCHS = 40
+# Seconds from `scancel` to the end of the run: status checks, resubmission, the rest of training.
+SCANCEL_LIMIT_S = 300
+
+
+def run_id_of(log_path: Path) -> str | None:
+    found = re.search(r"^SLURM run ID: (\S+)", log_path.read_text(), re.MULTILINE)
+    return found.group(1) if found else None
+
+
+def running_job(run_id: str, rule: str) -> str | None:
+    """The SLURM id of a running job of `rule` in the run `run_id`, if there is one."""
+    listing = subprocess.run(
+        ["squeue", "-h", "--name", run_id, "-t", "RUNNING", "-o", "%i|%k"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    jobs = [line.split("|", 1) for line in listing.splitlines() if "|" in line]
+    return next((job for job, comment in jobs if comment.startswith(f"rule_{rule}")), None)
+
+
+def test_a_training_job_cancelled_with_scancel_is_retried_and_resumes(
+    slurm_cluster, tmp_path_factory
+):
+    """sacct calls a job ended by `scancel` `CANCELLED by <uid>`, which the plugin (2.6.1 to 2.8.0)
+    compares with `CANCELLED` exactly and so takes for a running job: with its default status
+    command the run waits forever. The profile's `slurm-status-command: squeue` sees `CANCELLED`:
+    the job fails with a message naming it, is submitted again and resumes from its checkpoint."""
+    tiny_run = shared_tiny_run(tmp_path_factory)
+    workdir = make_workdir(tmp_path_factory.mktemp("slurm_scancel"))
+    write_test_profile(workdir)
+    longer = write_override(
+        workdir / "longer.yaml",
+        f"datasets: {{lung_ct: {{translator: {{epochs: {SCANCEL_EPOCHS}}}}}}}\n",
+    )
+    configs = [TINY, str(lung_sheet(tiny_run, workdir)), str(longer)]
+    # Only the translator and what it needs.
+    target = "results/lung_ct/models/translator.pt"
+    started = datetime.now() - timedelta(minutes=1)
+    log_path = workdir / "snakemake.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [*SNAKEMAKE, target, "--profile", "slurm", "--configfile", *configs],
+            cwd=workdir, env=snakemake_env(), stdout=log, stderr=subprocess.STDOUT,
+        )
+    run_id = None
+    try:
+        deadline = time.monotonic() + 600
+        job = None
+        # Cancel the training job once it is RUNNING and has checkpointed two epochs.
+        while job is None or checkpoint_epoch(workdir, "lung_ct")[1] < 2:
+            assert process.poll() is None, (
+                f"the run ended before the job could be cancelled:\n{log_path.read_text()[-4000:]}"
+            )
+            assert time.monotonic() < deadline, "no translator checkpoint within 600 s"
+            run_id = run_id or run_id_of(log_path)
+            job = job or (run_id and running_job(run_id, "train_translator"))
+            time.sleep(0.5)
+        subprocess.run(["scancel", job], check=True)
+        cancelled = time.monotonic()
+        try:
+            process.wait(timeout=SCANCEL_LIMIT_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(
+                f"the run did not end within {SCANCEL_LIMIT_S} s of `scancel {job}`:\n"
+                f"{log_path.read_text()[-4000:]}"
+            )
+        ended_after = time.monotonic() - cancelled
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if run_id:  # no job of this run may outlive the test
+            subprocess.run(["scancel", "--name", run_id], check=False)
+    log = log_path.read_text()
+    assert process.returncode == 0, log[-4000:]
+    assert f"SLURM-job '{job}' failed, SLURM status is: 'CANCELLED'" in log
+    jobs = sacct_jobs(run_id, started)
+    training = jobs[jobs["comment"].str.startswith("rule_train_translator")]
+    states = dict(zip(training["job_id"], training["state"], strict=True))
+    print(f"scancel {job}: run ended {ended_after:.0f} s later; sacct: {states}")
+    # The cancelled job, then its retry.
+    assert re.fullmatch(r"CANCELLED( by \d+)?", states.pop(job)), jobs
+    assert list(states.values()) == ["COMPLETED"], jobs
+    trained_log = (workdir / "logs/lung_ct/train_translator.log").read_text()
+    resumed = re.search(r"translator: resuming from \S+ after epoch (\d+)", trained_log)
+    assert resumed, trained_log[-2000:]
+    killed_at = int(resumed.group(1))
+    assert 2 <= killed_at < SCANCEL_EPOCHS, "the job was not cancelled mid-training"
+    epochs = re.findall(rf"translator: epoch (\d+)/{SCANCEL_EPOCHS} ", trained_log)
+    trained = [int(n) for n in epochs]
+    assert trained == list(range(killed_at + 1, SCANCEL_EPOCHS + 1))
+    history = pd.read_csv(workdir / "results/lung_ct/models/translator_history.tsv", sep="\t")
+    assert history["epoch"].tolist() == list(range(1, SCANCEL_EPOCHS + 1))
 
 
 def test_a_gpu_training_job_gets_an_sbatch_line_that_fits_a_gpu_partition():
