@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
-from skimage.morphology import area_opening
 
 # Name of a method's post-processed variant: `residual` -> `residual+pp`.
 SUFFIX = "+pp"
@@ -94,6 +92,8 @@ def median_per_slice(maps: np.ndarray, roi: np.ndarray, size: int) -> np.ndarray
         raise ValueError(f"median size must be >= 0, got {size}")
     inside = np.where(roi, maps, 0.0).astype(np.float32)
     if size > 1:
+        from scipy import ndimage  # here, not at the top: every job's parse imports this module
+
         inside = ndimage.median_filter(inside, size=(1, size, size))
     return np.where(roi, inside, 0.0).astype(np.float32)
 
@@ -110,6 +110,8 @@ def remove_small_components(volume: np.ndarray, min_voxels: int) -> np.ndarray:
     if min_voxels <= 1:
         return volume.copy()
     # connectivity=ndim is full connectivity (26 neighbours in 3-D).
+    from skimage.morphology import area_opening  # as above: only jobs that filter need it
+
     return area_opening(volume, area_threshold=min_voxels, connectivity=volume.ndim).astype(
         np.float32
     )
