@@ -147,8 +147,7 @@ def render(data: dict) -> str:
             "The GPU rows are not measured here. On a machine with CUDA, `make bench` (or "
             "`python -m bench --only gpu`) runs the same code and adds them: the translator "
             "then trains and infers with device `cuda`, as the workflow's `train_translator` "
-            "and `reconstruct` rules do when a GPU is present. Section 20 trains this "
-            "configuration on a GPU, on the demo cohorts preprocessed at full size, with the "
-            "seconds per step it took there.\n"
+            "and `reconstruct` rules do when a GPU is present. Section 23 runs the published "
+            "configuration whole on one GPU.\n"
         )
     return "\n".join(lines)

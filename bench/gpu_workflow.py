@@ -35,6 +35,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -56,9 +57,6 @@ DATASETS = ("lung_ct", "brain_t1")
 # inference profiled where it takes over 5 s.
 BUDGET_MINUTES = 10.0
 INFERENCE_TARGET_S = 5.0
-# Translator seconds per step of batch 8 at the published size on one H100 (bfloat16),
-# BENCHMARKS.md section 20: lung_ct 84 ms, brain_t1 89 ms.
-H100_STEP_S = {"lung_ct": 0.084, "brain_t1": 0.089}
 # Training jobs on the one GPU at a time: all of them (2 translators, 2 scorers, 2 autoencoders,
 # 2 DAEs) may share it; the default profile would run them one after the other.
 GPU_SLOTS = 8
@@ -172,6 +170,15 @@ def make_workdir(repo: Path, runs_dir: Path, smoke: bool, steps: int | None = No
     return workdir
 
 
+def h100_step_s(dataset: str) -> float:
+    """Translator seconds per step of batch 8 at the published size on one H100 (bfloat16):
+    the median of the dataset's stages in bench/measurements/translator_step.json."""
+    from bench.training_time import RECORD
+
+    stages = json.loads(RECORD.read_text())["stages"]
+    return statistics.median(s["step_s"] for s in stages if s["dataset"] == dataset)
+
+
 def estimate_minutes(config: dict, train_slices: dict[str, int] | None = None) -> dict:
     """The translator's share of the GPU budget: both datasets' steps at the H100 step time of
     section 20, as if run one after the other (side by side they share the one GPU)."""
@@ -183,7 +190,7 @@ def estimate_minutes(config: dict, train_slices: dict[str, int] | None = None) -
         settings = translator.TranslatorSettings.from_dict(block)
         n = (train_slices or {}).get(dataset)
         steps = translator.planned_steps(settings, n) if n else settings.max_steps
-        out[dataset] = {"steps": steps, "minutes": steps * H100_STEP_S[dataset] / 60,
+        out[dataset] = {"steps": steps, "minutes": steps * h100_step_s(dataset) / 60,
                         "amp": settings.amp}
     out["total_minutes"] = sum(v["minutes"] for v in out.values())
     return out

@@ -20,30 +20,24 @@ SECTIONS = (
     "scoring",
     "scaling",
     "gpu",
-    "refscoring",
     "training_memory",
     "heldout",
-    "translator_full",
-    "ct_mapping",
     "published_sizes",
     "gpu_workflow",
     "parse",
 )
 # Hours of training: measured only when named in --only.
-ON_REQUEST = ("heldout", "translator_full", "ct_mapping", "gpu_workflow")
+ON_REQUEST = ("heldout", "gpu_workflow")
 # Section numbers do not change when sections leave: README, config and bench text cite them
-# ("section 20"). The missing numbers are studies archived in docs/studies.md.
+# ("section 14"). The missing numbers are studies archived in docs/studies.md.
 TITLES = {
     "quality": "1. Quality over seeds",
     "speed": "2. Speed per rule and stage",
     "scoring": "3. Patch scoring: dense against the published sampling",
     "scaling": "4. Scaling with the native volume",
     "gpu": "5. GPU",
-    "refscoring": "6. Patch scoring as the reference implementation does it, at 256²",
     "training_memory": "9. Training memory against the number of training subjects",
     "heldout": "14. Held-out confirmation on demo seeds never used in development",
-    "translator_full": "20. The translator at the published sizes, on a GPU",
-    "ct_mapping": "21. CT intensities: the window, or the reference's darker half of it",
     "published_sizes": "22. Every rule at the published sizes, on the CPU",
     "gpu_workflow": "23. Published sizes on a GPU",
     "parse": "24. Planning a run and parsing a job, against the cohort size",
@@ -64,15 +58,11 @@ MEASURES = {
     "scoring": _SCORING_CODE,
     "scaling": ("arepas/",),
     "gpu": tuple(dict.fromkeys(_TRANSLATOR_CODE + _SCORING_CODE)),
-    "refscoring": _SCORING_CODE,
     "training_memory": tuple(dict.fromkeys(
         _TRANSLATOR_CODE + _SCORING_CODE
         + ("arepas/autoencoder.py", "arepas/dae.py", "arepas/devices.py", "arepas/epochs.py")
     )),
     "heldout": WORKFLOW_CODE,
-    "translator_full": (*_TRANSLATOR_CODE, "arepas/diagnostics.py", "arepas/figures.py",
-                        "config/full.yaml"),
-    "ct_mapping": WORKFLOW_CODE,
     "published_sizes": WORKFLOW_CODE,
     "gpu_workflow": WORKFLOW_CODE,
     "parse": WORKFLOW_CODE,
@@ -133,8 +123,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="quality: where new seed runs get their working directories")
     parser.add_argument("--configfile", action="append", default=[],
                         help="quality: extra Snakemake config file for the seed runs")
-    parser.add_argument("--budget-s", type=float, default=200.0,
-                        help="translator_full: training seconds per cohort")
     parser.add_argument("--cores", type=int, default=2, help="quality: snakemake --cores")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for scoring, scaling and the CPU rows of gpu")
@@ -207,20 +195,11 @@ def measure_section(name: str, args: argparse.Namespace) -> dict:
         from bench import gpu
 
         return gpu.measure(args.run, args.threads)
-    if name == "refscoring":
-        from bench import refscoring
-
-        return refscoring.measure(args.threads)
     if name == "heldout":
         from bench import heldout
 
         return heldout.measure(REPO, args.reuse, args.runs_dir.resolve(), args.cores,
                                args.configfile)
-    if name == "translator_full":
-        from bench import translator_full
-
-        return translator_full.measure(args.runs_dir.resolve() / "full256", args.budget_s,
-                                       cores=args.cores)
     if name == "parse":
         from bench import parse
 
@@ -240,11 +219,6 @@ def measure_section(name: str, args: argparse.Namespace) -> dict:
         return gpu_workflow.measure(REPO, args.runs_dir.resolve(), args.gpu_workflow_cores,
                                     smoke=args.gpu_workflow_cpu_smoke,
                                     steps=args.gpu_workflow_steps)
-    if name == "ct_mapping":
-        from bench import ct_mapping
-
-        return ct_mapping.measure(REPO, args.runs_dir.resolve() / "ct_mapping",
-                                  range(args.seeds), args.cores)
     if name == "training_memory":
         from bench import training_memory
 
@@ -395,11 +369,6 @@ def budget_rows(sections: dict[str, dict]) -> list[list[str]]:
             f"the stages), peak {largest['peak_mb'] / 1024:.2f} GiB",
             "pass" if ok_time == ok_memory == "pass" else "FAIL",
         ])
-    refscoring = sections.get("refscoring", {}).get("data")
-    if refscoring:
-        from bench import refscoring as reference_scoring
-
-        rows.append(reference_scoring.budget_row(refscoring))
     held = sections.get("heldout", {}).get("data")
     if held:
         from bench import heldout
@@ -595,11 +564,10 @@ def main(argv=None) -> int:
         save_section(args.results_dir, name, data)
     write_report(args.output, report(args.results_dir, args.run))
     print(f"bench: wrote {args.output}")
-    sections = load_sections(args.results_dir)
-    if "translator_full" in sections:
-        from bench import training_time
+    from bench import training_time
 
-        readme = REPO / "README.md"
-        if training_time.update_readme(readme, training_time.render(sections["translator_full"])):
-            print(f"bench: updated the training times in {readme}")
+    readme = REPO / "README.md"
+    block = training_time.render(json.loads(training_time.RECORD.read_text()))
+    if training_time.update_readme(readme, block):
+        print(f"bench: updated the training times in {readme}")
     return 0

@@ -1,6 +1,8 @@
 """How long the published translator trains for a cohort of N slices on a GPU: its planned steps
-(arepas.translator.planned_steps) times the seconds per step measured in section 20. Written into
-README.md between markers, so that its numbers come from a measurement file too."""
+(arepas.translator.planned_steps) times the seconds per step in bench/measurements/
+translator_step.json (the stages of the archived GPU study of the published translator, see its
+"source"). Written into README.md between markers, so that its numbers come from a measurement
+file too."""
 
 from __future__ import annotations
 
@@ -27,12 +29,13 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def render(translator_full: dict) -> str:
-    """The README block from section 20's stored record (its data and machine)."""
-    runs = [run for run in translator_full["data"]["runs"] if run["device"] == "cuda"]
-    rows = [row for run in runs for row in run["rows"]]
-    gpu = runs[0]["machine"]["gpu"]
-    step_s = statistics.median(row["step_s"] for row in rows)
+RECORD = Path(__file__).resolve().parent / "measurements" / "translator_step.json"
+
+
+def render(record: dict) -> str:
+    """The README block from translator_step.json (its stages and machine)."""
+    gpu = record["machine"]["gpu"]
+    step_s = statistics.median(stage["step_s"] for stage in record["stages"])
     published = TranslatorSettings()
     budgeted = TranslatorSettings(epochs=LONG_EPOCHS, max_steps=EXAMPLE_BUDGET)
     long = TranslatorSettings(epochs=LONG_EPOCHS)
@@ -51,8 +54,9 @@ def render(translator_full: dict) -> str:
     )
     return (
         f"{START}\n"
-        f"At {step_s * 1000:.0f} ms per step of batch 8 (the median over the stages of "
-        f"`BENCHMARKS.md` section 20, the published translator on one {gpu}, trained with "
+        f"At {step_s * 1000:.0f} ms per step of batch 8 (the median over the stages of the "
+        "GPU study in `docs/studies.md`, \"The translator at the published sizes, on a GPU\": "
+        f"the published translator on one {gpu}, trained with "
         "bfloat16 autocast; float32, now the published default, was not timed there), "
         "the translator trains:\n\n"
         f"{table}\n"

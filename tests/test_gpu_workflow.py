@@ -39,7 +39,7 @@ def test_the_overlay_gives_the_published_networks_with_the_translator_budget():
     assert {"arepas", "residual", "patch", "ae", "dae", "arepas_calibrated"} <= set(
         config["methods"])
     assert config["maps"]["n_patches"] == 10000
-    # Both translators at section 20's H100 step time: about 3 minutes of GPU time.
+    # Both translators at the H100 step time of translator_step.json: about 3 minutes of GPU time.
     estimate = gpu_workflow.estimate_minutes(config)
     assert 2.5 < estimate["total_minutes"] < 3.0
 
