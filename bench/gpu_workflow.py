@@ -8,8 +8,9 @@ clinical scan grids with 4 train, 2 val and 10 test subjects per cohort, every n
 published size, the translator cut to 1,000 steps per dataset (the config file says why;
 `--gpu-workflow-steps N` sets another budget). Beside the workflow it generates and
 preprocesses one 512 x 512 x 256 chest CT subject (bench/scaling.py's stages, CPU), and after
-it times that subject's reconstruction and maps with the trained lung models (this module's
-stages, which do what the rules' scripts do, on the GPU where the rules use it). It stores the
+it times that subject's reconstruction and maps with the trained lung models (bench/scaling.py's
+stages, which call the library functions the rules' scripts call, on the GPU where the rules
+use it). It stores the
 device, every rule's time and peak RSS, the GPU memory and utilisation seen while the
 workflow ran, the summary and relative-change tables, bootstrap intervals against every
 baseline, the translators' edge reliance and the large subject's timing, and renders them as
@@ -23,13 +24,10 @@ one training step per network and a 128 x 128 x 64 subject for the inference tim
 the plumbing on a CPU in minutes (tests/test_gpu_workflow.py, with AREPAS_GPU_WORKFLOW_SMOKE=1);
 its numbers are not results: it refuses the repository's bench/measurements, so give it
 `--results-dir` and `--output` elsewhere, and its working directory is gpu_workflow_cpu_smoke.
-
-    python -m bench.gpu_workflow STAGE --dir D --run R    # one timed stage, in its own process
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -40,6 +38,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -385,123 +384,6 @@ def inference_run_dir(workdir: Path, config: dict) -> Path:
     return run_dir
 
 
-class _Clock:
-    """Seconds of named parts, the GPU's queued work finished at every lap."""
-
-    def __init__(self, cuda: bool) -> None:
-        self.cuda = cuda
-        self.parts: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        if self.cuda:
-            import torch
-
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        self.parts[name] = self.parts.get(name, 0.0) + now - self._last
-        self._last = now
-
-
-def stage_reconstruct(folder: Path, run_dir: Path, device: str) -> dict:
-    """What the reconstruct rule does (arepas.subject_maps.reconstruct), on the subject."""
-    import nibabel as nib
-
-    from arepas import io, translator
-    from arepas.subject_maps import reconstruct
-
-    clock = _Clock(device == "cuda")
-    stack = io.load_arrays(folder / "slices.npz")
-    model, settings, _ = translator.load_translator(
-        run_dir / "results" / INFERENCE_DATASET / "models" / "translator.pt", device=device)
-    clock.lap("load")
-    arrays, volume = reconstruct(stack, model, settings, device=device)
-    clock.lap("edges (CPU) and translate")
-    io.save_arrays(folder / "reconstruction.npz", **arrays)
-    io.save_volume(folder / "recon_working.nii.gz", volume,
-                   nib.load(folder / "working.nii.gz").affine)
-    clock.lap("save")
-    return {"parts": clock.parts, "slices": int(len(arrays["recon"]))}
-
-
-def stage_maps(folder: Path, run_dir: Path, device: str) -> dict:
-    """What the anomaly_maps rule does (arepas.subject_maps), on the subject: every configured
-    method raw and post-processed, on the working and the native grid."""
-    from arepas import autoencoder, dae, io, scorer
-    from arepas.methods import CALIBRATED_METHOD, PATCH_METHODS
-    from arepas.postprocess import PostprocessSettings
-    from arepas.subject_maps import method_maps, native_volume, working_volumes
-    from bench.scaling import NEEDS_MORE, _config
-
-    clock = _Clock(device == "cuda")
-    config = _config(run_dir)
-    methods = [m for m in config["methods"] if m not in NEEDS_MORE or m == CALIBRATED_METHOD]
-    models = run_dir / "results" / INFERENCE_DATASET / "models"
-    rec = io.load_arrays(folder / "reconstruction.npz")
-    mapping = json.loads((folder / "mapping.json").read_text())
-    roi_native, _ = io.load_volume(folder / "roi_native.nii.gz", "scaling001", "roi_native")
-    loaded = {}
-    if set(PATCH_METHODS) & set(methods):
-        model, _, meta = scorer.load_scorer(models / "scorer.pt", device=device)
-        loaded["scorer"] = (model, meta)
-    if CALIBRATED_METHOD in methods:
-        loaded["calibration"] = io.load_arrays(models / "patch_calibration.npz")
-    if "ae" in methods:
-        loaded["autoencoder_model"] = autoencoder.load_autoencoder(
-            models / "autoencoder.pt", device=device)[0]
-    if "dae" in methods:
-        loaded["dae_model"] = dae.load_dae(models / "dae.pt")[0]
-    clock.lap("load")
-    maps = method_maps(rec, methods, config["maps"], subject="scaling001", device=device,
-                       lap=clock.lap, **loaded)
-    post = PostprocessSettings.from_dict(config["postprocess"])
-    volumes = working_volumes(maps, rec, methods, post)
-    clock.lap("assemble and post-process")
-    w_affine = np.asarray(mapping["working_affine"])
-    for method, volume in volumes.items():
-        io.save_volume(folder / f"{method}_working.nii.gz", volume, w_affine)
-        clock.lap("save working")
-        native = native_volume(volume, mapping, roi_native, folder / "transforms")
-        clock.lap("to native grid")
-        io.save_volume(folder / f"{method}_native.nii.gz", native,
-                       np.asarray(mapping["native_affine"]))
-        clock.lap("save native")
-    return {"parts": clock.parts, "methods": list(volumes)}
-
-
-def run_stage(stage: str, folder: Path, run_dir: Path, threads: int) -> None:
-    """One stage in this process, its record (parts, seconds, memory) written to folder."""
-    import torch
-
-    from bench.machine import peak_rss_mb
-
-    torch.set_num_threads(threads)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        torch.zeros(1, device=device)  # the context, created before the clock starts
-        torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
-    record = {"reconstruct": stage_reconstruct, "maps": stage_maps}[stage](folder, run_dir,
-                                                                          device)
-    record.update(seconds=time.perf_counter() - started, device=device, peak_rss_mb=peak_rss_mb(),
-                  gpu_peak_allocated_mib=(torch.cuda.max_memory_allocated() / 2**20
-                                          if device == "cuda" else None))
-    (folder / f"{stage}.json").write_text(json.dumps(record, indent=1))
-
-
-def _spawn(stage: str, folder: Path, run_dir: Path, threads: int) -> dict:
-    command = [sys.executable, "-m", "bench.gpu_workflow", stage, "--dir", str(folder),
-               "--run", str(run_dir), "--threads", str(threads)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    started = time.perf_counter()
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{SECTION} stage {stage} failed:\n{result.stderr[-3000:]}")
-    record = json.loads((folder / f"{stage}.json").read_text())
-    record["process_s"] = time.perf_counter() - started
-    return record
-
-
 def prepare_large_subject(workdir: Path, config: dict, shape, progress=print) -> dict:
     """Generate and preprocess one CT subject (bench/scaling.py's stages, CPU only, each in a
     fresh process): they need no trained model, so they run beside the workflow."""
@@ -519,36 +401,18 @@ def prepare_large_subject(workdir: Path, config: dict, shape, progress=print) ->
     return entry
 
 
-class _Background(threading.Thread):
-    """A function run beside the workflow; join() returns its result or raises its error."""
-
-    def __init__(self, function, *args) -> None:
-        super().__init__(daemon=True)
-        self._call = (function, args)
-        self.result = self.error = None
-
-    def run(self) -> None:
-        try:
-            self.result = self._call[0](*self._call[1])
-        except BaseException as error:  # noqa: BLE001 - handed to the caller
-            self.error = error
-
-    def join(self, timeout=None):
-        super().join(timeout)
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
 def time_large_subject(workdir: Path, entry: dict, progress=print) -> dict:
     """Reconstruct and map the prepared subject with this run's lung models, each stage in a
     fresh process as a workflow job."""
+    from bench import scaling
+
     run_dir = workdir / "inference_run"
     folder = workdir / "inference_subject"
     shape = entry["shape"]
     for stage in INFERENCE_STAGES:
         progress(f"{SECTION}: {'x'.join(map(str, shape))} subject, {stage}")
-        entry[stage] = _spawn(stage, folder, run_dir, 1)
+        entry[stage] = scaling._spawn(stage, folder, run_dir, shape, 7, 1, gpu=True,
+                                      calibrated=True)
     entry["inference_s"] = sum(entry[s]["seconds"] for s in INFERENCE_STAGES)
     entry["inference_process_s"] = sum(entry[s]["process_s"] for s in INFERENCE_STAGES)
     shutil.rmtree(folder)
@@ -569,20 +433,21 @@ def measure(repo: Path, runs_dir: Path, cores: int | None = None, smoke: bool = 
     command = snakemake_command(cores, smoke, steps)
     shape = SMOKE_INFERENCE_SHAPE if smoke else INFERENCE_SHAPE
     # The large subject's generation and preprocessing (CPU, no model) run beside the workflow.
-    prepared = _Background(prepare_large_subject, workdir, config, shape, progress)
-    prepared.start()
+    background = ThreadPoolExecutor(1)
+    prepared = background.submit(prepare_large_subject, workdir, config, shape, progress)
+    background.shutdown(wait=False)
     if quality.finished(workdir) and (workdir / RECORD).exists():
         progress(f"{SECTION}: the run in {workdir} is finished; using it")
     else:
         progress(f"{SECTION}: running {' '.join(command[2:])} in {workdir}")
         record = run(workdir, command, sample_gpu=device["cuda"])
         if record["returncode"] != 0:
-            prepared.join()
+            prepared.result()
             raise RuntimeError(f"the run in {workdir} failed: see bench_snakemake.log there")
         progress(f"{SECTION}: the workflow took {record['wall_s']:.0f} s")
     record = json.loads((workdir / RECORD).read_text())
     records = tables.read_job_records(workdir)
-    large = time_large_subject(workdir, prepared.join(), progress)
+    large = time_large_subject(workdir, prepared.result(), progress)
     return {
         "smoke": smoke,
         "run_dir": str(workdir),
@@ -697,8 +562,8 @@ def render_large_subject(data: dict) -> str:
         f"\nOne {shape} chest CT subject with lesions (bench/scaling.py's phantom on its "
         f"{' × '.join(f'{v:g}' for v in (358.4, 358.4, 320.0))} mm field of view) through "
         "preprocessing (bench/scaling.py's stage, CPU, run beside the workflow: its time "
-        "shares the CPUs with the workflow's jobs), reconstruction and maps (this section's "
-        "stages: what the reconstruct and anomaly_maps scripts do, with this run's lung "
+        "shares the CPUs with the workflow's jobs), reconstruction and maps (its stages too: "
+        "what the reconstruct and anomaly_maps scripts do, with this run's lung "
         "models, every method raw and post-processed, on the working and the native grid), "
         "each in a fresh process as a job, torch on 1 CPU thread as the rules. Seconds inside "
         "the process (GPU work finished at each part's end); *with start-up* adds the "
@@ -813,16 +678,3 @@ def render(data: dict) -> str:
     lines.append(f"### A {shape} CT subject\n" + render_large_subject(data))
     return "\n".join(lines)
 
-
-def _parse(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("stage", choices=INFERENCE_STAGES)
-    parser.add_argument("--dir", type=Path, required=True)
-    parser.add_argument("--run", type=Path, required=True)
-    parser.add_argument("--threads", type=int, default=1)
-    return parser.parse_args(argv)
-
-
-if __name__ == "__main__":
-    args = _parse()
-    run_stage(args.stage, args.dir, args.run, args.threads)

@@ -218,75 +218,18 @@ def measure(
 
 def edge_reliance_rows(run_dir: Path) -> list[dict]:
     """Each dataset's translator edge-reliance table of a finished run (empty for runs made
-    before translators reported it). Runs trained before the check measured fine detail get
-    it from the same check run again on their stored translator (recompute_edge_reliance)."""
-    rows = []
-    for path in sorted((run_dir / "results").glob("*/models/translator_edge_reliance.tsv")):
-        for row in pd.read_csv(path, sep="\t").to_dict("records"):
-            if any(key not in row for key in DETAIL_KEYS):
-                again = recompute_edge_reliance(run_dir, row["dataset"])
-                if not math.isclose(again["l1_own_edges"], row["l1_own_edges"], rel_tol=1e-4):
-                    raise ValueError(
-                        f"{path}: the check run again gives own-edge L1 "
-                        f"{again['l1_own_edges']:.6f}, the run stored {row['l1_own_edges']:.6f}"
-                        ": not the same translator or subjects"
-                    )
-                row |= {key: again[key] for key in DETAIL_KEYS} | {"detail_recomputed": True}
-            rows.append(row)
-    return rows
+    before translators reported it)."""
+    return [row for path in sorted((run_dir / "results").glob("*/models/"
+                                                               "translator_edge_reliance.tsv"))
+            for row in pd.read_csv(path, sep="\t").to_dict("records")]
 
 
 DETAIL_KEYS = ("detail_own", "detail_other_edges", "detail_mean_image", "detail_blurred_input")
 
 
-def run_check_slices(run_dir: Path, dataset: str) -> dict:
-    """The edge-reliance check's arrays (diagnostics.load_check_slices) of a finished run's train
-    and val subjects of one dataset, in the train_translator job's order (sorted subjects)."""
-    from arepas import diagnostics
-
-    results = run_dir / "results" / dataset
-    train, val = (
-        [results / "preprocessed" / s / "slices.npz"
-         for s in subjects_in(run_dir, dataset, split)]
-        for split in ("train", "val")
-    )
-    return diagnostics.load_check_slices(train, val)
-
-
-def subjects_in(run_dir: Path, dataset: str, split: str) -> list[str]:
-    """The run's subjects of one dataset and split (train, val, test), sorted."""
-    sheet = pd.read_csv(run_dir / "results" / "demo" / "subjects.tsv", sep="\t",
-                        keep_default_na=False)
-    return sorted(sheet.loc[(sheet["dataset"] == dataset) & (sheet["split"] == split), "subject"])
-
-
-def recompute_edge_reliance(run_dir: Path, dataset: str) -> dict[str, float]:
-    """The train_translator job's edge-reliance check of a finished run, run again on its stored
-    translator and its train and val subjects' slices."""
-    import torch
-
-    from arepas import diagnostics, translator
-
-    torch.set_num_threads(1)
-    model = run_dir / "results" / dataset / "models" / "translator.pt"
-    generator, settings, _ = translator.load_translator(model)
-    return diagnostics.edge_reliance(generator, settings, **run_check_slices(run_dir, dataset))
-
-
 # Issue 12's target: own-edge L1 at most 0.7 x another subject's edges and 0.7 x the training
 # mean image (registered datasets).
 EDGE_RELIANCE_TARGET = 0.7
-
-
-def meets_edge_target(row) -> bool:
-    """Whether one translator's check (a dict or a table row with its dataset) meets the target:
-    own / other within EDGE_RELIANCE_TARGET and, on the registered brain cohort, own / mean
-    image as well."""
-    registered = row["dataset"] == "brain_t1"
-    return bool(
-        row["own_over_other"] <= EDGE_RELIANCE_TARGET
-        and (not registered or row["own_over_mean_image"] <= EDGE_RELIANCE_TARGET)
-    )
 
 
 def render_edge_reliance(data: dict) -> str:
@@ -358,14 +301,6 @@ def render_fine_detail(frame: pd.DataFrame) -> str:
         rows.append([dataset, len(group),
                      *(tables.mean_sd(*tables.mean_and_sd(values[key])) for key in DETAIL_KEYS),
                      f"{above} of {len(group)}"])
-    recomputed = int(frame.get("detail_recomputed", pd.Series(dtype=object)).fillna(False)
-                     .astype(bool).sum())
-    note = (
-        f" {recomputed} of these {len(frame)} translators were trained before the check "
-        "measured fine detail; their numbers come from the same check run again on the stored "
-        "translator and subjects (its L1 numbers equal the stored ones)."
-        if recomputed else ""
-    )
     text = (
         "\nDoes the reconstruction carry the slice's fine anatomy, beyond the outline and tissue "
         "brightness that dominate L1? Correlation of the fine detail (the slice minus its "
@@ -373,7 +308,7 @@ def render_fine_detail(frame: pd.DataFrame) -> str:
         f"over the ROI pixels at least {DETAIL_BORDER_PX} px inside its edge (the outline, which "
         "any edge map gives away, left out): 1 is all of it, 0 none. *Slice blurred*: the "
         f"slice's own Gaussian blur of {CEILING_BLUR_PX:g} px sd, what a faithful but slightly "
-        "smooth reconstruction would score." + note + "\n\n"
+        "smooth reconstruction would score.\n\n"
     )
     return text + tables.markdown_table(
         ["dataset", "runs", "detail own edges", "detail other subject's edges",
@@ -403,8 +338,6 @@ def render(data: dict) -> str:
         "Values are mean ± sd over the runs (sd with ddof 1; a single run shows its value)."
     )
     lines.append("")
-    if data.get("origin"):
-        lines += [data["origin"], ""]
     run_rows = []
     for run in data["runs"]:
         run_rows.append(
@@ -547,67 +480,3 @@ def render_intervals(data: dict) -> str:
 def _percent(value) -> str:
     return "n/a" if value is None or not math.isfinite(float(value)) else f"{float(value):+.1%}"
 
-
-def render_comparison(current: dict, previous: dict, previous_label: str) -> str:
-    """Best Dice per dataset and method of the current quality runs beside a stored earlier set
-    of runs (another code version), and arepas's relative change over the best other method."""
-    now = {k: pd.DataFrame(v) for k, v in current["summaries"].items()}
-    before = {k: pd.DataFrame(v) for k, v in previous["summaries"].items()}
-    if not now or not before:
-        return "Nothing to compare: one of the two sets has no finished run.\n"
-    a_now, a_before = tables.aggregate_quality(now), tables.aggregate_quality(before)
-    merged = a_now.merge(a_before, on=["dataset", "method"], how="outer", suffixes=("", "_prev"))
-    rows = []
-    for row in merged.sort_values(["dataset", "method"]).itertuples():
-        rows.append(
-            [
-                row.dataset,
-                row.method,
-                tables.mean_sd(row.best_dice_mean_prev, row.best_dice_sd_prev),
-                tables.number(row.runs_prev, "{:.0f}"),
-                tables.mean_sd(row.best_dice_mean, row.best_dice_sd),
-                tables.number(row.runs, "{:.0f}"),
-                tables.mean_sd(row.honest_dice_mean_prev, row.honest_dice_sd_prev),
-                tables.mean_sd(row.honest_dice_mean, row.honest_dice_sd),
-            ]
-        )
-    text = [
-        f"Best Dice and Dice at the validation threshold of every method, {previous_label} "
-        "(left of each pair, runs stored in `bench/measurements/quality_previous.json`) beside "
-        "the current defaults, the reference implementation's (right, section 1). Mean ± sd "
-        "over runs.\n",
-        tables.markdown_table(
-            [
-                "dataset",
-                "method",
-                "best Dice, previous",
-                "runs",
-                "best Dice, reference defaults",
-                "runs",
-                "val-threshold Dice, previous",
-                "val-threshold Dice, reference defaults",
-            ],
-            rows,
-            left=2,
-        ),
-    ]
-    change_rows = []
-    for label, sets in (("previous", before), ("reference defaults", now)):
-        changes = tables.relative_changes(sets, columns=("best_dice",))
-        for dataset, group in changes.groupby("dataset", sort=True):
-            mean, sd = tables.mean_and_sd(group["relative_change"])
-            others = ", ".join(sorted(set(group["best_other"])))
-            change_rows.append(
-                [dataset, label, tables.mean_sd(mean, sd, percent=True), others, len(group)]
-            )
-    text.append(
-        "Relative best-Dice change of `arepas` over the best other method of the same run:\n"
-    )
-    text.append(
-        tables.markdown_table(
-            ["dataset", "code", "arepas vs best other", "best other", "runs"],
-            sorted(change_rows),
-            left=2,
-        )
-    )
-    return "\n".join(text)

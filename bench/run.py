@@ -60,17 +60,14 @@ MEASURES = {
     "gpu": tuple(dict.fromkeys(_TRANSLATOR_CODE + _SCORING_CODE)),
     "training_memory": tuple(dict.fromkeys(
         _TRANSLATOR_CODE + _SCORING_CODE
-        + ("arepas/autoencoder.py", "arepas/dae.py", "arepas/devices.py", "arepas/epochs.py")
+        + ("arepas/autoencoder.py", "arepas/dae.py", "arepas/devices.py", "arepas/epochs.py",
+           "arepas/mining.py")
     )),
     "heldout": WORKFLOW_CODE,
     "published_sizes": WORKFLOW_CODE,
     "gpu_workflow": WORKFLOW_CODE,
     "parse": WORKFLOW_CODE,
 }
-# What quality_previous.json measured: the code before the reference implementation's settings
-# became the defaults (unpadded scorer, detached head, clean-edge ROI mining, per-slice ROI
-# scaling, dense scoring, discriminator-first GAN step, clean copy in the augmented set).
-PREVIOUS_VARIANT = "the previous defaults (commit 623ef19: our scorer and translator variants)"
 # The published slice size (/work/shared/method/AREPAS.md, "slices": 256 x 256).
 PUBLISHED_SLICE = 256
 # Translator settings the trade-off paragraph names as sizes; any other key is a training choice.
@@ -515,16 +512,6 @@ def render(sections: dict[str, dict], run_dir: Path) -> str:
             lines.append(quality.render_intervals(record["data"]))
             lines += ["### Does the translator use its edges?", ""]
             lines.append(quality.render_edge_reliance(record["data"]))
-        previous = REPO / "bench" / "measurements" / "quality_previous.json"
-        if name == "quality" and previous.exists():
-            lines += ["### Reference defaults against the previous variant", ""]
-            lines.append(
-                quality.render_comparison(
-                    record["data"],
-                    json.loads(previous.read_text())["data"],
-                    PREVIOUS_VARIANT,
-                )
-            )
     # Numbered after the measured sections, however many there are.
     last = max(int(title.split(".", 1)[0]) for title in TITLES.values())
     lines += [f"## {last + 1}. What the CPU demo trades away", ""]

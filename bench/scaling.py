@@ -27,7 +27,6 @@ from bench.machine import peak_rss_mb
 # One field of view for every size, so that a bigger grid is the same chest sampled more finely:
 # 512 x 512 x 256 at 0.7 x 0.7 x 1.25 mm is a clinical chest CT.
 FIELD_OF_VIEW_MM = (358.4, 358.4, 320.0)
-DEFAULT_SIZES = ((128, 128, 64), (256, 256, 128), (512, 512, 256))
 DATASET = "lung_ct"
 SUBJECT = "scaling001"
 STAGES = ("preprocess", "reconstruct", "maps")
@@ -49,13 +48,19 @@ def _config(run_dir: Path) -> dict:
 
 
 class _Clock:
-    """Seconds spent in named parts of a stage, in the order they ran."""
+    """Seconds spent in named parts of a stage, in the order they ran (on a GPU, its queued work
+    finished at every lap)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cuda: bool = False) -> None:
+        self.cuda = cuda
         self.parts: dict[str, float] = {}
         self._last = time.perf_counter()
 
     def lap(self, name: str) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
         now = time.perf_counter()
         self.parts[name] = self.parts.get(name, 0.0) + now - self._last
         self._last = now
@@ -118,53 +123,62 @@ def stage_preprocess(folder: Path, run_dir: Path) -> dict:
     }
 
 
-def stage_reconstruct(folder: Path, run_dir: Path) -> dict:
+def stage_reconstruct(folder: Path, run_dir: Path, device: str = "cpu") -> dict:
+    """What the reconstruct rule does (arepas.subject_maps.reconstruct)."""
     import nibabel as nib
 
     from arepas import io, translator
     from arepas.subject_maps import reconstruct
 
-    clock = _Clock()
+    clock = _Clock(device == "cuda")
     stack = io.load_arrays(folder / "slices.npz")
     model, settings, _ = translator.load_translator(
-        run_dir / "results" / DATASET / "models" / "translator.pt"
+        run_dir / "results" / DATASET / "models" / "translator.pt", device=device
     )
     clock.lap("load")
-    arrays, volume = reconstruct(stack, model, settings)
+    arrays, volume = reconstruct(stack, model, settings, device=device)
     clock.lap("reconstruct")
     io.save_arrays(folder / "reconstruction.npz", **arrays)
     io.save_volume(folder / "recon_working.nii.gz", volume,
                    nib.load(folder / "working.nii.gz").affine)
     clock.lap("save")
-    return {"parts": clock.parts}
+    return {"parts": clock.parts, "slices": int(len(arrays["recon"]))}
 
 
 # Methods that need more than the subject and the trained models (the val subjects' scores,
-# a second translator and scorer): left out of the timed maps.
+# a second translator and scorer): left out of the timed maps, the first unless `calibrated`.
 NEEDS_MORE = ("arepas_calibrated", "arepas_clean")
 
 
-def stage_maps(folder: Path, run_dir: Path) -> dict:
-    """What the anomaly_maps rule does (arepas.subject_maps), with the run's own settings."""
+def stage_maps(folder: Path, run_dir: Path, device: str = "cpu", calibrated: bool = False) -> dict:
+    """What the anomaly_maps rule does (arepas.subject_maps), with the run's own settings: every
+    method raw and post-processed, on the working and the native grid."""
     from arepas import autoencoder, dae, io, scorer
+    from arepas.methods import CALIBRATED_METHOD, PATCH_METHODS
     from arepas.postprocess import PostprocessSettings
     from arepas.subject_maps import method_maps, native_volume, working_volumes
 
-    clock = _Clock()
+    clock = _Clock(device == "cuda")
     config = _config(run_dir)
-    methods = [m for m in config["methods"] if m not in NEEDS_MORE]
+    methods = [m for m in config["methods"]
+               if m not in NEEDS_MORE or (calibrated and m == CALIBRATED_METHOD)]
     models = run_dir / "results" / DATASET / "models"
     rec = io.load_arrays(folder / "reconstruction.npz")
     mapping = json.loads((folder / "mapping.json").read_text())
     roi_native, _ = io.load_volume(folder / "roi_native.nii.gz", SUBJECT, "roi_native")
-    loaded = {"scorer": scorer.load_scorer(models / "scorer.pt")[::2]}
+    loaded: dict = {}
+    if set(PATCH_METHODS) & set(methods):
+        loaded["scorer"] = scorer.load_scorer(models / "scorer.pt", device=device)[::2]
+    if CALIBRATED_METHOD in methods:
+        loaded["calibration"] = io.load_arrays(models / "patch_calibration.npz")
     if "ae" in methods:
-        loaded["autoencoder_model"] = autoencoder.load_autoencoder(models / "autoencoder.pt")[0]
+        loaded["autoencoder_model"] = autoencoder.load_autoencoder(
+            models / "autoencoder.pt", device=device)[0]
     if "dae" in methods:
         loaded["dae_model"] = dae.load_dae(models / "dae.pt")[0]
     clock.lap("load")
-    maps = method_maps(rec, methods, config["maps"], subject=SUBJECT, **loaded)
-    clock.lap("maps")
+    maps = method_maps(rec, methods, config["maps"], subject=SUBJECT, device=device,
+                       lap=clock.lap, **loaded)
     volumes = working_volumes(maps, rec, methods,
                               PostprocessSettings.from_dict(config["postprocess"]))
     clock.lap("post-processing")
@@ -180,11 +194,18 @@ def stage_maps(folder: Path, run_dir: Path) -> dict:
     return {"parts": clock.parts, "methods": list(volumes)}
 
 
-def run_stage(stage: str, folder: Path, run_dir: Path, shape, seed: int, threads: int) -> None:
-    """Run one stage in this process and write its record (parts, seconds, memory) to folder."""
+def run_stage(stage: str, folder: Path, run_dir: Path, shape, seed: int, threads: int,
+              gpu: bool = False, calibrated: bool = False) -> None:
+    """Run one stage in this process and write its record (parts, seconds, memory) to folder.
+    `gpu`: on CUDA where torch sees it, as the reconstruct and anomaly_maps rules run."""
     import torch
 
     torch.set_num_threads(threads)
+    device = "cuda" if gpu and stage in ("reconstruct", "maps") and torch.cuda.is_available() \
+        else "cpu"
+    if device == "cuda":
+        torch.zeros(1, device=device)  # the context, created before the clock starts
+        torch.cuda.reset_peak_memory_stats()
     rss_after_imports = peak_rss_mb()
     started = time.perf_counter()
     if stage == "generate":
@@ -192,31 +213,34 @@ def run_stage(stage: str, folder: Path, run_dir: Path, shape, seed: int, threads
     elif stage == "preprocess":
         record = stage_preprocess(folder, run_dir)
     elif stage == "reconstruct":
-        record = stage_reconstruct(folder, run_dir)
-    elif stage == "maps":
-        record = stage_maps(folder, run_dir)
+        record = stage_reconstruct(folder, run_dir, device)
     else:
-        raise ValueError(f"unknown stage {stage!r}")
+        record = stage_maps(folder, run_dir, device, calibrated)
     record.update(
-        seconds=time.perf_counter() - started,
-        rss_after_imports_mb=rss_after_imports,
-        peak_rss_mb=peak_rss_mb(),
+        seconds=time.perf_counter() - started, device=device,
+        rss_after_imports_mb=rss_after_imports, peak_rss_mb=peak_rss_mb(),
+        gpu_peak_allocated_mib=(torch.cuda.max_memory_allocated() / 2**20
+                                if device == "cuda" else None),
     )
     (folder / f"{stage}.json").write_text(json.dumps(record, indent=1))
 
 
-def _spawn(stage, folder: Path, run_dir: Path, shape, seed: int, threads: int) -> dict:
+def _spawn(stage, folder: Path, run_dir: Path, shape, seed: int, threads: int,
+           gpu: bool = False, calibrated: bool = False) -> dict:
+    """One stage in a fresh process, like a workflow job; its record and `process_s`, the
+    seconds with interpreter start-up and imports."""
     command = [
         sys.executable, "-m", "bench.scaling", stage, "--dir", str(folder), "--run", str(run_dir),
         "--shape", *map(str, shape), "--seed", str(seed), "--threads", str(threads),
+        *(["--gpu"] if gpu else []), *(["--calibrated"] if calibrated else []),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    repo = Path(__file__).resolve().parents[1]
     started = time.perf_counter()
-    result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+    result = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], env=env,
+                            capture_output=True, text=True)
     wall = time.perf_counter() - started
     if result.returncode != 0:
-        raise RuntimeError(f"scaling stage {stage} failed:\n{result.stderr[-3000:]}")
+        raise RuntimeError(f"stage {stage} failed:\n{result.stderr[-3000:]}")
     record = json.loads((folder / f"{stage}.json").read_text())
     record["process_s"] = wall
     return record
@@ -391,9 +415,12 @@ def _parse(argv=None):
     parser.add_argument("--shape", type=int, nargs=3, required=True)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--calibrated", action="store_true")
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
     args = _parse()
-    run_stage(args.stage, args.dir, args.run, args.shape, args.seed, args.threads)
+    run_stage(args.stage, args.dir, args.run, args.shape, args.seed, args.threads, args.gpu,
+              args.calibrated)
