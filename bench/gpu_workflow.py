@@ -7,14 +7,12 @@ workflow and config), `snakemake --configfile config/gpu_workflow.yaml`: the dem
 clinical scan grids with 4 train, 2 val and 10 test subjects per cohort, every network at its
 published size, the translator cut to 1,000 steps per dataset (the config file says why;
 `--gpu-workflow-steps N` sets another budget). Beside the workflow it generates and
-preprocesses one 512 x 512 x 256 chest CT subject (bench/scaling.py's stages, CPU), and after
-it times that subject's reconstruction and maps with the trained lung models (bench/scaling.py's
-stages, which call the library functions the rules' scripts call, on the GPU where the rules
-use it). It stores the
-device, every rule's time and peak RSS, the GPU memory and utilisation seen while the
-workflow ran, the summary and relative-change tables, bootstrap intervals against every
-baseline, the translators' edge reliance and the large subject's timing, and renders them as
-the section
+preprocesses one 512 x 512 x 256 chest CT subject, and after it times that subject's
+reconstruction and maps with the trained lung models (bench/scaling.py's stages, which call the
+library functions the rules' scripts call, on the GPU where the rules use it). It stores the
+device, every rule's time and peak RSS, the GPU memory and utilisation seen while the workflow
+ran, the summary and relative-change tables (the evaluate rule's bootstrap intervals), the
+translators' edge reliance and the large subject's timing, and renders them as the section
 "Published sizes on a GPU". Budget: the command is sized for one 10-minute call on one H100
 with 16 CPU cores; the translators' share is `estimate_minutes`.
 
@@ -35,7 +33,6 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -49,7 +46,7 @@ from bench import quality, tables
 
 CONFIG = "config/gpu_workflow.yaml"
 SECTION = "gpu_workflow"
-RECORD = "bench_wall.json"
+RECORD = quality.WALL_RECORD
 SMOKE_CONFIG = "bench_cpu_smoke.yaml"
 DATASETS = ("lung_ct", "brain_t1")
 # The issue's limits: the whole command within 10 minutes of GPU time; the large subject's
@@ -147,8 +144,8 @@ def thread_plan(cores: int) -> dict[str, int]:
 
 
 def snakemake_command(cores: int, smoke: bool, steps: int | None = None) -> list[str]:
-    command = [sys.executable, "-m", "snakemake", "--cores", str(cores),
-               "--configfile", *configfiles(smoke, steps)]
+    """The arguments of `snakemake` for the run."""
+    command = ["--cores", str(cores), "--configfile", *configfiles(smoke, steps)]
     if not smoke:
         command += ["--resources", f"gpu={GPU_SLOTS}", "--set-threads",
                     *(f"{rule}={n}" for rule, n in thread_plan(cores).items())]
@@ -156,12 +153,8 @@ def snakemake_command(cores: int, smoke: bool, steps: int | None = None) -> list
 
 
 def make_workdir(repo: Path, runs_dir: Path, smoke: bool, steps: int | None = None) -> Path:
-    workdir = runs_dir / (f"{SECTION}_cpu_smoke" if smoke else SECTION)
-    workdir.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "workflow", "config"):
-        link = workdir / name
-        if not link.exists():
-            link.symlink_to(repo / name)
+    workdir = quality.linked_workdir(repo, runs_dir / (f"{SECTION}_cpu_smoke" if smoke
+                                                       else SECTION))
     if smoke:
         (workdir / SMOKE_CONFIG).write_text(yaml.safe_dump(SMOKE_OVERRIDES))
     if steps is not None:
@@ -172,9 +165,9 @@ def make_workdir(repo: Path, runs_dir: Path, smoke: bool, steps: int | None = No
 def h100_step_s(dataset: str) -> float:
     """Translator seconds per step of batch 8 at the published size on one H100 (bfloat16):
     the median of the dataset's stages in bench/measurements/translator_step.json."""
-    from bench.training_time import RECORD
+    from bench import training_time
 
-    stages = json.loads(RECORD.read_text())["stages"]
+    stages = json.loads(training_time.RECORD.read_text())["stages"]
     return statistics.median(s["step_s"] for s in stages if s["dataset"] == dataset)
 
 
@@ -302,20 +295,6 @@ class GpuSampler:
 # The workflow run and what it wrote
 
 
-def run(workdir: Path, command: list[str], sample_gpu: bool) -> dict:
-    """The whole workflow in one invocation; its wall time and GPU samples next to its
-    results."""
-    started = time.perf_counter()
-    with open(workdir / "bench_snakemake.log", "w") as out, GpuSampler() as sampler:
-        if not sample_gpu:
-            sampler.available = False
-        result = subprocess.run(command, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
-    record = {"wall_s": time.perf_counter() - started, "returncode": result.returncode,
-              "command": " ".join(command[2:]), "gpu_samples": sampler.summary()}
-    (workdir / RECORD).write_text(json.dumps(record, indent=1))
-    return record
-
-
 def training_steps(workdir: Path) -> list[dict]:
     """Steps and seconds of every network's training, from its history."""
     rows = []
@@ -329,41 +308,6 @@ def training_steps(workdir: Path) -> list[dict]:
             row["train_s"] = float(history["seconds"].sum())
             row["s_per_step"] = row["train_s"] / max(row["steps"], 1)
         rows.append(row)
-    return rows
-
-
-def baseline_intervals(workdir: Path, config: dict) -> list[dict]:
-    """Paired-bootstrap intervals of each compared method (metrics.compared_methods) against
-    every other method, at the val threshold: each test subject's tp, fp and fn there
-    (metrics/per_subject.tsv) resampled as the evaluate rule resamples them (same seed and
-    number of resamples). The workflow's relative_change.tsv has the best-threshold intervals,
-    against the best other method only: those need per-subject histograms, which it keeps in
-    no file."""
-    from arepas import metrics
-    from arepas.postprocess import base_method
-
-    resamples = int(config["evaluation"].get("bootstrap_resamples", metrics.BOOTSTRAP_RESAMPLES))
-    rows = []
-    for path in sorted(workdir.glob("results/*/metrics/per_subject.tsv")):
-        table = pd.read_csv(path, sep="\t", keep_default_na=False, na_values=[""])
-        honest = table[table["threshold_kind"] == "honest"]
-        methods = list(dict.fromkeys(honest["method"]))
-        by_method = {m: g.sort_values("subject") for m, g in honest.groupby("method")}
-        for method in metrics.compared_methods(methods):
-            own = by_method[method]
-            for other in methods:
-                if base_method(other) in metrics.COMPARED_METHODS:
-                    continue
-                theirs = by_method[other]
-                if list(theirs["subject"]) != list(own["subject"]):
-                    raise ValueError(f"{path}: {method} and {other} have other test subjects")
-                result = metrics.paired_bootstrap_change(
-                    own[["tp", "fp", "fn"]].to_dict("records"),
-                    theirs[["tp", "fp", "fn"]].to_dict("records"),
-                    n_resamples=resamples, seed=int(config["seed"]),
-                )
-                rows.append({"dataset": path.parts[-3], "method": method, "baseline": other}
-                            | result)
     return rows
 
 
@@ -439,8 +383,8 @@ def measure(repo: Path, runs_dir: Path, cores: int | None = None, smoke: bool = 
     if quality.finished(workdir) and (workdir / RECORD).exists():
         progress(f"{SECTION}: the run in {workdir} is finished; using it")
     else:
-        progress(f"{SECTION}: running {' '.join(command[2:])} in {workdir}")
-        record = run(workdir, command, sample_gpu=device["cuda"])
+        progress(f"{SECTION}: running snakemake {' '.join(command)} in {workdir}")
+        record = quality.run_workflow(workdir, command, GpuSampler() if device["cuda"] else None)
         if record["returncode"] != 0:
             prepared.result()
             raise RuntimeError(f"the run in {workdir} failed: see bench_snakemake.log there")
@@ -471,7 +415,6 @@ def measure(repo: Path, runs_dir: Path, cores: int | None = None, smoke: bool = 
                                keep_default_na=False, na_values=[""]).to_dict("records"),
         "relative_change": pd.read_csv(workdir / "results" / "relative_change.tsv",
                                        sep="\t").to_dict("records"),
-        "baseline_intervals": baseline_intervals(workdir, config),
         "edge_reliance": quality.edge_reliance_rows(workdir),
         "large_subject": large,
     }
@@ -515,34 +458,8 @@ def render_quality(data: dict) -> str:
         + tables.markdown_table(["dataset", "method", "best Dice", "Dice at val threshold",
                                  "AUPRC", "AUROC", "flag"], rows, left=2)
     )
-    label = "GPU run"
     text += "\n" + quality.render_intervals(
-        {"runs": [{"label": label, "relative_change": data["relative_change"]}]})
-    rows = [
-        [r["dataset"], r["method"], r["baseline"],
-         f"{r['own_dice']:.3f} vs {r['other_dice']:.3f}",
-         quality._percent(r["relative_change"]),
-         f"{quality._percent(r['ci_low'])} to {quality._percent(r['ci_high'])}",
-         str(r["n_subjects"])]
-        for r in sorted(data["baseline_intervals"],
-                        key=lambda r: (r["dataset"], r["method"], r["baseline"]))
-        # The raw AREPAS maps; their post-processed variants' rows stay in the measurements.
-        if not r["method"].endswith("+pp")
-    ]
-    if rows:
-        text += (
-            "\nAgainst every baseline, at the val threshold (chosen on the healthy val subjects, "
-            "so fixed for the test subjects): relative Dice change with the 95 % interval of "
-            "a paired bootstrap over the test subjects, from each subject's counts "
-            "(`results/<dataset>/metrics/per_subject.tsv`), resampled as the evaluate rule "
-            "does (its seed and resamples); the raw AREPAS maps here, the post-processed "
-            "ones' rows are in the stored measurements. At the best threshold the workflow "
-            "keeps the "
-            "intervals against the best other method only (above): the per-subject histograms "
-            "they need are in no file.\n\n"
-            + tables.markdown_table(["dataset", "method", "baseline", "Dice vs baseline",
-                                     "change", "95 % CI", "subjects"], rows, left=3)
-        )
+        {"runs": [{"label": "GPU run", "relative_change": data["relative_change"]}]})
     return text
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import yaml
 
 from bench import tables
+from bench.quality import linked_workdir
 
 SIZES = (10, 100, 1000)
 REPEATS = 3
@@ -46,12 +47,7 @@ def make_scans(folder: Path, n: int) -> list[Path]:
 
 
 def make_workdir(repo: Path, runs_dir: Path, n: int, scans: list[Path]) -> Path:
-    workdir = runs_dir / f"sheet{n}"
-    workdir.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "workflow", "config"):
-        link = workdir / name
-        if not link.exists():
-            link.symlink_to(repo / name)
+    workdir = linked_workdir(repo, runs_dir / f"sheet{n}")
     n_val = n_test = max(1, n // 10)
     splits = ["val"] * n_val + ["test"] * n_test + ["train"] * (n - n_val - n_test)
     rows = ["subject\tdataset\tsplit\timage\tlesion\troi"]

@@ -3,6 +3,7 @@ every network trained with it) in its own working directory."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import subprocess
@@ -39,19 +40,25 @@ QUALITY_EXTRA_METHODS = ("arepas_calibrated",)
 DEMO_RUN = "demo"
 
 
+def linked_workdir(repo: Path, workdir: Path) -> Path:
+    """A working directory that runs the repository's workflow (links to its Snakefile,
+    workflow and config); the run's results stay inside it."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "workflow", "config"):
+        link = workdir / name
+        if not link.exists():
+            link.symlink_to(repo / name)
+    return workdir
+
+
 def make_seed_workdir(
     repo: Path, runs_dir: Path, seed: int, test_subjects: int | None = QUALITY_TEST_SUBJECTS,
     name: str | None = None, extra_methods: tuple[str, ...] = QUALITY_EXTRA_METHODS,
 ) -> Path:
     """A working directory that runs the repository's workflow with `seed` for both the demo
     cohorts and training, with `test_subjects` per demo cohort (None: the shipped config's) and
-    `extra_methods` beside the shipped config's methods; its results stay inside it."""
-    workdir = runs_dir / (name or f"seed{seed}")
-    workdir.mkdir(parents=True, exist_ok=True)
-    for link_name in ("Snakefile", "workflow", "config"):
-        link = workdir / link_name
-        if not link.exists():
-            link.symlink_to(repo / link_name)
+    `extra_methods` beside the shipped config's methods."""
+    workdir = linked_workdir(repo, runs_dir / (name or f"seed{seed}"))
     demo: dict = {"seed": seed}
     override: dict = {"seed": seed, "demo": demo}
     shipped = yaml.safe_load((repo / "config" / "config.yaml").read_text())
@@ -67,6 +74,10 @@ def make_seed_workdir(
     return workdir
 
 
+def seed_run_args(cores: int, configfiles: list[str]) -> list[str]:
+    return ["--cores", str(cores), "--configfile", *configfiles, SEED_CONFIG]
+
+
 def demo_run(
     repo: Path, runs_dir: Path, cores: int, configfiles: list[str], progress=print
 ) -> Path:
@@ -78,34 +89,25 @@ def demo_run(
         progress(f"speed: the demo run in {workdir} is finished; using it")
         return workdir
     progress(f"speed: running the shipped demo configuration in {workdir}")
-    record = run_workflow(workdir, cores, configfiles)
+    record = run_workflow(workdir, seed_run_args(cores, configfiles))
     if record["returncode"] != 0:
         raise RuntimeError(f"the demo run in {workdir} failed: see bench_snakemake.log there")
     progress(f"speed: the demo run took {record['wall_s']:.0f} s")
     return workdir
 
 
-def run_workflow(workdir: Path, cores: int, configfiles: list[str]) -> dict:
-    """Run the whole workflow in `workdir`; record its wall time next to its results."""
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--cores",
-        str(cores),
-        "--configfile",
-        *configfiles,
-        SEED_CONFIG,
-    ]
-    log = workdir / "bench_snakemake.log"
+def run_workflow(workdir: Path, args: list[str], sampler=None) -> dict:
+    """`snakemake ARGS` in `workdir` (its output in bench_snakemake.log there), run whole; its
+    wall time, and the summary of `sampler` (a context that samples while it runs), recorded
+    next to its results."""
+    command = [sys.executable, "-m", "snakemake", *args]
     started = time.perf_counter()
-    with open(log, "w") as out:
+    with open(workdir / "bench_snakemake.log", "w") as out, sampler or contextlib.nullcontext():
         result = subprocess.run(command, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
-    record = {
-        "wall_s": time.perf_counter() - started,
-        "returncode": result.returncode,
-        "command": " ".join(command),
-    }
+    record = {"wall_s": time.perf_counter() - started, "returncode": result.returncode,
+              "command": " ".join(command[2:])}
+    if sampler is not None:
+        record["gpu_samples"] = sampler.summary()
     (workdir / WALL_RECORD).write_text(json.dumps(record, indent=1))
     return record
 
@@ -179,7 +181,7 @@ def measure(
             progress(f"quality: seed {seed} already finished in {workdir}; using it")
         else:
             progress(f"quality: running the workflow with seed {seed} in {workdir}")
-            record = run_workflow(workdir, cores, configfiles)
+            record = run_workflow(workdir, seed_run_args(cores, configfiles))
             progress(f"quality: seed {seed} ended with code {record['returncode']} "
                      f"after {record['wall_s']:.0f} s")
         runs.append({"dir": str(workdir), "seed": seed, "demo_seed": seed, "reused": False})

@@ -103,13 +103,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         "run of the quality section)",
     )
     parser.add_argument(
-        "--baseline-run",
-        type=Path,
-        default=None,
-        help="speed: another fresh clone timed by `python -m bench.fresh_clone` on the same "
-        "machine (e.g. of the commit measured last), reported beside the demo run",
-    )
-    parser.add_argument(
         "--demo-run",
         type=Path,
         default=None,
@@ -155,8 +148,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.run = args.run.resolve()
     if args.demo_run is not None:
         args.demo_run = args.demo_run.resolve()
-    if args.baseline_run is not None:
-        args.baseline_run = args.baseline_run.resolve()
     args.sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     return args
 
@@ -179,7 +170,7 @@ def measure_section(name: str, args: argparse.Namespace) -> dict:
         demo = args.demo_run or quality.demo_run(
             REPO, args.runs_dir.resolve(), args.cores, args.configfile
         )
-        return speed.measure(demo, args.baseline_run)
+        return speed.measure(demo)
     if name == "scoring":
         from bench import scoring
 
@@ -310,11 +301,10 @@ def budget_rows(sections: dict[str, dict]) -> list[list[str]]:
         clone = speed.get("fresh_clone")
         if clone:
             # The issue's budget is `make demo` on a fresh clone, its set-up included.
-            from bench.speed import baseline_text, fresh_clone_text
+            from bench.speed import fresh_clone_text
 
             span = tables.run_span_seconds(pd.DataFrame(speed["records"]))
-            text = (fresh_clone_text(clone, span)
-                    + baseline_text(clone, speed.get("baseline_clone")) + "; " + text)
+            text = fresh_clone_text(clone, span) + "; " + text
             wall = clone["total_s"]
         rows.append(["full default run (`make demo`) ≤ 15 min wall", "issues 2, 7, 12", text,
                      tables.verdict(wall, 900)])
@@ -366,11 +356,6 @@ def budget_rows(sections: dict[str, dict]) -> list[list[str]]:
             f"the stages), peak {largest['peak_mb'] / 1024:.2f} GiB",
             "pass" if ok_time == ok_memory == "pass" else "FAIL",
         ])
-    held = sections.get("heldout", {}).get("data")
-    if held:
-        from bench import heldout
-
-        rows += heldout.budget_rows(held, speed)
     return rows
 
 

@@ -14,10 +14,8 @@ from bench import fresh_clone, quality, tables
 REPO = Path(__file__).resolve().parents[1]
 
 
-def measure(run_dir: Path, baseline_run: Path | None = None) -> dict:
-    """The timed run's job records and wall time; with baseline_run (another fresh clone timed
-    by bench.fresh_clone on the same machine, e.g. of the commit last measured), its times too,
-    so that a change of the machine is not read as a change of the code."""
+def measure(run_dir: Path) -> dict:
+    """The timed run's job records and wall time."""
     records = tables.read_job_records(run_dir)
     if records.empty:
         raise FileNotFoundError(f"{run_dir} has no benchmarks/ or *_usage.tsv: not a finished run")
@@ -40,7 +38,6 @@ def measure(run_dir: Path, baseline_run: Path | None = None) -> dict:
         "disk": tables.subject_disk(run_dir),
         # Set only for a run made by bench.fresh_clone: `make demo` timed from a fresh clone.
         "fresh_clone": fresh_clone.read(run_dir),
-        "baseline_clone": fresh_clone.read(baseline_run) if baseline_run else None,
         # Kept with the numbers: the trade-off paragraph describes this configuration even
         # after the run's folder is gone.
         "config": _config_of(run_dir),
@@ -84,18 +81,6 @@ def fresh_clone_text(clone: dict, workflow_s: float) -> str:
     )
 
 
-def baseline_text(clone: dict, baseline: dict | None) -> str:
-    """The same-machine baseline's `make demo` beside the timed one ('' without a baseline)."""
-    if not baseline:
-        return ""
-    return (
-        f"; on the same machine, a fresh clone of commit {baseline['commit'][:7]} timed the "
-        f"same way ({baseline['date']}) took {baseline['total_s'] / 60:.1f} min "
-        f"({baseline['total_s']:.0f} s), so this commit's `make demo` is "
-        f"{clone['total_s'] / baseline['total_s']:.2f} × that commit's"
-    )
-
-
 def records_of(data: dict) -> pd.DataFrame:
     return pd.DataFrame(data["records"])
 
@@ -111,8 +96,7 @@ def render(data: dict) -> str:
     ]
     if data.get("fresh_clone"):
         span = tables.run_span_seconds(records)
-        lines.append(fresh_clone_text(data["fresh_clone"], span)
-                     + baseline_text(data["fresh_clone"], data.get("baseline_clone")) + ".\n")
+        lines.append(fresh_clone_text(data["fresh_clone"], span) + ".\n")
     by_rule = tables.rule_summary(records)
     rows = [
         [
