@@ -82,19 +82,11 @@ def measure(run_dir: Path, threads: int, progress=print) -> dict:
         per_slice = (time.perf_counter() - started) / len(timed)
         copies = settings.augment_copies + int(settings.augment_clean)
         steps_per_epoch = math.ceil(n_train * copies / settings.batch_size)
-        rows.append(
-            {
-                "device": device,
-                "name": torch.cuda.get_device_name(0) if on_gpu else "cpu",
-                "step_s": step_s,
-                "steps_per_epoch": steps_per_epoch,
-                "epoch_s": step_s * steps_per_epoch,
-                "inference_slices_timed": len(timed),
-                "inference_s_per_slice": per_slice,
-                "subject_slices": len(real),
-                "subject_s": per_slice * len(real),
-            }
-        )
+        rows.append({"device": device, "name": torch.cuda.get_device_name(0) if on_gpu else "cpu",
+                     "step_s": step_s, "steps_per_epoch": steps_per_epoch,
+                     "epoch_s": step_s * steps_per_epoch, "inference_slices_timed": len(timed),
+                     "inference_s_per_slice": per_slice, "subject_slices": len(real),
+                     "subject_s": per_slice * len(real)})
     return {
         "threads": threads,
         "subject": subject,
@@ -120,28 +112,15 @@ def render(data: dict) -> str:
         f"multiplied by the subject's {data['rows'][0]['subject_slices'] if data['rows'] else 0}"
         f"), torch on {data['threads']} CPU thread(s).\n"
     ]
-    rows = [
-        [
-            r["device"],
-            r["name"],
-            tables.number(r["step_s"], "{:.2f}"),
-            r["steps_per_epoch"],
-            tables.number(r["epoch_s"] / 60, "{:.1f}"),
-            tables.number(r["inference_s_per_slice"], "{:.3f}"),
-            tables.number(r["subject_s"], "{:.1f}"),
-        ]
-        for r in data["rows"]
-    ]
+    rows = [[r["device"], r["name"], tables.number(r["step_s"], "{:.2f}"), r["steps_per_epoch"],
+             tables.number(r["epoch_s"] / 60, "{:.1f}"),
+             tables.number(r["inference_s_per_slice"], "{:.3f}"),
+             tables.number(r["subject_s"], "{:.1f}")] for r in data["rows"]]
     if not data["cuda"]:
         rows.append(["cuda", "not measured: no CUDA device on this machine", "", "", "", "", ""])
-    lines.append(
-        tables.markdown_table(
-            ["device", "name", "s/step", "steps/epoch", "min/epoch", "inference s/slice",
-             "s/subject"],
-            rows,
-            left=2,
-        )
-    )
+    lines.append(tables.markdown_table(
+        ["device", "name", "s/step", "steps/epoch", "min/epoch", "inference s/slice",
+         "s/subject"], rows, left=2))
     if not data["cuda"]:
         lines.append(
             "The GPU rows are not measured here. On a machine with CUDA, `make bench` (or "

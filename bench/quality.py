@@ -236,23 +236,15 @@ EDGE_RELIANCE_TARGET = 0.7
 
 def render_edge_reliance(data: dict) -> str:
     """Edge reliance of every run's translators, mean ± sd over runs per dataset."""
-    records = [
-        {**row, "run": run["label"]}
-        for run in data["runs"]
-        for row in run.get("edge_reliance", [])
-    ]
+    records = [{**row, "run": run["label"]} for run in data["runs"]
+               for row in run.get("edge_reliance", [])]
     if not records:
         return "No run reported its translators' edge reliance.\n"
     frame = pd.DataFrame(records)
-    columns = [
-        ("l1_own_edges", "L1 own edges"),
-        ("l1_other_edges", "L1 other subject's edges"),
-        ("l1_mean_image", "L1 training mean image"),
-        ("l1_roi_mean", "L1 ROI mean"),
-        ("own_over_other", "own / other"),
-        ("own_over_mean_image", "own / mean image"),
-        ("pearson_own", "correlation"),
-    ]
+    columns = [("l1_own_edges", "L1 own edges"), ("l1_other_edges", "L1 other subject's edges"),
+               ("l1_mean_image", "L1 training mean image"), ("l1_roi_mean", "L1 ROI mean"),
+               ("own_over_other", "own / other"), ("own_over_mean_image", "own / mean image"),
+               ("pearson_own", "correlation")]
     rows = []
     for dataset, group in frame.groupby("dataset", sort=True):
         cells = [dataset, len(group)]
@@ -280,10 +272,7 @@ def render_edge_reliance(data: dict) -> str:
         f"{EDGE_RELIANCE_TARGET} × mean image.\n\n"
     )
     text += tables.markdown_table(
-        ["dataset", "runs", *(title for _, title in columns), "runs meeting the target"],
-        rows,
-        left=1,
-    )
+        ["dataset", "runs", *(title for _, title in columns), "runs meeting the target"], rows)
     return text + render_fine_detail(frame)
 
 
@@ -315,9 +304,7 @@ def render_fine_detail(frame: pd.DataFrame) -> str:
     return text + tables.markdown_table(
         ["dataset", "runs", "detail own edges", "detail other subject's edges",
          "detail training mean image", "detail slice blurred", "own above both references"],
-        rows,
-        left=1,
-    )
+        rows)
 
 
 def _unique_label(label: str, taken) -> str:
@@ -340,27 +327,16 @@ def render(data: dict) -> str:
         "Values are mean ± sd over the runs (sd with ddof 1; a single run shows its value)."
     )
     lines.append("")
-    run_rows = []
-    for run in data["runs"]:
-        run_rows.append(
-            [
-                run["label"],
-                run["status"],
-                "--reuse" if run["reused"] else "seed run",
-                tables.number(run["wall_s"] / 60, "{:.1f}") if run["status"] == "finished" else "",
-                tables.number(run.get("translator_s", float("nan")) / 60, "{:.1f}"),
-                run.get("wall_source", ""),
-                f"`{run['dir']}`",
-            ]
-        )
-    lines.append(
-        tables.markdown_table(
-            ["run", "status", "origin", "wall min", "translator training min", "wall time from",
-             "directory"],
-            run_rows,
-            align="lllrrll",
-        )
-    )
+    run_rows = [
+        [run["label"], run["status"], "--reuse" if run["reused"] else "seed run",
+         tables.number(run["wall_s"] / 60, "{:.1f}") if run["status"] == "finished" else "",
+         tables.number(run.get("translator_s", float("nan")) / 60, "{:.1f}"),
+         run.get("wall_source", ""), f"`{run['dir']}`"]
+        for run in data["runs"]
+    ]
+    lines.append(tables.markdown_table(
+        ["run", "status", "origin", "wall min", "translator training min", "wall time from",
+         "directory"], run_rows, align="lllrrll"))
     for run in data["runs"]:
         if run["status"] == "failed":
             lines.append(f"Run {run['label']} failed; the end of its log:\n")
@@ -371,20 +347,13 @@ def render(data: dict) -> str:
 
     aggregate = tables.aggregate_quality(summaries)
     header = ["dataset", "method", *tables.QUALITY_METRICS.values(), "runs", "flagged runs"]
-    rows = []
-    for row in aggregate.itertuples():
-        rows.append(
-            [
-                row.dataset,
-                row.method,
-                *(
-                    tables.mean_sd(getattr(row, f"{m}_mean"), getattr(row, f"{m}_sd"))
-                    for m in tables.QUALITY_METRICS
-                ),
-                row.runs,
-                getattr(row, "flagged_runs", 0),
-            ]
-        )
+    rows = [
+        [row.dataset, row.method,
+         *(tables.mean_sd(getattr(row, f"{m}_mean"), getattr(row, f"{m}_sd"))
+           for m in tables.QUALITY_METRICS),
+         row.runs, getattr(row, "flagged_runs", 0)]
+        for row in aggregate.itertuples()
+    ]
     lines.append(tables.markdown_table(header, rows, left=2))
     lines.append(
         "Best Dice: at the threshold that maximises the pooled test Dice (an upper bound). "
@@ -424,46 +393,26 @@ def render(data: dict) -> str:
                 for r in group.itertuples()
             )
             published = PUBLISHED_RELATIVE_DICE.get(dataset)
-            rows.append(
-                [
-                    dataset,
-                    method,
-                    tables.QUALITY_METRICS[column],
-                    tables.mean_sd(mean, sd, percent=True),
-                    per_run,
-                    f"{100 * published:+.1f} %"
-                    if published is not None and method == "arepas"
-                    else "",
-                ]
-            )
-        lines.append(
-            tables.markdown_table(
-                ["dataset", "method", "Dice", "relative change (mean ± sd)", "per run", "paper"],
-                rows,
-                align="lllrlr",
-            )
-        )
+            rows.append([dataset, method, tables.QUALITY_METRICS[column],
+                         tables.mean_sd(mean, sd, percent=True), per_run,
+                         f"{100 * published:+.1f} %"
+                         if published is not None and method == "arepas" else ""])
+        lines.append(tables.markdown_table(
+            ["dataset", "method", "Dice", "relative change (mean ± sd)", "per run", "paper"],
+            rows, align="lllrlr"))
     return "\n".join(lines)
 
 
 def render_intervals(data: dict) -> str:
     """Per run: each compared method's relative Dice change over the best other method of that
     run, with the run's 95 % paired-bootstrap interval over its test subjects."""
-    rows = []
-    for run in data["runs"]:
-        for r in run.get("relative_change", []):
-            rows.append(
-                [
-                    r["dataset"],
-                    r["method"],
-                    "best" if r["threshold_kind"] == "best" else "val threshold",
-                    run["label"],
-                    f"{r['own_dice']:.3f} vs {r['other_dice']:.3f} ({r['best_other']})",
-                    _percent(r["relative_change"]),
-                    f"{_percent(r['ci_low'])} to {_percent(r['ci_high'])}",
-                    str(r["n_subjects"]),
-                ]
-            )
+    rows = [
+        [r["dataset"], r["method"], "best" if r["threshold_kind"] == "best" else "val threshold",
+         run["label"], f"{r['own_dice']:.3f} vs {r['other_dice']:.3f} ({r['best_other']})",
+         _percent(r["relative_change"]), f"{_percent(r['ci_low'])} to {_percent(r['ci_high'])}",
+         str(r["n_subjects"])]
+        for run in data["runs"] for r in run.get("relative_change", [])
+    ]
     if not rows:
         return "No run recorded bootstrap intervals (runs before they existed).\n"
     rows.sort(key=lambda row: (row[0], row[1], row[2], row[3]))

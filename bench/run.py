@@ -75,40 +75,23 @@ SIZES = ("base_channels", "n_blocks", "disc_channels", "lr", "epochs")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench",
-        description="Measure the workflow on this machine and write BENCHMARKS.md.",
-    )
-    parser.add_argument(
-        "--only",
-        default=",".join(s for s in SECTIONS if s not in ON_REQUEST),
-        help=f"comma-separated sections to measure now, of {', '.join(SECTIONS)}; the others "
-        "keep their last stored numbers ('none' only rewrites the report)",
-    )
+    parser = argparse.ArgumentParser(prog="python -m bench", description="Measure the "
+                                     "workflow on this machine and write BENCHMARKS.md.")
+    parser.add_argument("--only", default=",".join(s for s in SECTIONS if s not in ON_REQUEST),
+                        help=f"comma-separated sections to measure now, of {', '.join(SECTIONS)};"
+                        " the others keep their last stored numbers ('none' only rewrites the "
+                        "report)")
     parser.add_argument("--seeds", type=int, default=3, help="quality: number of seeds (runs)")
-    parser.add_argument(
-        "--reuse",
-        type=Path,
-        action="append",
-        default=[],
-        help="quality: a finished run's directory whose results/summary.tsv counts as its seed's "
-        "run (repeatable)",
-    )
-    parser.add_argument(
-        "--run",
-        type=Path,
-        default=None,
-        help="finished run whose records and models the other sections use (default: the "
-        "first --reuse, else the repository root if it holds a finished run, else the seed 0 "
-        "run of the quality section)",
-    )
-    parser.add_argument(
-        "--demo-run",
-        type=Path,
-        default=None,
-        help="speed: a finished, timed run of the shipped demo configuration (default: run it "
-        "in RUNS_DIR/demo, alone on the machine)",
-    )
+    parser.add_argument("--reuse", type=Path, action="append", default=[],
+                        help="quality: a finished run's directory whose results/summary.tsv "
+                        "counts as its seed's run (repeatable)")
+    parser.add_argument("--run", type=Path, default=None,
+                        help="finished run whose records and models the other sections use "
+                        "(default: the first --reuse, else the repository root if it holds a "
+                        "finished run, else the seed 0 run of the quality section)")
+    parser.add_argument("--demo-run", type=Path, default=None,
+                        help="speed: a finished, timed run of the shipped demo configuration "
+                        "(default: run it in RUNS_DIR/demo, alone on the machine)")
     parser.add_argument("--runs-dir", type=Path, default=REPO / "results" / "bench",
                         help="quality: where new seed runs get their working directories")
     parser.add_argument("--configfile", action="append", default=[],
@@ -161,57 +144,32 @@ def parse_size(text: str) -> tuple[int, int, int]:
 
 
 def measure_section(name: str, args: argparse.Namespace) -> dict:
-    if name == "quality":
-        return quality.measure(REPO, args.reuse, range(args.seeds), args.runs_dir.resolve(),
-                               args.cores, args.configfile)
-    if name == "speed":
-        from bench import speed
+    import importlib
 
-        demo = args.demo_run or quality.demo_run(
-            REPO, args.runs_dir.resolve(), args.cores, args.configfile
-        )
-        return speed.measure(demo)
-    if name == "scoring":
-        from bench import scoring
-
-        return scoring.measure(args.run, args.threads)
-    if name == "scaling":
-        from bench import scaling
-
-        return scaling.measure(args.run, args.sizes, args.threads, scratch=args.scratch)
-    if name == "gpu":
-        from bench import gpu
-
-        return gpu.measure(args.run, args.threads)
-    if name == "heldout":
-        from bench import heldout
-
-        return heldout.measure(REPO, args.reuse, args.runs_dir.resolve(), args.cores,
-                               args.configfile)
-    if name == "parse":
-        from bench import parse
-
-        return parse.measure(REPO, args.runs_dir.resolve() / "parse")
-    if name == "published_sizes":
-        from bench import published_sizes
-
-        return published_sizes.measure(REPO, args.runs_dir.resolve(), args.cores)
-    if name == "gpu_workflow":
-        from bench import gpu_workflow
-
-        if args.gpu_workflow_cpu_smoke and args.results_dir.resolve() == (
-            REPO / "bench" / "measurements"
-        ).resolve():
-            raise SystemExit("gpu_workflow: the CPU smoke is no measurement; give it "
-                             "--results-dir and --output outside the repository's")
-        return gpu_workflow.measure(REPO, args.runs_dir.resolve(), args.gpu_workflow_cores,
-                                    smoke=args.gpu_workflow_cpu_smoke,
-                                    steps=args.gpu_workflow_steps)
-    if name == "training_memory":
-        from bench import training_memory
-
-        return training_memory.measure(scratch=args.scratch)
-    raise ValueError(name)
+    module = importlib.import_module(f"bench.{name}")
+    runs = args.runs_dir.resolve()
+    if name == "gpu_workflow" and args.gpu_workflow_cpu_smoke \
+            and args.results_dir.resolve() == (REPO / "bench" / "measurements").resolve():
+        raise SystemExit("gpu_workflow: the CPU smoke is no measurement; give it "
+                         "--results-dir and --output outside the repository's")
+    calls = {
+        "quality": lambda: module.measure(REPO, args.reuse, range(args.seeds), runs, args.cores,
+                                          args.configfile),
+        "speed": lambda: module.measure(
+            args.demo_run or quality.demo_run(REPO, runs, args.cores, args.configfile)),
+        "scoring": lambda: module.measure(args.run, args.threads),
+        "scaling": lambda: module.measure(args.run, args.sizes, args.threads,
+                                          scratch=args.scratch),
+        "gpu": lambda: module.measure(args.run, args.threads),
+        "heldout": lambda: module.measure(REPO, args.reuse, runs, args.cores, args.configfile),
+        "parse": lambda: module.measure(REPO, runs / "parse"),
+        "published_sizes": lambda: module.measure(REPO, runs, args.cores),
+        "gpu_workflow": lambda: module.measure(REPO, runs, args.gpu_workflow_cores,
+                                               smoke=args.gpu_workflow_cpu_smoke,
+                                               steps=args.gpu_workflow_steps),
+        "training_memory": lambda: module.measure(scratch=args.scratch),
+    }
+    return calls[name]()
 
 
 def save_section(results_dir: Path, name: str, data: dict) -> None:
@@ -224,12 +182,8 @@ def save_section(results_dir: Path, name: str, data: dict) -> None:
 
 
 def load_sections(results_dir: Path) -> dict[str, dict]:
-    found = {}
-    for name in SECTIONS:
-        path = results_dir / f"{name}.json"
-        if path.exists():
-            found[name] = json.loads(path.read_text())
-    return found
+    paths = {name: results_dir / f"{name}.json" for name in SECTIONS}
+    return {name: json.loads(path.read_text()) for name, path in paths.items() if path.exists()}
 
 
 def _json_default(value):
@@ -246,11 +200,8 @@ def _json_default(value):
 
 def quality_test_subjects(quality: dict) -> str:
     """'10 test subjects per cohort' from the subjects of the quality runs' bootstrap intervals."""
-    counts = {
-        int(row["n_subjects"])
-        for run in quality["runs"]
-        for row in run.get("relative_change", [])
-    }
+    counts = {int(row["n_subjects"]) for run in quality["runs"]
+              for row in run.get("relative_change", [])}
     if len(counts) == 1:
         return f"{counts.pop()} test subjects per cohort"
     return "other cohort sizes"
@@ -280,24 +231,19 @@ def budget_rows(sections: dict[str, dict]) -> list[list[str]]:
         text = f"{total / 60:.1f} min ({len(translator)} jobs)"
         seeds = [r["translator_s"] / 60 for r in finished if "translator_s" in r]
         if len(seeds) > 1:
-            text += (
-                f"; quality runs (same training) "
-                f"{tables.mean_sd(*tables.mean_and_sd(seeds), digits=1)} min"
-            )
+            text += ("; quality runs (same training) "
+                     f"{tables.mean_sd(*tables.mean_and_sd(seeds), digits=1)} min")
         rows.append(["translator training, both datasets ≤ 8 min", "issue 3", text,
                      tables.verdict(total, 480)])
         wall = speed["wall_s"]
         text = f"{wall / 60:.1f} min ({speed['wall_source']})"
         # Only runs timed whole: a run updated in several invocations has no single wall time.
-        walls = [r["wall_s"] / 60 for r in finished
-                 if r.get("wall_source") == TIMED_WHOLE]
+        walls = [r["wall_s"] / 60 for r in finished if r.get("wall_source") == TIMED_WHOLE]
         if len(walls) > 1:
             # The quality runs map more test subjects and may share the machine: not the demo.
-            text += (
-                f"; quality runs ({quality_test_subjects(quality)}, not timed alone) "
-                f"{tables.mean_sd(*tables.mean_and_sd(walls), digits=1)} min, "
-                f"longest {max(walls):.1f}"
-            )
+            text += (f"; quality runs ({quality_test_subjects(quality)}, not timed alone) "
+                     f"{tables.mean_sd(*tables.mean_and_sd(walls), digits=1)} min, "
+                     f"longest {max(walls):.1f}")
         clone = speed.get("fresh_clone")
         if clone:
             # The issue's budget is `make demo` on a fresh clone, its set-up included.

@@ -270,42 +270,31 @@ def summarise(data: dict) -> dict:
     """Totals, growth exponents and the memory extrapolation from the measured sizes."""
     sizes = data["sizes"]
     voxels = [s["voxels"] for s in sizes]
-    out: dict = {"per_size": []}
-    for s in sizes:
-        out["per_size"].append(
-            {
-                "shape": s["shape"],
-                "voxels": s["voxels"],
-                "seconds": sum(s[k]["seconds"] for k in STAGES),
-                "process_s": sum(s[k]["process_s"] for k in STAGES),
-                "peak_mb": max(s[k]["peak_rss_mb"] for k in STAGES),
-            }
-        )
-    if len(sizes) >= 2:
-        out["exponents"] = {
-            k: tables.power_law_exponent(voxels, [s[k]["seconds"] for s in sizes])
-            for k in STAGES
-        }
-        out["exponents"]["total"] = tables.power_law_exponent(
-            voxels, [p["seconds"] for p in out["per_size"]]
-        )
-        # Fixed costs dominate small grids; the two largest show the growth that matters.
-        top = sorted(range(len(sizes)), key=lambda i: voxels[i])[-2:]
-        out["exponents_largest"] = {
-            k: tables.power_law_exponent([voxels[i] for i in top],
-                                         [sizes[i][k]["seconds"] for i in top])
-            for k in STAGES
-        }
-        out["exponents_largest"]["total"] = tables.power_law_exponent(
-            [voxels[i] for i in top], [out["per_size"][i]["seconds"] for i in top]
-        )
-        peak_bytes = [p["peak_mb"] * 1024**2 for p in out["per_size"]]
-        intercept, slope = tables.linear_fit(voxels, peak_bytes)
-        out["memory_intercept_mb"] = intercept / 1024**2
-        out["memory_bytes_per_voxel"] = slope
-        out["max_voxels_24gib"] = tables.largest_fitting_voxels(
-            voxels, peak_bytes, MEMORY_LIMIT_GIB * tables.GIB
-        )
+    out: dict = {"per_size": [
+        {"shape": s["shape"], "voxels": s["voxels"],
+         "seconds": sum(s[k]["seconds"] for k in STAGES),
+         "process_s": sum(s[k]["process_s"] for k in STAGES),
+         "peak_mb": max(s[k]["peak_rss_mb"] for k in STAGES)}
+        for s in sizes
+    ]}
+    if len(sizes) < 2:
+        return out
+    seconds = {**{k: [s[k]["seconds"] for s in sizes] for k in STAGES},
+               "total": [p["seconds"] for p in out["per_size"]]}
+    out["exponents"] = {k: tables.power_law_exponent(voxels, v) for k, v in seconds.items()}
+    # Fixed costs dominate small grids; the two largest show the growth that matters.
+    top = sorted(range(len(sizes)), key=lambda i: voxels[i])[-2:]
+    out["exponents_largest"] = {
+        k: tables.power_law_exponent([voxels[i] for i in top], [v[i] for i in top])
+        for k, v in seconds.items()
+    }
+    peak_bytes = [p["peak_mb"] * 1024**2 for p in out["per_size"]]
+    intercept, slope = tables.linear_fit(voxels, peak_bytes)
+    out["memory_intercept_mb"] = intercept / 1024**2
+    out["memory_bytes_per_voxel"] = slope
+    out["max_voxels_24gib"] = tables.largest_fitting_voxels(
+        voxels, peak_bytes, MEMORY_LIMIT_GIB * tables.GIB
+    )
     return out
 
 
@@ -328,52 +317,25 @@ def render(data: dict) -> str:
         spacing = "×".join(f"{v:g}" for v in s["generate"]["spacing_mm"])
         for stage in STAGES:
             record = s[stage]
-            parts = ", ".join(f"{k} {v:.1f}" for k, v in record["parts"].items())
-            rows.append(
-                [
-                    shape if stage == STAGES[0] else "",
-                    spacing if stage == STAGES[0] else "",
-                    stage,
-                    tables.number(record["seconds"]),
-                    tables.number(record["process_s"]),
-                    tables.number(record["peak_rss_mb"], "{:.0f}"),
-                    parts,
-                ]
-            )
-    lines.append(
-        tables.markdown_table(
-            ["native grid", "mm", "stage", "s", "s with start-up", "peak RSS MB", "parts (s)"],
-            rows,
-            align="lllrrrl",
-        )
-    )
-    rows = []
-    for p, s in zip(summary["per_size"], data["sizes"], strict=True):
-        rows.append(
-            [
-                "×".join(map(str, p["shape"])),
-                f"{p['voxels'] / 1e6:.1f} M",
-                tables.number(p["seconds"]),
-                tables.number(p["process_s"]),
-                tables.number(p["peak_mb"], "{:.0f}"),
-                tables.number(s["generate"]["seconds"]),
-                tables.number(s["generate"]["peak_rss_mb"], "{:.0f}"),
-            ]
-        )
-    lines.append(
-        tables.markdown_table(
-            [
-                "native grid",
-                "voxels",
-                "subject s",
-                "subject s with start-up",
-                "peak RSS MB (largest stage)",
-                "phantom generation s (not in the subject's time)",
-                "generation peak MB",
-            ],
-            rows,
-        )
-    )
+            first = stage == STAGES[0]
+            rows.append([shape if first else "", spacing if first else "", stage,
+                         tables.number(record["seconds"]), tables.number(record["process_s"]),
+                         tables.number(record["peak_rss_mb"], "{:.0f}"),
+                         ", ".join(f"{k} {v:.1f}" for k, v in record["parts"].items())])
+    lines.append(tables.markdown_table(
+        ["native grid", "mm", "stage", "s", "s with start-up", "peak RSS MB", "parts (s)"],
+        rows, align="lllrrrl"))
+    rows = [
+        ["×".join(map(str, p["shape"])), f"{p['voxels'] / 1e6:.1f} M",
+         tables.number(p["seconds"]), tables.number(p["process_s"]),
+         tables.number(p["peak_mb"], "{:.0f}"), tables.number(s["generate"]["seconds"]),
+         tables.number(s["generate"]["peak_rss_mb"], "{:.0f}")]
+        for p, s in zip(summary["per_size"], data["sizes"], strict=True)
+    ]
+    lines.append(tables.markdown_table(
+        ["native grid", "voxels", "subject s", "subject s with start-up",
+         "peak RSS MB (largest stage)", "phantom generation s (not in the subject's time)",
+         "generation peak MB"], rows))
     if "exponents" in summary:
         exps = summary["exponents"]
         largest = summary["exponents_largest"]
@@ -389,20 +351,16 @@ def render(data: dict) -> str:
             "grow; fixed costs make the fit over all sizes look sublinear.\n"
         )
         max_vox = summary["max_voxels_24gib"]
-        per_voxel = summary["memory_bytes_per_voxel"]
         if np.isfinite(max_vox):
-            slices = max_vox / (512 * 512)
-            fit_text = (
-                f"≈ {max_vox / 1e6:.0f} M voxels, e.g. 512 × 512 × {slices:.0f} "
-                f"(a cube of {max_vox ** (1 / 3):.0f}³)"
-            )
+            fit_text = (f"≈ {max_vox / 1e6:.0f} M voxels, e.g. 512 × 512 × "
+                        f"{max_vox / (512 * 512):.0f} (a cube of {max_vox ** (1 / 3):.0f}³)")
         else:
             fit_text = "unbounded by this fit (memory did not grow)"
         lines.append(
             f"Memory: peak RSS ≈ {summary['memory_intercept_mb']:.0f} MB + "
-            f"{per_voxel:.1f} bytes per native voxel (least-squares line through the sizes). "
-            f"Largest native volume that fits in {MEMORY_LIMIT_GIB:g} GiB, **extrapolated** "
-            f"along that line, not measured: {fit_text}.\n"
+            f"{summary['memory_bytes_per_voxel']:.1f} bytes per native voxel (least-squares "
+            f"line through the sizes). Largest native volume that fits in {MEMORY_LIMIT_GIB:g} "
+            f"GiB, **extrapolated** along that line, not measured: {fit_text}.\n"
         )
     return "\n".join(lines)
 

@@ -98,86 +98,35 @@ def render(data: dict) -> str:
         span = tables.run_span_seconds(records)
         lines.append(fresh_clone_text(data["fresh_clone"], span) + ".\n")
     by_rule = tables.rule_summary(records)
-    rows = [
-        [
-            r.rule,
-            r.jobs,
-            tables.number(r.wall_s),
-            tables.number(r.mean_s),
-            tables.number(r.max_s),
-            tables.number(r.cpu_s),
-            tables.number(r.peak_rss_mb, "{:.0f}"),
-        ]
-        for r in by_rule.itertuples()
-    ]
-    lines.append(
-        tables.markdown_table(
-            ["rule", "jobs", "wall s", "mean s/job", "longest job s", "CPU s", "peak RSS MB"],
-            rows,
-        )
-    )
+    rows = [[r.rule, r.jobs, *(tables.number(v) for v in (r.wall_s, r.mean_s, r.max_s, r.cpu_s)),
+             tables.number(r.peak_rss_mb, "{:.0f}")] for r in by_rule.itertuples()]
+    lines.append(tables.markdown_table(
+        ["rule", "jobs", "wall s", "mean s/job", "longest job s", "CPU s", "peak RSS MB"], rows))
     by_stage = tables.stage_summary(records)
-    rows = [
-        [
-            r.stage,
-            r.jobs,
-            tables.number(r.wall_s),
-            tables.number(r.busy_s),
-            tables.number(r.cpu_s),
-            tables.number(r.peak_rss_mb, "{:.0f}"),
-        ]
-        for r in by_stage.itertuples()
-    ]
-    rows.append(
-        [
-            "**whole run**",
-            len(records),
-            tables.number(records["s"].sum()),
-            tables.number(data["wall_s"]),
-            tables.number(records["cpu_time"].sum()),
-            tables.number(records["max_rss"].max(), "{:.0f}"),
-        ]
-    )
-    lines.append(
-        tables.markdown_table(
-            ["stage", "jobs", "summed job s", "busy wall s (whole run: its wall)", "CPU s",
-             "peak RSS MB"],
-            rows,
-        )
-    )
+    rows = [[r.stage, r.jobs, *(tables.number(v) for v in (r.wall_s, r.busy_s, r.cpu_s)),
+             tables.number(r.peak_rss_mb, "{:.0f}")] for r in by_stage.itertuples()]
+    rows.append(["**whole run**", len(records), tables.number(records["s"].sum()),
+                 tables.number(data["wall_s"]), tables.number(records["cpu_time"].sum()),
+                 tables.number(records["max_rss"].max(), "{:.0f}")])
+    lines.append(tables.markdown_table(
+        ["stage", "jobs", "summed job s", "busy wall s (whole run: its wall)", "CPU s",
+         "peak RSS MB"], rows))
     per_dataset = []
     for dataset, facts in data["translator"].items():
         rec = records[(records["rule"] == "reconstruct") & (records["dataset"] == dataset)]
         maps = records[(records["rule"] == "anomaly_maps") & (records["dataset"] == dataset)]
-        per_dataset.append(
-            [
-                dataset,
-                facts["epochs"],
-                facts["steps"],
-                tables.number(facts["mean_epoch_s"]),
-                tables.number(rec["s"].mean() if len(rec) else float("nan"), "{:.2f}"),
-                tables.number(maps["s"].mean() if len(maps) else float("nan"), "{:.2f}"),
-                tables.number(maps["s"].max() if len(maps) else float("nan"), "{:.2f}"),
-            ]
-        )
+        per_dataset.append([
+            dataset, facts["epochs"], facts["steps"], tables.number(facts["mean_epoch_s"]),
+            *(tables.number(v, "{:.2f}") for v in (rec["s"].mean(), maps["s"].mean(),
+                                                    maps["s"].max())),
+        ])
     if per_dataset:
         lines.append(
             "Translator training (from its history) and per-subject inference, per dataset:\n"
         )
-        lines.append(
-            tables.markdown_table(
-                [
-                    "dataset",
-                    "epochs",
-                    "generator steps",
-                    "s/epoch",
-                    "reconstruct s/subject",
-                    "maps s/subject (mean)",
-                    "maps s/subject (max)",
-                ],
-                per_dataset,
-            )
-        )
+        lines.append(tables.markdown_table(
+            ["dataset", "epochs", "generator steps", "s/epoch", "reconstruct s/subject",
+             "maps s/subject (mean)", "maps s/subject (max)"], per_dataset))
     if data.get("disk"):
         lines.append(
             "\nDisk under `results/<dataset>/` per subject of this run, by kind of file (mean "

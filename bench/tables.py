@@ -13,21 +13,9 @@ import pandas as pd
 from arepas import metrics
 
 # Pipeline order, for tables that read top to bottom like the workflow runs.
-RULE_ORDER = (
-    "make_demo",
-    "prepare_template",
-    "preprocess",
-    "train_translator",
-    "reconstruct",
-    "train_scorer",
-    "train_autoencoder",
-    "train_dae",
-    "anomaly_maps",
-    "evaluate",
-    "summary_table",
-    "subject_figure",
-    "dataset_figures",
-)
+RULE_ORDER = ("make_demo", "prepare_template", "preprocess", "train_translator", "reconstruct",
+              "train_scorer", "train_autoencoder", "train_dae", "anomaly_maps", "evaluate",
+              "summary_table", "subject_figure", "dataset_figures")
 
 STAGES = {
     "demo + preprocessing": ("make_demo", "prepare_template", "preprocess"),
@@ -36,13 +24,8 @@ STAGES = {
     "evaluation + figures": ("evaluate", "summary_table", "subject_figure", "dataset_figures"),
 }
 
-QUALITY_METRICS = {
-    "best_dice": "best Dice",
-    "honest_dice": "Dice at val threshold",
-    "honest_over_best": "val thr. ÷ best",
-    "auprc": "AUPRC",
-    "auroc": "AUROC",
-}
+QUALITY_METRICS = {"best_dice": "best Dice", "honest_dice": "Dice at val threshold",
+                   "honest_over_best": "val thr. ÷ best", "auprc": "AUPRC", "auroc": "AUROC"}
 
 GIB = 1024**3
 
@@ -93,17 +76,8 @@ def _record(path: Path, rule: str, dataset: str, job: str) -> dict:
     cpu = float(table["cpu_time"].mean()) if "cpu_time" in table else float("nan")
     rss = float(table["max_rss"].max()) if "max_rss" in table else float("nan")
     end = path.stat().st_mtime
-    return {
-        "rule": rule,
-        "dataset": dataset,
-        "job": job,
-        "s": seconds,
-        "cpu_time": cpu,
-        "max_rss": rss,
-        "start": end - seconds,
-        "end": end,
-        "source": str(path),
-    }
+    return {"rule": rule, "dataset": dataset, "job": job, "s": seconds, "cpu_time": cpu,
+            "max_rss": rss, "start": end - seconds, "end": end, "source": str(path)}
 
 
 def busy_seconds(starts: Iterable[float], ends: Iterable[float]) -> float:
@@ -130,19 +104,10 @@ def _order_key(rule: str) -> tuple[int, str]:
 
 def rule_summary(records: pd.DataFrame) -> pd.DataFrame:
     """Per rule: jobs, summed / mean / longest job wall s, summed CPU s, peak RSS (MB)."""
-    rows = []
-    for rule, group in records.groupby("rule"):
-        rows.append(
-            {
-                "rule": rule,
-                "jobs": len(group),
-                "wall_s": group["s"].sum(),
-                "mean_s": group["s"].mean(),
-                "max_s": group["s"].max(),
-                "cpu_s": group["cpu_time"].sum(),
-                "peak_rss_mb": group["max_rss"].max(),
-            }
-        )
+    rows = [{"rule": rule, "jobs": len(group), "wall_s": group["s"].sum(),
+             "mean_s": group["s"].mean(), "max_s": group["s"].max(),
+             "cpu_s": group["cpu_time"].sum(), "peak_rss_mb": group["max_rss"].max()}
+            for rule, group in records.groupby("rule")]
     table = pd.DataFrame(
         rows, columns=["rule", "jobs", "wall_s", "mean_s", "max_s", "cpu_s", "peak_rss_mb"]
     )
@@ -162,16 +127,9 @@ def stage_summary(records: pd.DataFrame, stages: dict[str, Sequence[str]] = STAG
         group = records[records["rule"].isin(rules)]
         if group.empty:
             continue
-        rows.append(
-            {
-                "stage": name,
-                "jobs": len(group),
-                "wall_s": group["s"].sum(),
-                "busy_s": busy_seconds(group["start"], group["end"]),
-                "cpu_s": group["cpu_time"].sum(),
-                "peak_rss_mb": group["max_rss"].max(),
-            }
-        )
+        rows.append({"stage": name, "jobs": len(group), "wall_s": group["s"].sum(),
+                     "busy_s": busy_seconds(group["start"], group["end"]),
+                     "cpu_s": group["cpu_time"].sum(), "peak_rss_mb": group["max_rss"].max()})
     return pd.DataFrame(rows, columns=["stage", "jobs", "wall_s", "busy_s", "cpu_s", "peak_rss_mb"])
 
 
@@ -227,36 +185,17 @@ def relative_changes(
     """Per run, dataset and Dice column: `method`'s relative change over the best other method
     (`arepas.metrics.relative_dice_change`) and which method that was; the `arepas` column holds
     `method`'s own Dice."""
-    rows = []
-    for label, table in tables.items():
-        for column in columns:
-            change = metrics.relative_dice_change(table, method, column)
-            for row in change.itertuples():
-                rows.append(
-                    {
-                        "run": label,
-                        "method": method,
-                        "column": column,
-                        "dataset": row.dataset,
-                        "arepas": getattr(row, column),
-                        "best_other": row.best_other,
-                        "best_other_value": getattr(row, f"best_other_{column}"),
-                        "relative_change": row.relative_change,
-                    }
-                )
-    return pd.DataFrame(
-        rows,
-        columns=[
-            "run",
-            "method",
-            "column",
-            "dataset",
-            "arepas",
-            "best_other",
-            "best_other_value",
-            "relative_change",
-        ],
-    )
+    rows = [
+        {"run": label, "method": method, "column": column, "dataset": row.dataset,
+         "arepas": getattr(row, column), "best_other": row.best_other,
+         "best_other_value": getattr(row, f"best_other_{column}"),
+         "relative_change": row.relative_change}
+        for label, table in tables.items()
+        for column in columns
+        for row in metrics.relative_dice_change(table, method, column).itertuples()
+    ]
+    return pd.DataFrame(rows, columns=["run", "method", "column", "dataset", "arepas",
+                                       "best_other", "best_other_value", "relative_change"])
 
 
 def mean_and_sd(values: Iterable[float]) -> tuple[float, float]:
