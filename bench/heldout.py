@@ -43,31 +43,21 @@ def target_rows(data: dict) -> list[list]:
         if run["status"] != "finished":
             continue
         summary = pd.DataFrame(data["summaries"][run["label"]])
-        ratios = {
-            (r.dataset, r.method): float(r.honest_over_best) for r in summary.itertuples()
-        }
+        ratios = {(r.dataset, r.method): float(r.honest_over_best) for r in summary.itertuples()}
         for change in run.get("relative_change", []):
             if change["threshold_kind"] != "best" or change["method"] not in JUDGED:
                 continue
             ratio = ratios.get((change["dataset"], change["method"]), float("nan"))
-            gain_met = (
-                change["relative_change"] >= TARGET_GAIN and change["ci_low"] > 0.0
-            )
-            met = gain_met and ratio >= TARGET_VAL_RATIO
-            rows.append(
-                [
-                    change["dataset"],
-                    change["method"],
-                    run["label"],
-                    f"{change['own_dice']:.3f} vs {change['other_dice']:.3f} "
-                    f"({change['best_other']})",
-                    quality._percent(change["relative_change"]),
-                    f"{quality._percent(change['ci_low'])} to "
-                    f"{quality._percent(change['ci_high'])}",
-                    tables.number(ratio, "{:.2f}"),
-                    "met" if met else "missed",
-                ]
-            )
+            met = (change["relative_change"] >= TARGET_GAIN and change["ci_low"] > 0.0
+                   and ratio >= TARGET_VAL_RATIO)
+            rows.append([
+                change["dataset"], change["method"], run["label"],
+                f"{change['own_dice']:.3f} vs {change['other_dice']:.3f} "
+                f"({change['best_other']})",
+                quality._percent(change["relative_change"]),
+                f"{quality._percent(change['ci_low'])} to {quality._percent(change['ci_high'])}",
+                tables.number(ratio, "{:.2f}"), "met" if met else "missed",
+            ])
     rows.sort(key=lambda row: (row[0], JUDGED.index(row[1]), row[2]))
     return rows
 
@@ -106,10 +96,8 @@ def shortfall_text(data: dict) -> str:
 
 def render(data: dict) -> str:
     lines = [
-        "Demo seeds "
-        + ", ".join(str(s) for s in HELDOUT_SEEDS)
-        + " were never used while the defaults and the patch-scoring variants were chosen "
-        "(seeds 0-2, section 1). Each run generates both demo cohorts and trains every network "
+        f"Demo seeds {', '.join(str(s) for s in HELDOUT_SEEDS)} were never used while the "
+        "defaults and the patch-scoring variants were chosen (seeds 0-2, section 1). Each run generates both demo cohorts and trains every network "
         "with its seed, exactly as a quality run. Run once with the final configuration; the "
         "numbers stand as measured.\n",
         quality.render(data),
@@ -123,14 +111,9 @@ def render(data: dict) -> str:
     ]
     rows = target_rows(data)
     if rows:
-        lines.append(
-            tables.markdown_table(
-                ["dataset", "method", "run", "best Dice vs best other", "change", "95 % CI",
-                 "val thr. ÷ best", "target"],
-                rows,
-                left=4,
-            )
-        )
+        lines.append(tables.markdown_table(
+            ["dataset", "method", "run", "best Dice vs best other", "change", "95 % CI",
+             "val thr. ÷ best", "target"], rows, left=4))
         named = [r for r in rows if r[1].startswith(CALIBRATED_METHOD)]
         met = sum(r[-1] == "met" for r in named)
         lines.append(

@@ -30,12 +30,8 @@ def subject_slices(workdir: Path) -> dict[str, int]:
 
 def training_steps(workdir: Path) -> dict[str, dict[str, int]]:
     steps: dict[str, dict[str, int]] = {}
-    for path in sorted(workdir.glob("results/*/models/*_history.tsv")):
-        history = pd.read_csv(path, sep="\t")
-        column = "step" if "step" in history else None
-        if column:
-            name = path.name.removesuffix("_history.tsv")
-            steps.setdefault(path.parts[-3], {})[name] = int(history[column].max())
+    for row in tables.training_histories(workdir):
+        steps.setdefault(row["dataset"], {})[row["network"]] = row["steps"]
     return steps
 
 
@@ -66,7 +62,7 @@ def render(data: dict) -> str:
     records = pd.DataFrame(data["records"])
     slices = data["slices"]
     rows = []
-    for (rule, dataset), group in records.groupby(["rule", "dataset"], sort=False):
+    for rule, dataset, group in tables.rule_dataset_groups(records):
         per_subject = rule in PER_SUBJECT and dataset in {k.split("/")[0] for k in slices}
         seconds_per_slice = ""
         if per_subject:
@@ -77,8 +73,6 @@ def render(data: dict) -> str:
             rule, dataset or "—", str(len(group)), f"{group['s'].mean():.1f}",
             f"{group['s'].max():.1f}", seconds_per_slice, f"{group['max_rss'].max():.0f}",
         ])
-    order = {rule: k for k, rule in enumerate(tables.rule_summary(records)["rule"])}
-    rows.sort(key=lambda row: (order.get(row[0], len(order)), row[1]))
     n_slices = ", ".join(
         f"{dataset} {min(v for k, v in slices.items() if k.startswith(dataset + '/'))}-"
         f"{max(v for k, v in slices.items() if k.startswith(dataset + '/'))}"

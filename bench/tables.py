@@ -80,6 +80,30 @@ def _record(path: Path, rule: str, dataset: str, job: str) -> dict:
             "max_rss": rss, "start": end - seconds, "end": end, "source": str(path)}
 
 
+def training_histories(run_dir: str | Path) -> list[dict]:
+    """Steps, epochs and seconds of every network's training in a run, from its history."""
+    rows = []
+    for path in sorted(Path(run_dir).glob("results/*/models/*_history.tsv")):
+        history = pd.read_csv(path, sep="\t")
+        if "step" not in history or history.empty:
+            continue
+        row = {"dataset": path.parts[-3], "network": path.name.removesuffix("_history.tsv"),
+               "steps": int(history["step"].max()), "epochs": int(len(history))}
+        if "seconds" in history:
+            row["train_s"] = float(history["seconds"].sum())
+            row["s_per_step"] = row["train_s"] / max(row["steps"], 1)
+        rows.append(row)
+    return rows
+
+
+def rule_dataset_groups(records: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """(rule, dataset, its jobs) in pipeline order (rule_summary's), then by dataset."""
+    order = {rule: k for k, rule in enumerate(rule_summary(records)["rule"])}
+    groups = [(rule, dataset, group) for (rule, dataset), group
+              in records.groupby(["rule", "dataset"], sort=False)]
+    return sorted(groups, key=lambda g: (order.get(g[0], len(order)), g[1] or "—"))
+
+
 def busy_seconds(starts: Iterable[float], ends: Iterable[float]) -> float:
     """Length of the union of the intervals [start, end]: the wall time during which at least
     one of the jobs was running (parallel jobs count once, gaps not at all)."""
