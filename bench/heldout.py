@@ -97,9 +97,9 @@ def shortfall_text(data: dict) -> str:
 def render(data: dict) -> str:
     lines = [
         f"Demo seeds {', '.join(str(s) for s in HELDOUT_SEEDS)} were never used while the "
-        "defaults and the patch-scoring variants were chosen (seeds 0-2, section 1). Each run generates both demo cohorts and trains every network "
-        "with its seed, exactly as a quality run. Run once with the final configuration; the "
-        "numbers stand as measured.\n",
+        "defaults and the patch-scoring variants were chosen (seeds 0-2, section 1). Each run "
+        "generates both demo cohorts and trains every network with its seed, exactly as a "
+        "quality run. Run once with the final configuration; the numbers stand as measured.\n",
         quality.render(data),
         "",
         f"### Target of `{CALIBRATED_METHOD}` on the held-out seeds",
