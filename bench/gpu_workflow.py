@@ -203,7 +203,7 @@ def script_devices(repo: Path = REPO) -> list[dict]:
     """Which rule scripts can use a GPU, read from the scripts themselves: a training script
     picks its device with arepas.devices (the rule asks for `gpu=1`); an inference script
     takes CUDA wherever torch sees it, without asking for a GPU; the rest never touch torch's
-    devices. Notes what in a GPU script still runs on the CPU."""
+    devices."""
     rows = []
     for path in sorted((repo / "workflow" / "scripts").glob("*.py")):
         text = path.read_text()
@@ -216,7 +216,7 @@ def script_devices(repo: Path = REPO) -> list[dict]:
             device, how = "CPU", "runs a network on the CPU: its model loaded without a device"
         else:
             device, how = "CPU", "no torch device"
-        rows.append({"script": path.stem, "device": device, "how": how, "notes": ""})
+        rows.append({"script": path.stem, "device": device, "how": how})
     return rows
 
 
@@ -394,19 +394,16 @@ RULE_SCRIPTS = {"translator_figure": "training_figure", "scorer_figure": "traini
 
 def _device_of(rule: str, scripts: dict[str, dict]) -> str:
     entry = scripts.get(RULE_SCRIPTS.get(rule, rule))
-    if entry is None:
-        return "CPU (no script)"
-    return entry["device"] + (f"; {entry['notes']}" if entry["notes"] else "")
+    return "CPU (no script)" if entry is None else entry["device"]
 
 
 def render_quality(data: dict) -> str:
-    summary = pd.DataFrame(data["summary"])
-    rows = []
-    for row in summary.sort_values(["dataset", "method"]).itertuples():
-        rows.append([row.dataset, row.method, tables.number(row.best_dice, "{:.3f}"),
-                     tables.number(row.honest_dice, "{:.3f}"), tables.number(row.auprc, "{:.3f}"),
-                     tables.number(row.auroc, "{:.3f}"),
-                     str(row.flag) if isinstance(row.flag, str) and row.flag else ""])
+    summary = pd.DataFrame(data["summary"]).sort_values(["dataset", "method"])
+    rows = [[row.dataset, row.method,
+             *(tables.number(v, "{:.3f}") for v in (row.best_dice, row.honest_dice, row.auprc,
+                                                     row.auroc)),
+             str(row.flag) if isinstance(row.flag, str) and row.flag else ""]
+            for row in summary.itertuples()]
     tests = sorted({c.get("test") for c in data["counts"].values()})
     text = (
         f"Quality on the {'/'.join(map(str, tests))} test subjects per cohort "
@@ -415,23 +412,19 @@ def render_quality(data: dict) -> str:
         + tables.markdown_table(["dataset", "method", "best Dice", "Dice at val threshold",
                                  "AUPRC", "AUROC", "flag"], rows, left=2)
     )
-    text += "\n" + quality.render_intervals(
+    return text + "\n" + quality.render_intervals(
         {"runs": [{"label": "GPU run", "relative_change": data["relative_change"]}]})
-    return text
 
 
 def render_large_subject(data: dict) -> str:
     large = data["large_subject"]
     shape = "×".join(map(str, large["shape"]))
-    rows = []
-    for stage in ("preprocess", *INFERENCE_STAGES):
-        record = large[stage]
-        parts = ", ".join(f"{k} {v:.1f}" for k, v in record["parts"].items())
-        gpu = record.get("gpu_peak_allocated_mib")
-        rows.append([stage, record.get("device", "cpu"), tables.number(record["seconds"]),
-                     tables.number(record["process_s"]),
-                     tables.number(record["peak_rss_mb"], "{:.0f}"),
-                     "—" if gpu is None else f"{gpu:.0f}", parts])
+    rows = [[stage, r.get("device", "cpu"), tables.number(r["seconds"]),
+             tables.number(r["process_s"]), tables.number(r["peak_rss_mb"], "{:.0f}"),
+             "—" if r.get("gpu_peak_allocated_mib") is None
+             else f"{r['gpu_peak_allocated_mib']:.0f}",
+             ", ".join(f"{k} {v:.1f}" for k, v in r["parts"].items())]
+            for stage in ("preprocess", *INFERENCE_STAGES) for r in [large[stage]]]
     text = (
         f"\nOne {shape} chest CT subject with lesions (bench/scaling.py's phantom on its "
         f"{' × '.join(f'{v:g}' for v in (358.4, 358.4, 320.0))} mm field of view) through "
@@ -449,26 +442,22 @@ def render_large_subject(data: dict) -> str:
     total = large["inference_s"]
     parts = {f"{stage}: {k}": v for stage in INFERENCE_STAGES
              for k, v in large[stage]["parts"].items()}
-    top = sorted(parts.items(), key=lambda kv: -kv[1])[:5]
-    verdict = "within" if total <= INFERENCE_TARGET_S else "over"
-    text += (
-        f"\nInference (reconstruct + maps): {total:.1f} s in the stages, "
-        f"{large['inference_process_s']:.1f} s with start-up: {verdict} the "
-        f"{INFERENCE_TARGET_S:g} s target."
-    )
+    text += (f"\nInference (reconstruct + maps): {total:.1f} s in the stages, "
+             f"{large['inference_process_s']:.1f} s with start-up: "
+             f"{'within' if total <= INFERENCE_TARGET_S else 'over'} the "
+             f"{INFERENCE_TARGET_S:g} s target.")
     if total > INFERENCE_TARGET_S:
-        share = ", ".join(f"{name} {seconds:.1f} s ({seconds / total:.0%})"
-                          for name, seconds in top)
-        text += f" Where the time goes (the largest parts): {share}."
+        top = sorted(parts.items(), key=lambda kv: -kv[1])[:5]
+        text += " Where the time goes (the largest parts): " + ", ".join(
+            f"{name} {seconds:.1f} s ({seconds / total:.0%})" for name, seconds in top) + "."
     return text + "\n"
 
 
 def render(data: dict) -> str:
     device = data["device"]
     name = device.get("name", "no GPU (CPU smoke)")
-    counts = data["counts"]
     cohort = "; ".join(f"{d} {', '.join(f'{v} {k}' for k, v in c.items())}"
-                       for d, c in counts.items())
+                       for d, c in data["counts"].items())
     steps = ", ".join(f"{d} {t.get('max_steps')}" for d, t in data["translator"].items())
     est = data["estimate"]
     step_ms = "-".join(sorted({f"{h100_step_s(d) * 1000:.0f}" for d in DATASETS}))
@@ -499,7 +488,7 @@ def render(data: dict) -> str:
     # Which rules use the GPU.
     scripts = {row["script"]: row for row in data["script_devices"]}
     seen = data.get("training_devices") or {}
-    rows = [[row["script"], row["device"], row["how"], row["notes"]]
+    rows = [[row["script"], row["device"], row["how"]]
             for row in data["script_devices"] if row["how"] != "no torch device"]
     lines.append(
         "Where each rule runs: the training rules ask for a GPU and train on it (their logs "
@@ -509,7 +498,7 @@ def render(data: dict) -> str:
         "wherever torch sees it; the scripts below that say CPU run a network there; every "
         "other rule (demo generation, preprocessing and registration, evaluation, figures, "
         "masks) is CPU code without a network. The workflow is unchanged for this run.\n\n"
-        + tables.markdown_table(["script", "device", "how", "still on the CPU"], rows, left=4)
+        + tables.markdown_table(["script", "device", "how"], rows, left=3)
     )
     # Per-rule times.
     records = pd.DataFrame(data["records"])
@@ -535,13 +524,12 @@ def render(data: dict) -> str:
                                  "ms per step"], rows, left=2)
     )
     samples = data.get("gpu_samples")
-    memory = (
-        f"Peak GPU memory in use on the device while the workflow ran: "
-        f"{samples['peak_used_mib'] / 1024:.1f} GiB (nvidia-smi every {samples['every_s']:g} s, "
-        f"all jobs together); mean utilisation {samples['mean_utilisation']:.0f} %, the GPU "
-        f"busy in {samples['busy_fraction']:.0%} of the samples. "
-        if samples else "GPU memory was not sampled (no nvidia-smi, or no GPU). "
-    )
+    memory = (f"Peak GPU memory in use on the device while the workflow ran: "
+              f"{samples['peak_used_mib'] / 1024:.1f} GiB (nvidia-smi every "
+              f"{samples['every_s']:g} s, all jobs together); mean utilisation "
+              f"{samples['mean_utilisation']:.0f} %, the GPU busy in "
+              f"{samples['busy_fraction']:.0%} of the samples. "
+              if samples else "GPU memory was not sampled (no nvidia-smi, or no GPU). ")
     lines.append(
         "\n" + memory + "The rules record no GPU memory of their own (their usage and benchmark "
         "files hold time, CPU time and RSS): the peak allocated by torch is measured in the "

@@ -78,13 +78,11 @@ def seed_run_args(cores: int, configfiles: list[str]) -> list[str]:
     return ["--cores", str(cores), "--configfile", *configfiles, SEED_CONFIG]
 
 
-def demo_run(
-    repo: Path, runs_dir: Path, cores: int, configfiles: list[str], progress=print
-) -> Path:
+def demo_run(repo: Path, runs_dir: Path, cores: int, configfiles: list[str],
+             progress=print) -> Path:
     """The shipped demo configuration (seed 0), run and timed alone unless already finished."""
-    workdir = make_seed_workdir(
-        repo, runs_dir, 0, test_subjects=None, name=DEMO_RUN, extra_methods=()
-    )
+    workdir = make_seed_workdir(repo, runs_dir, 0, test_subjects=None, name=DEMO_RUN,
+                                extra_methods=())
     if finished(workdir) and (workdir / WALL_RECORD).exists():
         progress(f"speed: the demo run in {workdir} is finished; using it")
         return workdir
@@ -153,15 +151,8 @@ def finished(run_dir: Path) -> bool:
     return (run_dir / "results" / "summary.tsv").exists()
 
 
-def measure(
-    repo: Path,
-    reuse: list[Path],
-    seeds: Sequence[int],
-    runs_dir: Path,
-    cores: int,
-    configfiles: list[str],
-    progress=print,
-) -> dict:
+def measure(repo: Path, reuse: list[Path], seeds: Sequence[int], runs_dir: Path, cores: int,
+            configfiles: list[str], progress=print) -> dict:
     """Collect finished runs (`reuse`), run the `seeds` they lack, and return every run's summary
     table and wall time."""
     runs = []
@@ -197,25 +188,19 @@ def measure(
             records = tables.read_job_records(run_dir)
             run["translator_s"] = float(records.loc[records["rule"] == "train_translator",
                                                     "s"].sum())
-            table = pd.read_csv(run_dir / "results" / "summary.tsv", sep="\t",
-                                keep_default_na=False, na_values=[""])
-            summaries[label] = table
+            summaries[label] = pd.read_csv(run_dir / "results" / "summary.tsv", sep="\t",
+                                           keep_default_na=False, na_values=[""])
             run["edge_reliance"] = edge_reliance_rows(run_dir)
             # The run's own paired-bootstrap intervals over its test subjects (evaluate rule).
             intervals = run_dir / "results" / "relative_change.tsv"
             if intervals.exists():
                 run["relative_change"] = pd.read_csv(intervals, sep="\t").to_dict("records")
         else:
-            run["wall_s"], run["wall_source"] = float("nan"), ""
             log = run_dir / "bench_snakemake.log"
-            tail = log.read_text().splitlines()[-15:] if log.exists() else []
-            run["status"] = "failed"
-            run["log_tail"] = tail
-    return {
-        "runs": runs,
-        "summaries": {k: v.to_dict("records") for k, v in summaries.items()},
-        "configfiles": configfiles,
-    }
+            run.update(wall_s=float("nan"), wall_source="", status="failed",
+                       log_tail=log.read_text().splitlines()[-15:] if log.exists() else [])
+    return {"runs": runs, "summaries": {k: v.to_dict("records") for k, v in summaries.items()},
+            "configfiles": configfiles}
 
 
 def edge_reliance_rows(run_dir: Path) -> list[dict]:
@@ -247,16 +232,12 @@ def render_edge_reliance(data: dict) -> str:
                ("pearson_own", "correlation")]
     rows = []
     for dataset, group in frame.groupby("dataset", sort=True):
-        cells = [dataset, len(group)]
-        for column, _ in columns:
-            cells.append(tables.mean_sd(*tables.mean_and_sd(group[column].astype(float))))
+        cells = [dataset, len(group), *(tables.mean_sd(*tables.mean_and_sd(
+            group[column].astype(float))) for column, _ in columns)]
         # The mean image matches anatomy only on a template grid: on unregistered datasets the
         # target is own / other alone (runs made before the column existed are held to both).
-        registered = (
-            group["registered"].fillna(True).astype(bool)
-            if "registered" in group
-            else pd.Series(True, index=group.index)
-        )
+        registered = (group["registered"].fillna(True).astype(bool) if "registered" in group
+                      else pd.Series(True, index=group.index))
         mean_ratio = group["own_over_mean_image"].astype(float).where(registered, 0.0)
         worst = np.maximum(group["own_over_other"].astype(float), mean_ratio)
         met = int((worst <= EDGE_RELIANCE_TARGET).sum())

@@ -71,9 +71,8 @@ def stage_generate(folder: Path, shape: tuple[int, int, int], seed: int) -> dict
 
     clock = _Clock()
     spacing = tuple(f / s for f, s in zip(FIELD_OF_VIEW_MM, shape, strict=True))
-    grid_shape, affine = phantoms.native_grid(
-        np.random.default_rng(seed), FIELD_OF_VIEW_MM, spacing, "LPS"
-    )
+    grid_shape, affine = phantoms.native_grid(np.random.default_rng(seed), FIELD_OF_VIEW_MM,
+                                              spacing, "LPS")
     if tuple(grid_shape) != tuple(shape):
         raise RuntimeError(f"phantom grid {grid_shape} is not the requested {shape}")
     phantom = phantoms.lung_ct_phantom(seed, grid_shape, affine, lesions=True)
@@ -82,12 +81,8 @@ def stage_generate(folder: Path, shape: tuple[int, int, int], seed: int) -> dict
     io.save_volume(folder / "image.nii.gz", np.round(phantom.image), phantom.affine, np.int16)
     io.save_volume(folder / "lesion.nii.gz", phantom.lesion, phantom.affine, np.uint8)
     clock.lap("save")
-    return {
-        "parts": clock.parts,
-        "spacing_mm": [round(s, 3) for s in spacing],
-        "lesions": phantom.info["lesion_count"],
-        "lesion_voxels": int(phantom.lesion.sum()),
-    }
+    return {"parts": clock.parts, "spacing_mm": [round(s, 3) for s in spacing],
+            "lesions": phantom.info["lesion_count"], "lesion_voxels": int(phantom.lesion.sum())}
 
 
 def stage_preprocess(folder: Path, run_dir: Path) -> dict:
@@ -99,28 +94,20 @@ def stage_preprocess(folder: Path, run_dir: Path) -> dict:
     image, affine = io.load_volume(paths["image"], SUBJECT, "image")
     lesion = io.load_mask(paths["lesion"], SUBJECT, "lesion", image.shape, affine)
     clock.lap("load")
-    result = pipeline.preprocess_subject(
-        SUBJECT, paths, image, affine, lesion, None, settings, transform_dir=folder / "transforms"
-    )
+    result = pipeline.preprocess_subject(SUBJECT, paths, image, affine, lesion, None, settings,
+                                         transform_dir=folder / "transforms")
     clock.lap("preprocess_subject")
     w_affine = result["working_affine"]
     io.save_volume(folder / "working.nii.gz", result["working"], w_affine)
     io.save_volume(folder / "roi.nii.gz", result["roi"], w_affine, dtype=np.uint8)
     io.save_volume(folder / "roi_native.nii.gz", result["roi_native"], affine, dtype=np.uint8)
     io.save_arrays(folder / "slices.npz", **result["stack"])
-    mapping = {
-        **result["mapping"],
-        "native_shape": list(image.shape),
-        "native_affine": affine.tolist(),
-    }
-    (folder / "mapping.json").write_text(json.dumps(mapping))
+    (folder / "mapping.json").write_text(json.dumps(
+        {**result["mapping"], "native_shape": list(image.shape), "native_affine": affine.tolist()}))
     clock.lap("save")
-    return {
-        "parts": clock.parts,
-        "working_shape": list(result["working"].shape),
-        "slices": int(len(result["stack"]["indices"])),
-        "slice_size": int(result["stack"]["slices"].shape[1]),
-    }
+    return {"parts": clock.parts, "working_shape": list(result["working"].shape),
+            "slices": int(len(result["stack"]["indices"])),
+            "slice_size": int(result["stack"]["slices"].shape[1])}
 
 
 def stage_reconstruct(folder: Path, run_dir: Path, device: str = "cpu") -> dict:
@@ -133,8 +120,7 @@ def stage_reconstruct(folder: Path, run_dir: Path, device: str = "cpu") -> dict:
     clock = _Clock(device == "cuda")
     stack = io.load_arrays(folder / "slices.npz")
     model, settings, _ = translator.load_translator(
-        run_dir / "results" / DATASET / "models" / "translator.pt", device=device
-    )
+        run_dir / "results" / DATASET / "models" / "translator.pt", device=device)
     clock.lap("load")
     arrays, volume = reconstruct(stack, model, settings, device=device)
     clock.lap("reconstruct")
@@ -216,12 +202,10 @@ def run_stage(stage: str, folder: Path, run_dir: Path, shape, seed: int, threads
         record = stage_reconstruct(folder, run_dir, device)
     else:
         record = stage_maps(folder, run_dir, device, calibrated)
-    record.update(
-        seconds=time.perf_counter() - started, device=device,
-        rss_after_imports_mb=rss_after_imports, peak_rss_mb=peak_rss_mb(),
-        gpu_peak_allocated_mib=(torch.cuda.max_memory_allocated() / 2**20
-                                if device == "cuda" else None),
-    )
+    record.update(seconds=time.perf_counter() - started, device=device,
+                  rss_after_imports_mb=rss_after_imports, peak_rss_mb=peak_rss_mb(),
+                  gpu_peak_allocated_mib=(torch.cuda.max_memory_allocated() / 2**20
+                                          if device == "cuda" else None))
     (folder / f"{stage}.json").write_text(json.dumps(record, indent=1))
 
 
@@ -246,10 +230,8 @@ def _spawn(stage, folder: Path, run_dir: Path, shape, seed: int, threads: int,
     return record
 
 
-def measure(
-    run_dir: Path, sizes, threads: int, seed: int = 7, scratch: Path | None = None,
-    progress=print,
-) -> dict:
+def measure(run_dir: Path, sizes, threads: int, seed: int = 7, scratch: Path | None = None,
+            progress=print) -> dict:
     results = []
     for shape in sizes:
         with tempfile.TemporaryDirectory(dir=scratch, prefix="arepas-scaling-") as tmp:
@@ -258,9 +240,8 @@ def measure(
             for stage in ("generate", *STAGES):
                 progress(f"scaling: {'x'.join(map(str, shape))} {stage}")
                 entry[stage] = _spawn(stage, folder, run_dir, shape, seed, threads)
-            entry["native_files_mb"] = sum(
-                p.stat().st_size for p in folder.glob("*_native.nii.gz")
-            ) / 1024**2
+            entry["native_files_mb"] = sum(p.stat().st_size for p in
+                                           folder.glob("*_native.nii.gz")) / 1024**2
         results.append(entry)
     return {"threads": threads, "seed": seed, "sizes": results,
             "field_of_view_mm": list(FIELD_OF_VIEW_MM)}

@@ -29,15 +29,8 @@ COHORTS = (10, 40, 160)
 DEMO_SLICES, DEMO_SIZE = 37, 64
 LARGE_SIZE = 256
 # The demo config's lung_ct translator (config/config.yaml), and the other rules' defaults.
-TRANSLATOR = {
-    "base_channels": 16,
-    "n_blocks": 4,
-    "disc_channels": 32,
-    "lr": 0.001,
-    "dropout": 0.0,
-    "augment_clean": True,
-    "augment_swaps": 5,
-}
+TRANSLATOR = {"base_channels": 16, "n_blocks": 4, "disc_channels": 32, "lr": 0.001,
+              "dropout": 0.0, "augment_clean": True, "augment_swaps": 5}
 # The demo config's scorer: its 6-px patches (config/config.yaml); the restart bar at 0 so that
 # every measurement times the same kind of steps.
 SCORER = {"patch_size": 6, "warmup_accuracy": 0.0}
@@ -62,13 +55,9 @@ def write_cohort(folder: Path, subjects: int, size: int, seed: int = 0) -> list[
         path = folder / f"synthetic{number:03d}" / "slices.npz"
         if not path.exists():
             slices = rng.uniform(-1, 1, (DEMO_SLICES, size, size)).astype(np.float32)
-            io.save_arrays(
-                path,
-                slices=slices,
-                roi=slices > -0.5,
-                lesion=np.zeros(slices.shape, dtype=bool),
-                indices=np.arange(DEMO_SLICES, dtype=np.int64),
-            )
+            io.save_arrays(path, slices=slices, roi=slices > -0.5,
+                           lesion=np.zeros(slices.shape, dtype=bool),
+                           indices=np.arange(DEMO_SLICES, dtype=np.int64))
         paths.append(path)
     return paths
 
@@ -118,12 +107,9 @@ def child(rule: str, paths: list[str], steps: int, work: str) -> dict:
     except _Enough:
         pass
     timed = np.diff(times)
-    return {
-        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "steps_per_s": float(len(timed) / timed.sum()) if len(timed) else None,
-        "wall_s": time.perf_counter() - started,
-        "slices": len(paths) * DEMO_SLICES,
-    }
+    return {"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "steps_per_s": float(len(timed) / timed.sum()) if len(timed) else None,
+            "wall_s": time.perf_counter() - started, "slices": len(paths) * DEMO_SLICES}
 
 
 def _train(rule: str, paths: list[str], val_paths: list[str], work: Path) -> None:
