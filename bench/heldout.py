@@ -62,38 +62,6 @@ def target_rows(data: dict) -> list[list]:
     return rows
 
 
-def shortfall_text(data: dict) -> str:
-    """By how much the named method missed the gain target: per dataset, its better variant's
-    mean best-Dice change over the held-out runs against the +5 % asked, and the runs whose
-    interval lies above 0."""
-    changes = pd.DataFrame([
-        {**change, "run": run["label"]}
-        for run in data["runs"] if run["status"] == "finished"
-        for change in run.get("relative_change", [])
-        if change["threshold_kind"] == "best" and change["method"].startswith(CALIBRATED_METHOD)
-    ])
-    if changes.empty:
-        return ""
-    parts = []
-    for dataset, group in changes.groupby("dataset", sort=True):
-        means = group.groupby("method")["relative_change"].mean()
-        method = str(means.idxmax())
-        chosen = group[group["method"] == method]
-        above = int((chosen["ci_low"] > 0).sum())
-        gap = TARGET_GAIN - float(means.max())
-        reached = "reached" if gap <= 0 else f"short by {100 * gap:.1f} points"
-        parts.append(
-            f"{dataset}: `{method}` {quality._percent(float(means.max()))} on average "
-            f"(+{TARGET_GAIN:.0%} asked: {reached}), interval above 0 in {above} of "
-            f"{len(chosen)} runs"
-        )
-    return (
-        "By how much the gain target was missed (the better of the raw and post-processed "
-        "variant, mean best-Dice change over the best other method across the held-out runs): "
-        + "; ".join(parts) + ".\n"
-    )
-
-
 def render(data: dict) -> str:
     lines = [
         f"Demo seeds {', '.join(str(s) for s in HELDOUT_SEEDS)} were never used while the "
@@ -120,9 +88,6 @@ def render(data: dict) -> str:
             f"`{CALIBRATED_METHOD}` (raw or post-processed) meets the target in {met} of "
             f"{len(named)} dataset × run × variant cells.\n"
         )
-        shortfall = shortfall_text(data)
-        if shortfall:
-            lines.append(shortfall)
     lines += ["### Does the translator use its edges? (held-out seeds)", ""]
     lines.append(quality.render_edge_reliance(data))
     return "\n".join(lines)

@@ -180,8 +180,8 @@ def measure(repo: Path, reuse: list[Path], seeds: Sequence[int], runs_dir: Path,
     summaries = {}
     for run in runs:
         run_dir = Path(run["dir"])
-        label = _unique_label(f"seed {run['seed']}", summaries)
-        run["label"] = label
+        label = f"seed {run['seed']}"
+        label = run["label"] = label if label not in summaries else f"{label} #{len(runs)}"
         if finished(run_dir):
             run["wall_s"], run["wall_source"] = run_wall(run_dir)
             run["status"] = "finished"
@@ -286,15 +286,6 @@ def render_fine_detail(frame: pd.DataFrame) -> str:
         ["dataset", "runs", "detail own edges", "detail other subject's edges",
          "detail training mean image", "detail slice blurred", "own above both references"],
         rows)
-
-
-def _unique_label(label: str, taken) -> str:
-    if label not in taken:
-        return label
-    n = 2
-    while f"{label} #{n}" in taken:
-        n += 1
-    return f"{label} #{n}"
 
 
 def render(data: dict) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -10,8 +9,6 @@ import yaml
 
 from arepas.presets import resolve_presets
 from bench import fresh_clone, quality, tables
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def measure(run_dir: Path) -> dict:
@@ -50,23 +47,8 @@ def _config_of(run_dir: Path) -> dict | None:
 
 
 def run_config(data: dict) -> dict | None:
-    """The configuration the timed run used: stored with it, else read from the run's folder,
-    else, for a fresh clone whose folder is gone, the shipped config of the commit it cloned."""
-    if data.get("config"):
-        return data["config"]
-    found = _config_of(Path(data["run_dir"]))
-    if found is not None:
-        return found
-    commit = (data.get("fresh_clone") or {}).get("commit")
-    if commit:
-        shown = subprocess.run(
-            ["git", "-C", str(REPO), "show", f"{commit}:config/config.yaml"],
-            capture_output=True,
-            text=True,
-        )
-        if shown.returncode == 0:
-            return resolve_presets(yaml.safe_load(shown.stdout))
-    return None
+    """The configuration the timed run used: stored with it, else read from the run's folder."""
+    return data.get("config") or _config_of(Path(data["run_dir"]))
 
 
 def fresh_clone_text(clone: dict, workflow_s: float) -> str:
