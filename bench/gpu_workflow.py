@@ -74,10 +74,6 @@ class NoCudaError(RuntimeError):
     """The section needs a GPU and torch sees none."""
 
 
-# ------------------------------------------------------------------------------------------
-# Configuration
-
-
 STEPS_CONFIG = "bench_steps.yaml"
 
 
@@ -170,10 +166,6 @@ def estimate_minutes(config: dict) -> dict:
                         "minutes": settings.max_steps * h100_step_s(dataset) / 60}
     out["total_minutes"] = sum(v["minutes"] for v in out.values())
     return out
-
-
-# ------------------------------------------------------------------------------------------
-# The device, and which rules use it
 
 
 def cuda_device() -> dict:
@@ -275,14 +267,6 @@ class GpuSampler:
                 "timeline": [[round(a, 1), b, c] for a, b, c in self.samples]}
 
 
-# ------------------------------------------------------------------------------------------
-# The workflow run and what it wrote
-
-
-# ------------------------------------------------------------------------------------------
-# One large CT subject: preprocessing (bench/scaling.py), reconstruction and maps (here)
-
-
 def inference_run_dir(workdir: Path, config: dict) -> Path:
     """A folder that bench/scaling.py reads as a run: its config/config.yaml is this run's
     config as the jobs see it, its lung models are this run's."""
@@ -329,10 +313,6 @@ def time_large_subject(workdir: Path, entry: dict, progress=print) -> dict:
     entry["inference_process_s"] = sum(entry[s]["process_s"] for s in INFERENCE_STAGES)
     shutil.rmtree(folder)
     return entry
-
-
-# ------------------------------------------------------------------------------------------
-# The section
 
 
 def measure(repo: Path, runs_dir: Path, cores: int | None = None, smoke: bool = False,

@@ -194,10 +194,6 @@ def _json_default(value):
     raise TypeError(f"cannot store {type(value).__name__} as JSON")
 
 
-# ------------------------------------------------------------------------------------------
-# Budgets and what the demo trades away: read from the stored sections
-
-
 def quality_test_subjects(quality: dict) -> str:
     """'10 test subjects per cohort' from the subjects of the quality runs' bootstrap intervals."""
     counts = {int(row["n_subjects"]) for run in quality["runs"]

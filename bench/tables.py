@@ -30,10 +30,6 @@ QUALITY_METRICS = {"best_dice": "best Dice", "honest_dice": "Dice at val thresho
 GIB = 1024**3
 
 
-# ------------------------------------------------------------------------------------------
-# Job records of one workflow run
-
-
 def benchmark_job(relative: Path) -> tuple[str, str, str]:
     """(rule, dataset, job) of a Snakemake benchmark file from its path under `benchmarks/`.
 
@@ -107,18 +103,11 @@ def rule_dataset_groups(records: pd.DataFrame) -> list[tuple[str, str, pd.DataFr
 def busy_seconds(starts: Iterable[float], ends: Iterable[float]) -> float:
     """Length of the union of the intervals [start, end]: the wall time during which at least
     one of the jobs was running (parallel jobs count once, gaps not at all)."""
-    intervals = sorted(zip(starts, ends, strict=True))
-    total = 0.0
-    current_start = current_end = None
-    for start, end in intervals:
-        if current_end is None or start > current_end:
-            if current_end is not None:
-                total += current_end - current_start
-            current_start, current_end = start, end
-        else:
-            current_end = max(current_end, end)
-    if current_end is not None:
-        total += current_end - current_start
+    total, reached = 0.0, -math.inf
+    for start, end in sorted(zip(starts, ends, strict=True)):
+        # Only the part of the interval past the end reached so far is new time.
+        total += max(0.0, end - max(start, reached))
+        reached = max(reached, end)
     return total
 
 
@@ -162,10 +151,6 @@ def run_span_seconds(records: pd.DataFrame) -> float:
     if records.empty:
         return float("nan")
     return float(records["end"].max() - records["start"].min())
-
-
-# ------------------------------------------------------------------------------------------
-# Quality over seeds
 
 
 def quality_long(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -247,10 +232,6 @@ def mean_sd(mean: float, sd: float, digits: int = 3, percent: bool = False) -> s
     return text
 
 
-# ------------------------------------------------------------------------------------------
-# Growth with the volume size
-
-
 def power_law_exponent(sizes: Sequence[float], values: Sequence[float]) -> float:
     """Exponent k of values ~ sizes**k, least squares on log-log (1 = linear in the size)."""
     x = np.log(np.asarray(sizes, dtype=float))
@@ -278,10 +259,6 @@ def largest_fitting_voxels(
     return (limit_bytes - intercept) / slope
 
 
-# ------------------------------------------------------------------------------------------
-# Markdown
-
-
 def markdown_table(
     header: Sequence[str], rows: Iterable[Sequence[object]], left: int = 1, align: str = ""
 ) -> str:
@@ -290,12 +267,9 @@ def markdown_table(
     align = align or "l" * left + "r" * (len(header) - left)
     if len(align) != len(header):
         raise ValueError(f"align {align!r} does not match {len(header)} columns")
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|",
-    ]
-    for row in rows:
-        lines.append("| " + " | ".join(str(cell) for cell in row) + " |")
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|",
+             *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)]
     return "\n".join(lines) + "\n"
 
 

@@ -39,19 +39,12 @@ def render(record: dict) -> str:
     published = TranslatorSettings()
     budgeted = TranslatorSettings(epochs=LONG_EPOCHS, max_steps=EXAMPLE_BUDGET)
     long = TranslatorSettings(epochs=LONG_EPOCHS)
-    table_rows = []
-    for n in COHORTS:
-        steps = planned_steps(published, n)
-        table_rows.append([
-            f"{n:,}", f"{steps:,}", _hours(steps * step_s),
-            _hours(planned_steps(budgeted, n) * step_s),
-            _hours(planned_steps(long, n) * step_s),
-        ])
+    table_rows = [[f"{n:,}", f"{planned_steps(published, n):,}",
+                   *(_hours(planned_steps(s, n) * step_s) for s in (published, budgeted, long))]
+                  for n in COHORTS]
     table = tables.markdown_table(
         ["train slices", "steps, 1 epoch (published)", "time, 1 epoch",
-         f"time, `max_steps: {EXAMPLE_BUDGET}`", f"time, {LONG_EPOCHS} epochs"],
-        table_rows,
-    )
+         f"time, `max_steps: {EXAMPLE_BUDGET}`", f"time, {LONG_EPOCHS} epochs"], table_rows)
     return (
         f"{START}\n"
         f"At {step_s * 1000:.0f} ms per step of batch 8 (the median over the stages of the "
