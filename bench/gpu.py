@@ -26,11 +26,8 @@ def _demo_slices(run_dir: Path, dataset: str = "lung_ct") -> tuple[np.ndarray, i
     sheet = pd.read_csv(run_dir / "results" / "demo" / "subjects.tsv", sep="\t",
                         keep_default_na=False)
     train = sheet[(sheet["dataset"] == dataset) & (sheet["split"] == "train")]["subject"]
-    n_train = 0
-    for subject in train:
-        stack = io.load_arrays(run_dir / "results" / dataset / "preprocessed" / subject /
-                               "slices.npz")
-        n_train += len(stack["indices"])
+    n_train = sum(len(io.load_arrays(run_dir / "results" / dataset / "preprocessed" / subject
+                                     / "slices.npz")["indices"]) for subject in train)
     return real, n_train, subjects[0]
 
 
@@ -40,8 +37,7 @@ def _train_step_seconds(slices: np.ndarray, settings, device: str) -> float:
     with tempfile.TemporaryDirectory(prefix="arepas-gpu-bench-") as tmp:
         _, history = translator.train_translator(
             slices, np.empty((0, *slices.shape[1:]), np.float32), settings, Path(tmp),
-            seed=0, device=device, progress=lambda _: None,
-        )
+            seed=0, device=device, progress=lambda _: None)
     steps = history["step"].diff().fillna(history["step"]).to_numpy()
     # The last epoch: on a GPU the first one also pays for kernel selection and warm-up.
     return float(history["seconds"].iloc[-1] / steps[-1])
@@ -57,8 +53,7 @@ def measure(run_dir: Path, threads: int, progress=print) -> dict:
     real, n_train, subject = _demo_slices(run_dir)
     defaults = translator.TranslatorSettings()
     rows = []
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    for device in devices:
+    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
         on_gpu = device == "cuda"
         # A CPU step at full size takes tens of seconds: one step (3 slices x 3 augmented
         # copies, one batch of 8 and one of 1) is enough for a rate. A GPU gets several steps
@@ -87,15 +82,10 @@ def measure(run_dir: Path, threads: int, progress=print) -> dict:
                      "epoch_s": step_s * steps_per_epoch, "inference_slices_timed": len(timed),
                      "inference_s_per_slice": per_slice, "subject_slices": len(real),
                      "subject_s": per_slice * len(real)})
-    return {
-        "threads": threads,
-        "subject": subject,
-        "train_slices": n_train,
-        "settings": {k: getattr(defaults, k) for k in ("base_channels", "n_blocks",
-                                                       "disc_channels", "batch_size")},
-        "cuda": torch.cuda.is_available(),
-        "rows": rows,
-    }
+    return {"threads": threads, "subject": subject, "train_slices": n_train,
+            "settings": {k: getattr(defaults, k) for k in ("base_channels", "n_blocks",
+                                                           "disc_channels", "batch_size")},
+            "cuda": torch.cuda.is_available(), "rows": rows}
 
 
 def render(data: dict) -> str:

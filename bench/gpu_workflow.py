@@ -214,12 +214,9 @@ def script_devices(repo: Path = REPO) -> list[dict]:
 
 def training_devices(workdir: Path) -> dict[str, str]:
     """The device each training job reported in its log ('... on cuda')."""
-    found = {}
-    for log in sorted(workdir.glob("logs/*/train_*.log")):
-        match = re.search(r" on (cuda\S*|cpu)\b", log.read_text())
-        if match:
-            found[f"{log.stem}/{log.parent.name}"] = match.group(1).rstrip(",")
-    return found
+    found = {f"{log.stem}/{log.parent.name}": re.search(r" on (cuda\S*|cpu)\b", log.read_text())
+             for log in sorted(workdir.glob("logs/*/train_*.log"))}
+    return {job: match.group(1).rstrip(",") for job, match in found.items() if match}
 
 
 class GpuSampler:
@@ -280,38 +277,36 @@ def inference_run_dir(workdir: Path, config: dict) -> Path:
     return run_dir
 
 
-def prepare_large_subject(workdir: Path, config: dict, shape, progress=print) -> dict:
-    """Generate and preprocess one CT subject (bench/scaling.py's stages, CPU only, each in a
-    fresh process): they need no trained model, so they run beside the workflow."""
+def _large_subject_stages(workdir: Path, entry: dict, stages, progress, **options) -> dict:
+    """bench/scaling.py's stages on the large subject, each in a fresh process as a job."""
     from bench import scaling
 
-    run_dir = inference_run_dir(workdir, config)
+    for stage in stages:
+        progress(f"{SECTION}: {'x'.join(map(str, entry['shape']))} subject, {stage}")
+        entry[stage] = scaling._spawn(stage, workdir / "inference_subject",
+                                      workdir / "inference_run", entry["shape"], 7, 1, **options)
+    return entry
+
+
+def prepare_large_subject(workdir: Path, config: dict, shape, progress=print) -> dict:
+    """Generate and preprocess one CT subject (CPU only): they need no trained model, so they
+    run beside the workflow."""
+    inference_run_dir(workdir, config)
     folder = workdir / "inference_subject"
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir()
-    entry: dict = {"shape": list(shape), "threads": 1}
-    for stage in ("generate", "preprocess"):
-        progress(f"{SECTION}: {'x'.join(map(str, shape))} subject, {stage}")
-        entry[stage] = scaling._spawn(stage, folder, run_dir, shape, 7, 1)
-    return entry
+    return _large_subject_stages(workdir, {"shape": list(shape), "threads": 1},
+                                 ("generate", "preprocess"), progress)
 
 
 def time_large_subject(workdir: Path, entry: dict, progress=print) -> dict:
-    """Reconstruct and map the prepared subject with this run's lung models, each stage in a
-    fresh process as a workflow job."""
-    from bench import scaling
-
-    run_dir = workdir / "inference_run"
-    folder = workdir / "inference_subject"
-    shape = entry["shape"]
-    for stage in INFERENCE_STAGES:
-        progress(f"{SECTION}: {'x'.join(map(str, shape))} subject, {stage}")
-        entry[stage] = scaling._spawn(stage, folder, run_dir, shape, 7, 1, gpu=True,
-                                      calibrated=True)
+    """Reconstruct and map the prepared subject with this run's lung models, on the GPU where
+    the rules use it."""
+    _large_subject_stages(workdir, entry, INFERENCE_STAGES, progress, gpu=True, calibrated=True)
     entry["inference_s"] = sum(entry[s]["seconds"] for s in INFERENCE_STAGES)
     entry["inference_process_s"] = sum(entry[s]["process_s"] for s in INFERENCE_STAGES)
-    shutil.rmtree(folder)
+    shutil.rmtree(workdir / "inference_subject")
     return entry
 
 

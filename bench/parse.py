@@ -55,13 +55,10 @@ def make_workdir(repo: Path, runs_dir: Path, n: int, scans: list[Path]) -> Path:
         lesion = str(scans[0].parent / "lesion.nii.gz") if split == "test" else ""
         rows.append(f"s{k:04d}\tcohort\t{split}\t{scans[k]}\t{lesion}\t")
     (workdir / "sheet.tsv").write_text("\n".join(rows) + "\n")
-    config = {
-        "demo": {"enabled": False},
-        "subjects": "sheet.tsv",
+    (workdir / "cohort.yaml").write_text(yaml.safe_dump({
+        "demo": {"enabled": False}, "subjects": "sheet.tsv",
         "datasets": {"cohort": {"preset": "published", "modality": "ct",
-                                "spacing": [1.0, 1.0, 2.5], "intensity": {}}},
-    }
-    (workdir / "cohort.yaml").write_text(yaml.safe_dump(config))
+                                "spacing": [1.0, 1.0, 2.5], "intensity": {}}}}))
     return workdir
 
 

@@ -46,16 +46,11 @@ def measure(repo: Path, runs_dir: Path, cores: int, progress=print) -> dict:
             raise RuntimeError(f"the run in {workdir} failed: see bench_snakemake.log there")
     record = json.loads((workdir / RECORD).read_text())
     records = tables.read_job_records(workdir)
-    return {
-        "run_dir": str(workdir),
-        "wall_s": record["wall_s"],
-        "cores": cores,
-        "records": records.drop(columns=["source"]).to_dict("records"),
-        "slices": subject_slices(workdir),
-        "training_steps": training_steps(workdir),
-        "report_bytes": (workdir / "results" / "report.zip").stat().st_size,
-        "disk": tables.subject_disk(workdir),
-    }
+    return {"run_dir": str(workdir), "wall_s": record["wall_s"], "cores": cores,
+            "records": records.drop(columns=["source"]).to_dict("records"),
+            "slices": subject_slices(workdir), "training_steps": training_steps(workdir),
+            "report_bytes": (workdir / "results" / "report.zip").stat().st_size,
+            "disk": tables.subject_disk(workdir)}
 
 
 def render(data: dict) -> str:

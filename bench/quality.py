@@ -290,15 +290,12 @@ def render_fine_detail(frame: pd.DataFrame) -> str:
 
 def render(data: dict) -> str:
     summaries = {k: pd.DataFrame(v) for k, v in data["summaries"].items()}
-    lines = []
     finished_runs = [r for r in data["runs"] if r["status"] == "finished"]
-    lines.append(
+    lines = [
         f"{len(finished_runs)} finished run(s) of the default workflow"
         + (f" with config files {', '.join(data['configfiles'])}" if data["configfiles"] else "")
         + "; each run generates its demo cohorts and trains every network with its own seed. "
-        "Values are mean ± sd over the runs (sd with ddof 1; a single run shows its value)."
-    )
-    lines.append("")
+        "Values are mean ± sd over the runs (sd with ddof 1; a single run shows its value).", ""]
     run_rows = [
         [run["label"], run["status"], "--reuse" if run["reused"] else "seed run",
          tables.number(run["wall_s"] / 60, "{:.1f}") if run["status"] == "finished" else "",
@@ -309,10 +306,9 @@ def render(data: dict) -> str:
     lines.append(tables.markdown_table(
         ["run", "status", "origin", "wall min", "translator training min", "wall time from",
          "directory"], run_rows, align="lllrrll"))
-    for run in data["runs"]:
-        if run["status"] == "failed":
-            lines.append(f"Run {run['label']} failed; the end of its log:\n")
-            lines.append("```\n" + "\n".join(run.get("log_tail", [])) + "\n```\n")
+    lines += [f"Run {run['label']} failed; the end of its log:\n\n```\n"
+              + "\n".join(run.get("log_tail", [])) + "\n```\n"
+              for run in data["runs"] if run["status"] == "failed"]
     if not summaries:
         lines.append("No finished run: no quality numbers.\n")
         return "\n".join(lines)

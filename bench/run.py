@@ -259,17 +259,11 @@ def budget_rows(sections: dict[str, dict]) -> list[list[str]]:
             label = f"{size}², stride {stride}"
             if threads is not None:
                 label += f", {threads} thread{'s' if threads > 1 else ''}"
-            verdicts = [
-                tables.verdict(r["speedup"], 20, at_most=False)
-                == tables.verdict(r["correlation"], 0.9, at_most=False)
-                == "pass"
-                for r in group
-            ]
-            measured = "; ".join(
-                f"{r['dataset']} {r['speedup']:.1f}×, r = "
-                f"{tables.number(r['correlation'], '{:.3f}')}"
-                for r in group
-            )
+            verdicts = [tables.verdict(r["speedup"], 20, at_most=False)
+                        == tables.verdict(r["correlation"], 0.9, at_most=False) == "pass"
+                        for r in group]
+            measured = "; ".join(f"{r['dataset']} {r['speedup']:.1f}×, r = "
+                                 f"{tables.number(r['correlation'], '{:.3f}')}" for r in group)
             rows.append([
                 f"dense scoring ≥ 20× sampled per slice, correlation > 0.9 ({label})",
                 "issues 4, 7", measured, "pass" if all(verdicts) else "FAIL",
@@ -316,9 +310,8 @@ def tradeoffs(config: dict, speed: dict | None) -> str:
         cohort = ", ".join(f"{n[k]} {k}" for k in ("train", "val", "test") if k in n)
         step_text = f", {steps[dataset]['steps']:,} generator steps" if dataset in steps else ""
         # Beyond the sizes above: the demo's training choices that are not the reference's.
-        choices = ", ".join(
-            f"{k} {v}" for k, v in (settings.get("translator") or {}).items() if k not in SIZES
-        )
+        choices = ", ".join(f"{k} {v}" for k, v in (settings.get("translator") or {}).items()
+                            if k not in SIZES)
         scorer = ", ".join(f"{k} {v}" for k, v in (settings.get("scorer") or {}).items())
         parts.append(
             f"`{dataset}`: {settings['slice_size']}² slices on a {spacing} mm working grid; "
@@ -426,12 +419,9 @@ def render(sections: dict[str, dict], run_dir: Path) -> str:
         record = sections[name]
         m = record["machine"]
         said, stale = code_status(name, m)
-        lines.append(
-            f"*Measured {m['date']} ({m['cpu']}, {m['cores']} cores, load average at the end "
-            f"{', '.join(str(v) for v in m['load_average'])}), {said}.*\n"
-        )
-        if stale:
-            lines.append(stale)
+        lines.append(f"*Measured {m['date']} ({m['cpu']}, {m['cores']} cores, load average at "
+                     f"the end {', '.join(str(v) for v in m['load_average'])}), {said}.*\n"
+                     + stale)
         module = __import__(f"bench.{name}", fromlist=["render"])
         lines.append(module.render(record["data"]))
         if name == "quality":

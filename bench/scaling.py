@@ -354,8 +354,8 @@ def _parse(argv=None):
     parser.add_argument("--shape", type=int, nargs=3, required=True)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--gpu", action="store_true")
-    parser.add_argument("--calibrated", action="store_true")
+    for flag in ("--gpu", "--calibrated"):
+        parser.add_argument(flag, action="store_true")
     return parser.parse_args(argv)
 
 

@@ -110,8 +110,8 @@ def measure(
         for row in compare(model, real, recon, roi, [1], seed, repeats):
             rows.append({**common, "size": real.shape[1], "upsampled": False, **row})
         # Evenly spread slices of the same subject, upsampled: the published 256 x 256 size.
-        pick = np.unique(np.linspace(0, n_slices - 1, min(slices_full, n_slices)).round())
-        pick = pick.astype(int)
+        pick = np.unique(np.linspace(0, n_slices - 1, min(slices_full, n_slices)).round()
+                         ).astype(int)
         big = upsample(real[pick], recon[pick], roi[pick], FULL_SIZE)
         # The dense pass is a few large convolutions that use every core, the sampled one many
         # small batches that barely do: at full size the ratio depends on the thread count.

@@ -70,14 +70,12 @@ def _count_steps(rule: str, steps: int, times: list[float]) -> None:
     import torch
 
     optimiser = torch.optim.RMSprop if rule == "scorer" else torch.optim.Adam
-    step = optimiser.step
-    per_step = OPTIMISER_STEPS[rule]
-    calls = [0]
+    step, calls = optimiser.step, [0]
 
     def counted(self, *args, **kwargs):
         result = step(self, *args, **kwargs)
         calls[0] += 1
-        if calls[0] % per_step == 0:
+        if calls[0] % OPTIMISER_STEPS[rule] == 0:
             times.append(time.perf_counter())
             if len(times) > steps:
                 raise _Enough
@@ -191,7 +189,7 @@ def draw_figure(data: dict, path: Path) -> None:
 
     from arepas.io import atomic_path
 
-    fig, axes = plt.subplots(1, len(RULES), figsize=(3.2 * len(RULES), 3.0), sharey=False)
+    fig, axes = plt.subplots(1, len(RULES), figsize=(3.2 * len(RULES), 3.0))
     rows = _now(data["rows"])
     for ax, rule in zip(axes, RULES, strict=True):
         points = [(r["subjects"], r["peak_mb"]) for r in rows
