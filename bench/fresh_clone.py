@@ -40,13 +40,9 @@ def measure(dest: Path, repo: Path = REPO) -> dict:
     subprocess.run(["git", "clone", "--quiet", str(repo), str(dest)], check=True)
     install_s = timed(["make", "install"], dest, dest / "make_install.log")
     demo_s = timed(["make", "demo"], dest, dest / "make_demo.log")
-    record = {
-        "commit": commit,
-        "install_s": install_s,
-        "demo_s": demo_s,
-        "total_s": install_s + demo_s,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
+    record = {"commit": commit, "install_s": install_s, "demo_s": demo_s,
+              "total_s": install_s + demo_s,
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     (dest / RECORD).write_text(json.dumps(record, indent=1))
     return record
 

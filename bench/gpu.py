@@ -26,11 +26,8 @@ def _demo_slices(run_dir: Path, dataset: str = "lung_ct") -> tuple[np.ndarray, i
     sheet = pd.read_csv(run_dir / "results" / "demo" / "subjects.tsv", sep="\t",
                         keep_default_na=False)
     train = sheet[(sheet["dataset"] == dataset) & (sheet["split"] == "train")]["subject"]
-    n_train = 0
-    for subject in train:
-        stack = io.load_arrays(run_dir / "results" / dataset / "preprocessed" / subject /
-                               "slices.npz")
-        n_train += len(stack["indices"])
+    n_train = sum(len(io.load_arrays(run_dir / "results" / dataset / "preprocessed" / subject
+                                     / "slices.npz")["indices"]) for subject in train)
     return real, n_train, subjects[0]
 
 
@@ -40,8 +37,7 @@ def _train_step_seconds(slices: np.ndarray, settings, device: str) -> float:
     with tempfile.TemporaryDirectory(prefix="arepas-gpu-bench-") as tmp:
         _, history = translator.train_translator(
             slices, np.empty((0, *slices.shape[1:]), np.float32), settings, Path(tmp),
-            seed=0, device=device, progress=lambda _: None,
-        )
+            seed=0, device=device, progress=lambda _: None)
     steps = history["step"].diff().fillna(history["step"]).to_numpy()
     # The last epoch: on a GPU the first one also pays for kernel selection and warm-up.
     return float(history["seconds"].iloc[-1] / steps[-1])
@@ -57,8 +53,7 @@ def measure(run_dir: Path, threads: int, progress=print) -> dict:
     real, n_train, subject = _demo_slices(run_dir)
     defaults = translator.TranslatorSettings()
     rows = []
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    for device in devices:
+    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
         on_gpu = device == "cuda"
         # A CPU step at full size takes tens of seconds: one step (3 slices x 3 augmented
         # copies, one batch of 8 and one of 1) is enough for a rate. A GPU gets several steps
@@ -82,28 +77,15 @@ def measure(run_dir: Path, threads: int, progress=print) -> dict:
         per_slice = (time.perf_counter() - started) / len(timed)
         copies = settings.augment_copies + int(settings.augment_clean)
         steps_per_epoch = math.ceil(n_train * copies / settings.batch_size)
-        rows.append(
-            {
-                "device": device,
-                "name": torch.cuda.get_device_name(0) if on_gpu else "cpu",
-                "step_s": step_s,
-                "steps_per_epoch": steps_per_epoch,
-                "epoch_s": step_s * steps_per_epoch,
-                "inference_slices_timed": len(timed),
-                "inference_s_per_slice": per_slice,
-                "subject_slices": len(real),
-                "subject_s": per_slice * len(real),
-            }
-        )
-    return {
-        "threads": threads,
-        "subject": subject,
-        "train_slices": n_train,
-        "settings": {k: getattr(defaults, k) for k in ("base_channels", "n_blocks",
-                                                       "disc_channels", "batch_size")},
-        "cuda": torch.cuda.is_available(),
-        "rows": rows,
-    }
+        rows.append({"device": device, "name": torch.cuda.get_device_name(0) if on_gpu else "cpu",
+                     "step_s": step_s, "steps_per_epoch": steps_per_epoch,
+                     "epoch_s": step_s * steps_per_epoch, "inference_slices_timed": len(timed),
+                     "inference_s_per_slice": per_slice, "subject_slices": len(real),
+                     "subject_s": per_slice * len(real)})
+    return {"threads": threads, "subject": subject, "train_slices": n_train,
+            "settings": {k: getattr(defaults, k) for k in ("base_channels", "n_blocks",
+                                                           "disc_channels", "batch_size")},
+            "cuda": torch.cuda.is_available(), "rows": rows}
 
 
 def render(data: dict) -> str:
@@ -120,35 +102,21 @@ def render(data: dict) -> str:
         f"multiplied by the subject's {data['rows'][0]['subject_slices'] if data['rows'] else 0}"
         f"), torch on {data['threads']} CPU thread(s).\n"
     ]
-    rows = [
-        [
-            r["device"],
-            r["name"],
-            tables.number(r["step_s"], "{:.2f}"),
-            r["steps_per_epoch"],
-            tables.number(r["epoch_s"] / 60, "{:.1f}"),
-            tables.number(r["inference_s_per_slice"], "{:.3f}"),
-            tables.number(r["subject_s"], "{:.1f}"),
-        ]
-        for r in data["rows"]
-    ]
+    rows = [[r["device"], r["name"], tables.number(r["step_s"], "{:.2f}"), r["steps_per_epoch"],
+             tables.number(r["epoch_s"] / 60, "{:.1f}"),
+             tables.number(r["inference_s_per_slice"], "{:.3f}"),
+             tables.number(r["subject_s"], "{:.1f}")] for r in data["rows"]]
     if not data["cuda"]:
         rows.append(["cuda", "not measured: no CUDA device on this machine", "", "", "", "", ""])
-    lines.append(
-        tables.markdown_table(
-            ["device", "name", "s/step", "steps/epoch", "min/epoch", "inference s/slice",
-             "s/subject"],
-            rows,
-            left=2,
-        )
-    )
+    lines.append(tables.markdown_table(
+        ["device", "name", "s/step", "steps/epoch", "min/epoch", "inference s/slice",
+         "s/subject"], rows, left=2))
     if not data["cuda"]:
         lines.append(
             "The GPU rows are not measured here. On a machine with CUDA, `make bench` (or "
             "`python -m bench --only gpu`) runs the same code and adds them: the translator "
             "then trains and infers with device `cuda`, as the workflow's `train_translator` "
-            "and `reconstruct` rules do when a GPU is present. Section 20 trains this "
-            "configuration on a GPU, on the demo cohorts preprocessed at full size, with the "
-            "seconds per step it took there.\n"
+            "and `reconstruct` rules do when a GPU is present. Section 23 runs the published "
+            "configuration whole on one GPU.\n"
         )
     return "\n".join(lines)

@@ -7,13 +7,12 @@ workflow and config), `snakemake --configfile config/gpu_workflow.yaml`: the dem
 clinical scan grids with 4 train, 2 val and 10 test subjects per cohort, every network at its
 published size, the translator cut to 1,000 steps per dataset (the config file says why;
 `--gpu-workflow-steps N` sets another budget). Beside the workflow it generates and
-preprocesses one 512 x 512 x 256 chest CT subject (bench/scaling.py's stages, CPU), and after
-it times that subject's reconstruction and maps with the trained lung models (this module's
-stages, which do what the rules' scripts do, on the GPU where the rules use it). It stores the
-device, every rule's time and peak RSS, the GPU memory and utilisation seen while the
-workflow ran, the summary and relative-change tables, bootstrap intervals against every
-baseline, the translators' edge reliance and the large subject's timing, and renders them as
-the section
+preprocesses one 512 x 512 x 256 chest CT subject, and after it times that subject's
+reconstruction and maps with the trained lung models (bench/scaling.py's stages, which call the
+library functions the rules' scripts call, on the GPU where the rules use it). It stores the
+device, every rule's time and peak RSS, the GPU memory and utilisation seen while the workflow
+ran, the summary and relative-change tables (the evaluate rule's bootstrap intervals), the
+translators' edge reliance and the large subject's timing, and renders them as the section
 "Published sizes on a GPU". Budget: the command is sized for one 10-minute call on one H100
 with 16 CPU cores; the translators' share is `estimate_minutes`.
 
@@ -23,22 +22,20 @@ one training step per network and a 128 x 128 x 64 subject for the inference tim
 the plumbing on a CPU in minutes (tests/test_gpu_workflow.py, with AREPAS_GPU_WORKFLOW_SMOKE=1);
 its numbers are not results: it refuses the repository's bench/measurements, so give it
 `--results-dir` and `--output` elsewhere, and its working directory is gpu_workflow_cpu_smoke.
-
-    python -m bench.gpu_workflow STAGE --dir D --run R    # one timed stage, in its own process
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
-import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -49,34 +46,22 @@ from bench import quality, tables
 
 CONFIG = "config/gpu_workflow.yaml"
 SECTION = "gpu_workflow"
-RECORD = "bench_wall.json"
+RECORD = quality.WALL_RECORD
 SMOKE_CONFIG = "bench_cpu_smoke.yaml"
 DATASETS = ("lung_ct", "brain_t1")
-# The issue's limits: the whole command within 10 minutes of GPU time; the large subject's
-# inference profiled where it takes over 5 s.
-BUDGET_MINUTES = 10.0
+# The issue's limit on the large subject's inference: profiled where it takes over 5 s.
 INFERENCE_TARGET_S = 5.0
-# Translator seconds per step of batch 8 at the published size on one H100 (bfloat16),
-# BENCHMARKS.md section 20: lung_ct 84 ms, brain_t1 89 ms.
-H100_STEP_S = {"lung_ct": 0.084, "brain_t1": 0.089}
 # Training jobs on the one GPU at a time: all of them (2 translators, 2 scorers, 2 autoencoders,
 # 2 DAEs) may share it; the default profile would run them one after the other.
 GPU_SLOTS = 8
-TRAINING_RULES = ("train_translator", "train_scorer", "train_autoencoder", "train_dae")
 # The shrunken form for a CPU: the published networks, as config/published_smoke.yaml has them.
 SMOKE_OVERRIDES = {
     "demo": {"counts": {d: {"train": 1, "val": 2, "test": 1} for d in DATASETS}},
     "scorer_stall": "flag",
-    "datasets": {
-        dataset: {
-            "spacing": [1.0, 1.0, thick],
-            "translator": {"max_steps": 1},
-            "scorer": {"max_steps": 1, "max_restarts": 1},
-            "autoencoder": {"max_steps": 1},
-            "dae": {"max_steps": 1},
-        }
-        for dataset, thick in (("lung_ct", 30.0), ("brain_t1", 20.0))
-    },
+    "datasets": {dataset: {"spacing": [1.0, 1.0, thick], "translator": {"max_steps": 1},
+                           "scorer": {"max_steps": 1, "max_restarts": 1},
+                           "autoencoder": {"max_steps": 1}, "dae": {"max_steps": 1}}
+                 for dataset, thick in (("lung_ct", 30.0), ("brain_t1", 20.0))},
 }
 INFERENCE_SHAPE = (512, 512, 256)
 SMOKE_INFERENCE_SHAPE = (128, 128, 64)
@@ -87,10 +72,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 class NoCudaError(RuntimeError):
     """The section needs a GPU and torch sees none."""
-
-
-# ------------------------------------------------------------------------------------------
-# Configuration
 
 
 STEPS_CONFIG = "bench_steps.yaml"
@@ -140,18 +121,13 @@ def thread_plan(cores: int) -> dict[str, int]:
     worker per subject), each training job a share that feeds its GPU work (a translator's
     threads beyond the first are data-loader workers)."""
     share = max(1, cores // 4)
-    return {
-        "make_demo": cores,
-        "train_translator": share,
-        "train_scorer": share,
-        "train_autoencoder": max(1, share // 2),
-        "train_dae": max(1, share // 2),
-    }
+    return {"make_demo": cores, "train_translator": share, "train_scorer": share,
+            "train_autoencoder": max(1, share // 2), "train_dae": max(1, share // 2)}
 
 
 def snakemake_command(cores: int, smoke: bool, steps: int | None = None) -> list[str]:
-    command = [sys.executable, "-m", "snakemake", "--cores", str(cores),
-               "--configfile", *configfiles(smoke, steps)]
+    """The arguments of `snakemake` for the run."""
+    command = ["--cores", str(cores), "--configfile", *configfiles(smoke, steps)]
     if not smoke:
         command += ["--resources", f"gpu={GPU_SLOTS}", "--set-threads",
                     *(f"{rule}={n}" for rule, n in thread_plan(cores).items())]
@@ -159,12 +135,8 @@ def snakemake_command(cores: int, smoke: bool, steps: int | None = None) -> list
 
 
 def make_workdir(repo: Path, runs_dir: Path, smoke: bool, steps: int | None = None) -> Path:
-    workdir = runs_dir / (f"{SECTION}_cpu_smoke" if smoke else SECTION)
-    workdir.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "workflow", "config"):
-        link = workdir / name
-        if not link.exists():
-            link.symlink_to(repo / name)
+    workdir = quality.linked_workdir(repo, runs_dir / (f"{SECTION}_cpu_smoke" if smoke
+                                                       else SECTION))
     if smoke:
         (workdir / SMOKE_CONFIG).write_text(yaml.safe_dump(SMOKE_OVERRIDES))
     if steps is not None:
@@ -172,25 +144,28 @@ def make_workdir(repo: Path, runs_dir: Path, smoke: bool, steps: int | None = No
     return workdir
 
 
-def estimate_minutes(config: dict, train_slices: dict[str, int] | None = None) -> dict:
-    """The translator's share of the GPU budget: both datasets' steps at the H100 step time of
-    section 20, as if run one after the other (side by side they share the one GPU)."""
+def h100_step_s(dataset: str) -> float:
+    """Translator seconds per step of batch 8 at the published size on one H100 (bfloat16):
+    the median of the dataset's stages in bench/measurements/translator_step.json."""
+    from bench import training_time
+
+    stages = json.loads(training_time.RECORD.read_text())["stages"]
+    return statistics.median(s["step_s"] for s in stages if s["dataset"] == dataset)
+
+
+def estimate_minutes(config: dict) -> dict:
+    """The translator's share of the GPU budget: both datasets' step budgets at the H100 step
+    time, as if run one after the other (side by side they share the one GPU)."""
     from arepas import translator
 
     out = {}
     for dataset in DATASETS:
-        block = config["datasets"][dataset]["translator"]
-        settings = translator.TranslatorSettings.from_dict(block)
-        n = (train_slices or {}).get(dataset)
-        steps = translator.planned_steps(settings, n) if n else settings.max_steps
-        out[dataset] = {"steps": steps, "minutes": steps * H100_STEP_S[dataset] / 60,
-                        "amp": settings.amp}
+        settings = translator.TranslatorSettings.from_dict(config["datasets"][dataset]
+                                                           ["translator"])
+        out[dataset] = {"steps": settings.max_steps, "amp": settings.amp,
+                        "minutes": settings.max_steps * h100_step_s(dataset) / 60}
     out["total_minutes"] = sum(v["minutes"] for v in out.values())
     return out
-
-
-# ------------------------------------------------------------------------------------------
-# The device, and which rules use it
 
 
 def cuda_device() -> dict:
@@ -220,7 +195,7 @@ def script_devices(repo: Path = REPO) -> list[dict]:
     """Which rule scripts can use a GPU, read from the scripts themselves: a training script
     picks its device with arepas.devices (the rule asks for `gpu=1`); an inference script
     takes CUDA wherever torch sees it, without asking for a GPU; the rest never touch torch's
-    devices. Notes what in a GPU script still runs on the CPU."""
+    devices."""
     rows = []
     for path in sorted((repo / "workflow" / "scripts").glob("*.py")):
         text = path.read_text()
@@ -233,18 +208,15 @@ def script_devices(repo: Path = REPO) -> list[dict]:
             device, how = "CPU", "runs a network on the CPU: its model loaded without a device"
         else:
             device, how = "CPU", "no torch device"
-        rows.append({"script": path.stem, "device": device, "how": how, "notes": ""})
+        rows.append({"script": path.stem, "device": device, "how": how})
     return rows
 
 
 def training_devices(workdir: Path) -> dict[str, str]:
     """The device each training job reported in its log ('... on cuda')."""
-    found = {}
-    for log in sorted(workdir.glob("logs/*/train_*.log")):
-        match = re.search(r" on (cuda\S*|cpu)\b", log.read_text())
-        if match:
-            found[f"{log.stem}/{log.parent.name}"] = match.group(1).rstrip(",")
-    return found
+    found = {f"{log.stem}/{log.parent.name}": re.search(r" on (cuda\S*|cpu)\b", log.read_text())
+             for log in sorted(workdir.glob("logs/*/train_*.log"))}
+    return {job: match.group(1).rstrip(",") for job, match in found.items() if match}
 
 
 class GpuSampler:
@@ -292,79 +264,6 @@ class GpuSampler:
                 "timeline": [[round(a, 1), b, c] for a, b, c in self.samples]}
 
 
-# ------------------------------------------------------------------------------------------
-# The workflow run and what it wrote
-
-
-def run(workdir: Path, command: list[str], sample_gpu: bool) -> dict:
-    """The whole workflow in one invocation; its wall time and GPU samples next to its
-    results."""
-    started = time.perf_counter()
-    with open(workdir / "bench_snakemake.log", "w") as out, GpuSampler() as sampler:
-        if not sample_gpu:
-            sampler.available = False
-        result = subprocess.run(command, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
-    record = {"wall_s": time.perf_counter() - started, "returncode": result.returncode,
-              "command": " ".join(command[2:]), "gpu_samples": sampler.summary()}
-    (workdir / RECORD).write_text(json.dumps(record, indent=1))
-    return record
-
-
-def training_steps(workdir: Path) -> list[dict]:
-    """Steps and seconds of every network's training, from its history."""
-    rows = []
-    for path in sorted(workdir.glob("results/*/models/*_history.tsv")):
-        history = pd.read_csv(path, sep="\t")
-        if "step" not in history or history.empty:
-            continue
-        row = {"dataset": path.parts[-3], "network": path.name.removesuffix("_history.tsv"),
-               "steps": int(history["step"].max()), "epochs": int(len(history))}
-        if "seconds" in history:
-            row["train_s"] = float(history["seconds"].sum())
-            row["s_per_step"] = row["train_s"] / max(row["steps"], 1)
-        rows.append(row)
-    return rows
-
-
-def baseline_intervals(workdir: Path, config: dict) -> list[dict]:
-    """Paired-bootstrap intervals of each compared method (metrics.compared_methods) against
-    every other method, at the val threshold: each test subject's tp, fp and fn there
-    (metrics/per_subject.tsv) resampled as the evaluate rule resamples them (same seed and
-    number of resamples). The workflow's relative_change.tsv has the best-threshold intervals,
-    against the best other method only: those need per-subject histograms, which it keeps in
-    no file."""
-    from arepas import metrics
-    from arepas.postprocess import base_method
-
-    resamples = int(config["evaluation"].get("bootstrap_resamples", metrics.BOOTSTRAP_RESAMPLES))
-    rows = []
-    for path in sorted(workdir.glob("results/*/metrics/per_subject.tsv")):
-        table = pd.read_csv(path, sep="\t", keep_default_na=False, na_values=[""])
-        honest = table[table["threshold_kind"] == "honest"]
-        methods = list(dict.fromkeys(honest["method"]))
-        by_method = {m: g.sort_values("subject") for m, g in honest.groupby("method")}
-        for method in metrics.compared_methods(methods):
-            own = by_method[method]
-            for other in methods:
-                if base_method(other) in metrics.COMPARED_METHODS:
-                    continue
-                theirs = by_method[other]
-                if list(theirs["subject"]) != list(own["subject"]):
-                    raise ValueError(f"{path}: {method} and {other} have other test subjects")
-                result = metrics.paired_bootstrap_change(
-                    own[["tp", "fp", "fn"]].to_dict("records"),
-                    theirs[["tp", "fp", "fn"]].to_dict("records"),
-                    n_resamples=resamples, seed=int(config["seed"]),
-                )
-                rows.append({"dataset": path.parts[-3], "method": method, "baseline": other}
-                            | result)
-    return rows
-
-
-# ------------------------------------------------------------------------------------------
-# One large CT subject: preprocessing (bench/scaling.py), reconstruction and maps (here)
-
-
 def inference_run_dir(workdir: Path, config: dict) -> Path:
     """A folder that bench/scaling.py reads as a run: its config/config.yaml is this run's
     config as the jobs see it, its lung models are this run's."""
@@ -378,178 +277,37 @@ def inference_run_dir(workdir: Path, config: dict) -> Path:
     return run_dir
 
 
-class _Clock:
-    """Seconds of named parts, the GPU's queued work finished at every lap."""
+def _large_subject_stages(workdir: Path, entry: dict, stages, progress, **options) -> dict:
+    """bench/scaling.py's stages on the large subject, each in a fresh process as a job."""
+    from bench import scaling
 
-    def __init__(self, cuda: bool) -> None:
-        self.cuda = cuda
-        self.parts: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        if self.cuda:
-            import torch
-
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        self.parts[name] = self.parts.get(name, 0.0) + now - self._last
-        self._last = now
-
-
-def stage_reconstruct(folder: Path, run_dir: Path, device: str) -> dict:
-    """What the reconstruct rule does (arepas.subject_maps.reconstruct), on the subject."""
-    import nibabel as nib
-
-    from arepas import io, translator
-    from arepas.subject_maps import reconstruct
-
-    clock = _Clock(device == "cuda")
-    stack = io.load_arrays(folder / "slices.npz")
-    model, settings, _ = translator.load_translator(
-        run_dir / "results" / INFERENCE_DATASET / "models" / "translator.pt", device=device)
-    clock.lap("load")
-    arrays, volume = reconstruct(stack, model, settings, device=device)
-    clock.lap("edges (CPU) and translate")
-    io.save_arrays(folder / "reconstruction.npz", **arrays)
-    io.save_volume(folder / "recon_working.nii.gz", volume,
-                   nib.load(folder / "working.nii.gz").affine)
-    clock.lap("save")
-    return {"parts": clock.parts, "slices": int(len(arrays["recon"]))}
-
-
-def stage_maps(folder: Path, run_dir: Path, device: str) -> dict:
-    """What the anomaly_maps rule does (arepas.subject_maps), on the subject: every configured
-    method raw and post-processed, on the working and the native grid."""
-    from arepas import autoencoder, dae, io, scorer
-    from arepas.methods import CALIBRATED_METHOD, PATCH_METHODS
-    from arepas.postprocess import PostprocessSettings
-    from arepas.subject_maps import method_maps, native_volume, working_volumes
-    from bench.scaling import NEEDS_MORE, _config
-
-    clock = _Clock(device == "cuda")
-    config = _config(run_dir)
-    methods = [m for m in config["methods"] if m not in NEEDS_MORE or m == CALIBRATED_METHOD]
-    models = run_dir / "results" / INFERENCE_DATASET / "models"
-    rec = io.load_arrays(folder / "reconstruction.npz")
-    mapping = json.loads((folder / "mapping.json").read_text())
-    roi_native, _ = io.load_volume(folder / "roi_native.nii.gz", "scaling001", "roi_native")
-    loaded = {}
-    if set(PATCH_METHODS) & set(methods):
-        model, _, meta = scorer.load_scorer(models / "scorer.pt", device=device)
-        loaded["scorer"] = (model, meta)
-    if CALIBRATED_METHOD in methods:
-        loaded["calibration"] = io.load_arrays(models / "patch_calibration.npz")
-    if "ae" in methods:
-        loaded["autoencoder_model"] = autoencoder.load_autoencoder(
-            models / "autoencoder.pt", device=device)[0]
-    if "dae" in methods:
-        loaded["dae_model"] = dae.load_dae(models / "dae.pt")[0]
-    clock.lap("load")
-    maps = method_maps(rec, methods, config["maps"], subject="scaling001", device=device,
-                       lap=clock.lap, **loaded)
-    post = PostprocessSettings.from_dict(config["postprocess"])
-    volumes = working_volumes(maps, rec, methods, post)
-    clock.lap("assemble and post-process")
-    w_affine = np.asarray(mapping["working_affine"])
-    for method, volume in volumes.items():
-        io.save_volume(folder / f"{method}_working.nii.gz", volume, w_affine)
-        clock.lap("save working")
-        native = native_volume(volume, mapping, roi_native, folder / "transforms")
-        clock.lap("to native grid")
-        io.save_volume(folder / f"{method}_native.nii.gz", native,
-                       np.asarray(mapping["native_affine"]))
-        clock.lap("save native")
-    return {"parts": clock.parts, "methods": list(volumes)}
-
-
-def run_stage(stage: str, folder: Path, run_dir: Path, threads: int) -> None:
-    """One stage in this process, its record (parts, seconds, memory) written to folder."""
-    import torch
-
-    from bench.machine import peak_rss_mb
-
-    torch.set_num_threads(threads)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        torch.zeros(1, device=device)  # the context, created before the clock starts
-        torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
-    record = {"reconstruct": stage_reconstruct, "maps": stage_maps}[stage](folder, run_dir,
-                                                                          device)
-    record.update(seconds=time.perf_counter() - started, device=device, peak_rss_mb=peak_rss_mb(),
-                  gpu_peak_allocated_mib=(torch.cuda.max_memory_allocated() / 2**20
-                                          if device == "cuda" else None))
-    (folder / f"{stage}.json").write_text(json.dumps(record, indent=1))
-
-
-def _spawn(stage: str, folder: Path, run_dir: Path, threads: int) -> dict:
-    command = [sys.executable, "-m", "bench.gpu_workflow", stage, "--dir", str(folder),
-               "--run", str(run_dir), "--threads", str(threads)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    started = time.perf_counter()
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{SECTION} stage {stage} failed:\n{result.stderr[-3000:]}")
-    record = json.loads((folder / f"{stage}.json").read_text())
-    record["process_s"] = time.perf_counter() - started
-    return record
+    for stage in stages:
+        progress(f"{SECTION}: {'x'.join(map(str, entry['shape']))} subject, {stage}")
+        entry[stage] = scaling._spawn(stage, workdir / "inference_subject",
+                                      workdir / "inference_run", entry["shape"], 7, 1, **options)
+    return entry
 
 
 def prepare_large_subject(workdir: Path, config: dict, shape, progress=print) -> dict:
-    """Generate and preprocess one CT subject (bench/scaling.py's stages, CPU only, each in a
-    fresh process): they need no trained model, so they run beside the workflow."""
-    from bench import scaling
-
-    run_dir = inference_run_dir(workdir, config)
+    """Generate and preprocess one CT subject (CPU only): they need no trained model, so they
+    run beside the workflow."""
+    inference_run_dir(workdir, config)
     folder = workdir / "inference_subject"
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir()
-    entry: dict = {"shape": list(shape), "threads": 1}
-    for stage in ("generate", "preprocess"):
-        progress(f"{SECTION}: {'x'.join(map(str, shape))} subject, {stage}")
-        entry[stage] = scaling._spawn(stage, folder, run_dir, shape, 7, 1)
-    return entry
-
-
-class _Background(threading.Thread):
-    """A function run beside the workflow; join() returns its result or raises its error."""
-
-    def __init__(self, function, *args) -> None:
-        super().__init__(daemon=True)
-        self._call = (function, args)
-        self.result = self.error = None
-
-    def run(self) -> None:
-        try:
-            self.result = self._call[0](*self._call[1])
-        except BaseException as error:  # noqa: BLE001 - handed to the caller
-            self.error = error
-
-    def join(self, timeout=None):
-        super().join(timeout)
-        if self.error is not None:
-            raise self.error
-        return self.result
+    return _large_subject_stages(workdir, {"shape": list(shape), "threads": 1},
+                                 ("generate", "preprocess"), progress)
 
 
 def time_large_subject(workdir: Path, entry: dict, progress=print) -> dict:
-    """Reconstruct and map the prepared subject with this run's lung models, each stage in a
-    fresh process as a workflow job."""
-    run_dir = workdir / "inference_run"
-    folder = workdir / "inference_subject"
-    shape = entry["shape"]
-    for stage in INFERENCE_STAGES:
-        progress(f"{SECTION}: {'x'.join(map(str, shape))} subject, {stage}")
-        entry[stage] = _spawn(stage, folder, run_dir, 1)
+    """Reconstruct and map the prepared subject with this run's lung models, on the GPU where
+    the rules use it."""
+    _large_subject_stages(workdir, entry, INFERENCE_STAGES, progress, gpu=True, calibrated=True)
     entry["inference_s"] = sum(entry[s]["seconds"] for s in INFERENCE_STAGES)
     entry["inference_process_s"] = sum(entry[s]["process_s"] for s in INFERENCE_STAGES)
-    shutil.rmtree(folder)
+    shutil.rmtree(workdir / "inference_subject")
     return entry
-
-
-# ------------------------------------------------------------------------------------------
-# The section
 
 
 def measure(repo: Path, runs_dir: Path, cores: int | None = None, smoke: bool = False,
@@ -562,58 +320,47 @@ def measure(repo: Path, runs_dir: Path, cores: int | None = None, smoke: bool = 
     command = snakemake_command(cores, smoke, steps)
     shape = SMOKE_INFERENCE_SHAPE if smoke else INFERENCE_SHAPE
     # The large subject's generation and preprocessing (CPU, no model) run beside the workflow.
-    prepared = _Background(prepare_large_subject, workdir, config, shape, progress)
-    prepared.start()
+    background = ThreadPoolExecutor(1)
+    prepared = background.submit(prepare_large_subject, workdir, config, shape, progress)
+    background.shutdown(wait=False)
     if quality.finished(workdir) and (workdir / RECORD).exists():
         progress(f"{SECTION}: the run in {workdir} is finished; using it")
     else:
-        progress(f"{SECTION}: running {' '.join(command[2:])} in {workdir}")
-        record = run(workdir, command, sample_gpu=device["cuda"])
+        progress(f"{SECTION}: running snakemake {' '.join(command)} in {workdir}")
+        record = quality.run_workflow(workdir, command, GpuSampler() if device["cuda"] else None)
         if record["returncode"] != 0:
-            prepared.join()
+            prepared.result()
             raise RuntimeError(f"the run in {workdir} failed: see bench_snakemake.log there")
         progress(f"{SECTION}: the workflow took {record['wall_s']:.0f} s")
     record = json.loads((workdir / RECORD).read_text())
     records = tables.read_job_records(workdir)
-    large = time_large_subject(workdir, prepared.join(), progress)
+    large = time_large_subject(workdir, prepared.result(), progress)
+    results = workdir / "results"
     return {
-        "smoke": smoke,
-        "run_dir": str(workdir),
-        "command": record["command"],
-        "wall_s": record["wall_s"],
-        "cores": cores,
+        "smoke": smoke, "run_dir": str(workdir), "command": record["command"],
+        "wall_s": record["wall_s"], "cores": cores,
         "threads": thread_plan(cores) if not smoke else {},
-        "gpu_slots": None if smoke else GPU_SLOTS,
-        "device": device,
-        "gpu_samples": record.get("gpu_samples"),
-        "counts": config["demo"]["counts"],
+        "gpu_slots": None if smoke else GPU_SLOTS, "device": device,
+        "gpu_samples": record.get("gpu_samples"), "counts": config["demo"]["counts"],
         "methods": config["methods"],
         "translator": {d: config["datasets"][d]["translator"] for d in DATASETS},
         "estimate": estimate_minutes(config),
         "records": records.drop(columns=["source"]).to_dict("records"),
-        "training": training_steps(workdir),
-        "training_devices": training_devices(workdir),
-        "script_devices": script_devices(repo),
-        "rule_gpu_memory_recorded": False,
-        "summary": pd.read_csv(workdir / "results" / "summary.tsv", sep="\t",
-                               keep_default_na=False, na_values=[""]).to_dict("records"),
-        "relative_change": pd.read_csv(workdir / "results" / "relative_change.tsv",
-                                       sep="\t").to_dict("records"),
-        "baseline_intervals": baseline_intervals(workdir, config),
-        "edge_reliance": quality.edge_reliance_rows(workdir),
-        "large_subject": large,
+        "training": tables.training_histories(workdir),
+        "training_devices": training_devices(workdir), "script_devices": script_devices(repo),
+        "summary": pd.read_csv(results / "summary.tsv", sep="\t", keep_default_na=False,
+                               na_values=[""]).to_dict("records"),
+        "relative_change": pd.read_csv(results / "relative_change.tsv", sep="\t")
+        .to_dict("records"),
+        "edge_reliance": quality.edge_reliance_rows(workdir), "large_subject": large,
     }
 
 
 def _rule_rows(records: pd.DataFrame) -> list[list[str]]:
-    rows = []
-    for (rule, dataset), group in records.groupby(["rule", "dataset"], sort=False):
-        rows.append([rule, dataset or "—", str(len(group)), f"{group['s'].sum():.1f}",
-                     f"{group['s'].mean():.1f}", f"{group['s'].max():.1f}",
-                     f"{group['max_rss'].max():.0f}"])
-    order = {rule: k for k, rule in enumerate(tables.rule_summary(records)["rule"])}
-    rows.sort(key=lambda row: (order.get(row[0], len(order)), row[1]))
-    return rows
+    return [[rule, dataset or "—", str(len(group)), f"{group['s'].sum():.1f}",
+             f"{group['s'].mean():.1f}", f"{group['s'].max():.1f}",
+             f"{group['max_rss'].max():.0f}"]
+            for rule, dataset, group in tables.rule_dataset_groups(records)]
 
 
 # Rules whose script has another name than the rule.
@@ -622,19 +369,16 @@ RULE_SCRIPTS = {"translator_figure": "training_figure", "scorer_figure": "traini
 
 def _device_of(rule: str, scripts: dict[str, dict]) -> str:
     entry = scripts.get(RULE_SCRIPTS.get(rule, rule))
-    if entry is None:
-        return "CPU (no script)"
-    return entry["device"] + (f"; {entry['notes']}" if entry["notes"] else "")
+    return "CPU (no script)" if entry is None else entry["device"]
 
 
 def render_quality(data: dict) -> str:
-    summary = pd.DataFrame(data["summary"])
-    rows = []
-    for row in summary.sort_values(["dataset", "method"]).itertuples():
-        rows.append([row.dataset, row.method, tables.number(row.best_dice, "{:.3f}"),
-                     tables.number(row.honest_dice, "{:.3f}"), tables.number(row.auprc, "{:.3f}"),
-                     tables.number(row.auroc, "{:.3f}"),
-                     str(row.flag) if isinstance(row.flag, str) and row.flag else ""])
+    summary = pd.DataFrame(data["summary"]).sort_values(["dataset", "method"])
+    rows = [[row.dataset, row.method,
+             *(tables.number(v, "{:.3f}") for v in (row.best_dice, row.honest_dice, row.auprc,
+                                                     row.auroc)),
+             str(row.flag) if isinstance(row.flag, str) and row.flag else ""]
+            for row in summary.itertuples()]
     tests = sorted({c.get("test") for c in data["counts"].values()})
     text = (
         f"Quality on the {'/'.join(map(str, tests))} test subjects per cohort "
@@ -643,55 +387,25 @@ def render_quality(data: dict) -> str:
         + tables.markdown_table(["dataset", "method", "best Dice", "Dice at val threshold",
                                  "AUPRC", "AUROC", "flag"], rows, left=2)
     )
-    label = "GPU run"
-    text += "\n" + quality.render_intervals(
-        {"runs": [{"label": label, "relative_change": data["relative_change"]}]})
-    rows = [
-        [r["dataset"], r["method"], r["baseline"],
-         f"{r['own_dice']:.3f} vs {r['other_dice']:.3f}",
-         quality._percent(r["relative_change"]),
-         f"{quality._percent(r['ci_low'])} to {quality._percent(r['ci_high'])}",
-         str(r["n_subjects"])]
-        for r in sorted(data["baseline_intervals"],
-                        key=lambda r: (r["dataset"], r["method"], r["baseline"]))
-        # The raw AREPAS maps; their post-processed variants' rows stay in the measurements.
-        if not r["method"].endswith("+pp")
-    ]
-    if rows:
-        text += (
-            "\nAgainst every baseline, at the val threshold (chosen on the healthy val subjects, "
-            "so fixed for the test subjects): relative Dice change with the 95 % interval of "
-            "a paired bootstrap over the test subjects, from each subject's counts "
-            "(`results/<dataset>/metrics/per_subject.tsv`), resampled as the evaluate rule "
-            "does (its seed and resamples); the raw AREPAS maps here, the post-processed "
-            "ones' rows are in the stored measurements. At the best threshold the workflow "
-            "keeps the "
-            "intervals against the best other method only (above): the per-subject histograms "
-            "they need are in no file.\n\n"
-            + tables.markdown_table(["dataset", "method", "baseline", "Dice vs baseline",
-                                     "change", "95 % CI", "subjects"], rows, left=3)
-        )
-    return text
+    return text + "\n" + quality.render_intervals(
+        {"runs": [{"label": "GPU run", "relative_change": data["relative_change"]}]})
 
 
 def render_large_subject(data: dict) -> str:
     large = data["large_subject"]
     shape = "×".join(map(str, large["shape"]))
-    rows = []
-    for stage in ("preprocess", *INFERENCE_STAGES):
-        record = large[stage]
-        parts = ", ".join(f"{k} {v:.1f}" for k, v in record["parts"].items())
-        gpu = record.get("gpu_peak_allocated_mib")
-        rows.append([stage, record.get("device", "cpu"), tables.number(record["seconds"]),
-                     tables.number(record["process_s"]),
-                     tables.number(record["peak_rss_mb"], "{:.0f}"),
-                     "—" if gpu is None else f"{gpu:.0f}", parts])
+    rows = [[stage, r.get("device", "cpu"), tables.number(r["seconds"]),
+             tables.number(r["process_s"]), tables.number(r["peak_rss_mb"], "{:.0f}"),
+             "—" if r.get("gpu_peak_allocated_mib") is None
+             else f"{r['gpu_peak_allocated_mib']:.0f}",
+             ", ".join(f"{k} {v:.1f}" for k, v in r["parts"].items())]
+            for stage in ("preprocess", *INFERENCE_STAGES) for r in [large[stage]]]
     text = (
         f"\nOne {shape} chest CT subject with lesions (bench/scaling.py's phantom on its "
         f"{' × '.join(f'{v:g}' for v in (358.4, 358.4, 320.0))} mm field of view) through "
         "preprocessing (bench/scaling.py's stage, CPU, run beside the workflow: its time "
-        "shares the CPUs with the workflow's jobs), reconstruction and maps (this section's "
-        "stages: what the reconstruct and anomaly_maps scripts do, with this run's lung "
+        "shares the CPUs with the workflow's jobs), reconstruction and maps (its stages too: "
+        "what the reconstruct and anomaly_maps scripts do, with this run's lung "
         "models, every method raw and post-processed, on the working and the native grid), "
         "each in a fresh process as a job, torch on 1 CPU thread as the rules. Seconds inside "
         "the process (GPU work finished at each part's end); *with start-up* adds the "
@@ -703,28 +417,25 @@ def render_large_subject(data: dict) -> str:
     total = large["inference_s"]
     parts = {f"{stage}: {k}": v for stage in INFERENCE_STAGES
              for k, v in large[stage]["parts"].items()}
-    top = sorted(parts.items(), key=lambda kv: -kv[1])[:5]
-    verdict = "within" if total <= INFERENCE_TARGET_S else "over"
-    text += (
-        f"\nInference (reconstruct + maps): {total:.1f} s in the stages, "
-        f"{large['inference_process_s']:.1f} s with start-up: {verdict} the "
-        f"{INFERENCE_TARGET_S:g} s target."
-    )
+    text += (f"\nInference (reconstruct + maps): {total:.1f} s in the stages, "
+             f"{large['inference_process_s']:.1f} s with start-up: "
+             f"{'within' if total <= INFERENCE_TARGET_S else 'over'} the "
+             f"{INFERENCE_TARGET_S:g} s target.")
     if total > INFERENCE_TARGET_S:
-        share = ", ".join(f"{name} {seconds:.1f} s ({seconds / total:.0%})"
-                          for name, seconds in top)
-        text += f" Where the time goes (the largest parts): {share}."
+        top = sorted(parts.items(), key=lambda kv: -kv[1])[:5]
+        text += " Where the time goes (the largest parts): " + ", ".join(
+            f"{name} {seconds:.1f} s ({seconds / total:.0%})" for name, seconds in top) + "."
     return text + "\n"
 
 
 def render(data: dict) -> str:
     device = data["device"]
     name = device.get("name", "no GPU (CPU smoke)")
-    counts = data["counts"]
     cohort = "; ".join(f"{d} {', '.join(f'{v} {k}' for k, v in c.items())}"
-                       for d, c in counts.items())
+                       for d, c in data["counts"].items())
     steps = ", ".join(f"{d} {t.get('max_steps')}" for d, t in data["translator"].items())
     est = data["estimate"]
+    step_ms = "-".join(sorted({f"{h100_step_s(d) * 1000:.0f}" for d in DATASETS}))
     lines = []
     if data["smoke"]:
         lines.append(
@@ -739,7 +450,8 @@ def render(data: dict) -> str:
         f"{data['wall_s'] / 60:.1f} min wall for the workflow. The published networks at "
         "256² on the demo cohorts' clinical scan grids, float32, with every method "
         f"({', '.join(data['methods'])}), cohorts {cohort}. The translators are cut to "
-        f"`max_steps` ({steps} steps); at section 20's 84-89 ms per step (H100, bfloat16) that "
+        f"`max_steps` ({steps} steps); at {step_ms} ms per step (H100, bfloat16, "
+        "`bench/measurements/translator_step.json`) that "
         f"is {est['total_minutes']:.1f} min of GPU time for both one after the other. "
         + (f"All training jobs may share the GPU (`--resources gpu={data['gpu_slots']}`; the "
            "default profile would run them one at a time), so both translators train side by "
@@ -751,7 +463,7 @@ def render(data: dict) -> str:
     # Which rules use the GPU.
     scripts = {row["script"]: row for row in data["script_devices"]}
     seen = data.get("training_devices") or {}
-    rows = [[row["script"], row["device"], row["how"], row["notes"]]
+    rows = [[row["script"], row["device"], row["how"]]
             for row in data["script_devices"] if row["how"] != "no torch device"]
     lines.append(
         "Where each rule runs: the training rules ask for a GPU and train on it (their logs "
@@ -761,7 +473,7 @@ def render(data: dict) -> str:
         "wherever torch sees it; the scripts below that say CPU run a network there; every "
         "other rule (demo generation, preprocessing and registration, evaluation, figures, "
         "masks) is CPU code without a network. The workflow is unchanged for this run.\n\n"
-        + tables.markdown_table(["script", "device", "how", "still on the CPU"], rows, left=4)
+        + tables.markdown_table(["script", "device", "how"], rows, left=3)
     )
     # Per-rule times.
     records = pd.DataFrame(data["records"])
@@ -787,13 +499,12 @@ def render(data: dict) -> str:
                                  "ms per step"], rows, left=2)
     )
     samples = data.get("gpu_samples")
-    memory = (
-        f"Peak GPU memory in use on the device while the workflow ran: "
-        f"{samples['peak_used_mib'] / 1024:.1f} GiB (nvidia-smi every {samples['every_s']:g} s, "
-        f"all jobs together); mean utilisation {samples['mean_utilisation']:.0f} %, the GPU "
-        f"busy in {samples['busy_fraction']:.0%} of the samples. "
-        if samples else "GPU memory was not sampled (no nvidia-smi, or no GPU). "
-    )
+    memory = (f"Peak GPU memory in use on the device while the workflow ran: "
+              f"{samples['peak_used_mib'] / 1024:.1f} GiB (nvidia-smi every "
+              f"{samples['every_s']:g} s, all jobs together); mean utilisation "
+              f"{samples['mean_utilisation']:.0f} %, the GPU busy in "
+              f"{samples['busy_fraction']:.0%} of the samples. "
+              if samples else "GPU memory was not sampled (no nvidia-smi, or no GPU). ")
     lines.append(
         "\n" + memory + "The rules record no GPU memory of their own (their usage and benchmark "
         "files hold time, CPU time and RSS): the peak allocated by torch is measured in the "
@@ -806,16 +517,3 @@ def render(data: dict) -> str:
     lines.append(f"### A {shape} CT subject\n" + render_large_subject(data))
     return "\n".join(lines)
 
-
-def _parse(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("stage", choices=INFERENCE_STAGES)
-    parser.add_argument("--dir", type=Path, required=True)
-    parser.add_argument("--run", type=Path, required=True)
-    parser.add_argument("--threads", type=int, default=1)
-    return parser.parse_args(argv)
-
-
-if __name__ == "__main__":
-    args = _parse()
-    run_stage(args.stage, args.dir, args.run, args.threads)

@@ -12,30 +12,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _proc_field(path: str, key: str) -> str | None:
+    """The value of the first `key:` line of a /proc file, or None."""
+    file = Path(path)
+    lines = file.read_text().splitlines() if file.exists() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith(key)), None)
+
+
 def cpu_model() -> str:
-    """The CPU's model name, from lscpu or /proc/cpuinfo."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+    return _proc_field("/proc/cpuinfo", "model name") or platform.processor() or "unknown"
 
 
 def memory_gib() -> float:
-    meminfo = Path("/proc/meminfo")
-    if meminfo.exists():
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) / 1024**2
-    return float("nan")
+    total = _proc_field("/proc/meminfo", "MemTotal")
+    return int(total.split()[0]) / 1024**2 if total else float("nan")
 
 
 def gpu_name() -> str:
@@ -51,18 +41,11 @@ def describe() -> dict:
     import numpy
     import torch
 
-    return {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "memory_gib": round(memory_gib(), 1),
-        "gpu": gpu_name(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "load_average": [round(v, 2) for v in os.getloadavg()],
-        **code_state(),
-    }
+    return {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_model(),
+            "cores": os.cpu_count(), "memory_gib": round(memory_gib(), 1), "gpu": gpu_name(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": numpy.__version__,
+            "load_average": [round(v, 2) for v in os.getloadavg()], **code_state()}
 
 
 def git(*args: str, repo: Path = REPO) -> subprocess.CompletedProcess:
@@ -90,9 +73,6 @@ def peak_rss_mb() -> float:
     Linux's VmHWM is the high-water mark of this program's own memory; ru_maxrss is not, since
     Linux carries it across exec: a child started by a big parent reports the parent's RSS.
     """
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    high = _proc_field("/proc/self/status", "VmHWM")
+    return int(high.split()[0]) / 1024 if high else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -17,6 +17,7 @@ import numpy as np
 import yaml
 
 from bench import tables
+from bench.quality import linked_workdir
 
 SIZES = (10, 100, 1000)
 REPEATS = 3
@@ -46,12 +47,7 @@ def make_scans(folder: Path, n: int) -> list[Path]:
 
 
 def make_workdir(repo: Path, runs_dir: Path, n: int, scans: list[Path]) -> Path:
-    workdir = runs_dir / f"sheet{n}"
-    workdir.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "workflow", "config"):
-        link = workdir / name
-        if not link.exists():
-            link.symlink_to(repo / name)
+    workdir = linked_workdir(repo, runs_dir / f"sheet{n}")
     n_val = n_test = max(1, n // 10)
     splits = ["val"] * n_val + ["test"] * n_test + ["train"] * (n - n_val - n_test)
     rows = ["subject\tdataset\tsplit\timage\tlesion\troi"]
@@ -59,13 +55,10 @@ def make_workdir(repo: Path, runs_dir: Path, n: int, scans: list[Path]) -> Path:
         lesion = str(scans[0].parent / "lesion.nii.gz") if split == "test" else ""
         rows.append(f"s{k:04d}\tcohort\t{split}\t{scans[k]}\t{lesion}\t")
     (workdir / "sheet.tsv").write_text("\n".join(rows) + "\n")
-    config = {
-        "demo": {"enabled": False},
-        "subjects": "sheet.tsv",
+    (workdir / "cohort.yaml").write_text(yaml.safe_dump({
+        "demo": {"enabled": False}, "subjects": "sheet.tsv",
         "datasets": {"cohort": {"preset": "published", "modality": "ct",
-                                "spacing": [1.0, 1.0, 2.5], "intensity": {}}},
-    }
-    (workdir / "cohort.yaml").write_text(yaml.safe_dump(config))
+                                "spacing": [1.0, 1.0, 2.5], "intensity": {}}}}))
     return workdir
 
 

@@ -6,45 +6,18 @@ with each job's peak memory: what the rules' memory requests are sized from."""
 from __future__ import annotations
 
 import json
-import math
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 
 from arepas.planning import stored_slice_count
 from bench import tables
-from bench.quality import finished
+from bench.quality import WALL_RECORD as RECORD
+from bench.quality import finished, linked_workdir, run_workflow
 
 CONFIG = "config/published_smoke.yaml"
-RECORD = "bench_wall.json"
 # Rules run once per subject, whose cost grows with the subject's slices.
 PER_SUBJECT = ("preprocess", "reconstruct", "anomaly_maps", "subject_figure", "lesion_masks")
-
-
-def make_workdir(repo: Path, runs_dir: Path) -> Path:
-    workdir = runs_dir / "published_smoke"
-    workdir.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "workflow", "config"):
-        link = workdir / name
-        if not link.exists():
-            link.symlink_to(repo / name)
-    return workdir
-
-
-def run(workdir: Path, cores: int) -> dict:
-    """The whole workflow and its report, in one invocation as `make demo` does."""
-    command = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile", CONFIG,
-               "--report", "results/report.zip", "--report-after-run"]
-    started = time.perf_counter()
-    with open(workdir / "bench_snakemake.log", "w") as out:
-        result = subprocess.run(command, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
-    record = {"wall_s": time.perf_counter() - started, "returncode": result.returncode,
-              "command": " ".join(command[2:])}
-    (workdir / RECORD).write_text(json.dumps(record, indent=1))
-    return record
 
 
 def subject_slices(workdir: Path) -> dict[str, int]:
@@ -57,41 +30,34 @@ def subject_slices(workdir: Path) -> dict[str, int]:
 
 def training_steps(workdir: Path) -> dict[str, dict[str, int]]:
     steps: dict[str, dict[str, int]] = {}
-    for path in sorted(workdir.glob("results/*/models/*_history.tsv")):
-        history = pd.read_csv(path, sep="\t")
-        column = "step" if "step" in history else None
-        if column:
-            name = path.name.removesuffix("_history.tsv")
-            steps.setdefault(path.parts[-3], {})[name] = int(history[column].max())
+    for row in tables.training_histories(workdir):
+        steps.setdefault(row["dataset"], {})[row["network"]] = row["steps"]
     return steps
 
 
 def measure(repo: Path, runs_dir: Path, cores: int, progress=print) -> dict:
-    workdir = make_workdir(repo, runs_dir)
+    workdir = linked_workdir(repo, runs_dir / "published_smoke")
     if not (finished(workdir) and (workdir / RECORD).exists()):
         progress(f"published_sizes: running {CONFIG} in {workdir}")
-        record = run(workdir, cores)
+        # The whole workflow and its report, in one invocation as `make demo` does.
+        record = run_workflow(workdir, ["--cores", str(cores), "--configfile", CONFIG,
+                                        "--report", "results/report.zip", "--report-after-run"])
         if record["returncode"] != 0:
             raise RuntimeError(f"the run in {workdir} failed: see bench_snakemake.log there")
     record = json.loads((workdir / RECORD).read_text())
     records = tables.read_job_records(workdir)
-    return {
-        "run_dir": str(workdir),
-        "wall_s": record["wall_s"],
-        "cores": cores,
-        "records": records.drop(columns=["source"]).to_dict("records"),
-        "slices": subject_slices(workdir),
-        "training_steps": training_steps(workdir),
-        "report_bytes": (workdir / "results" / "report.zip").stat().st_size,
-        "disk": tables.subject_disk(workdir),
-    }
+    return {"run_dir": str(workdir), "wall_s": record["wall_s"], "cores": cores,
+            "records": records.drop(columns=["source"]).to_dict("records"),
+            "slices": subject_slices(workdir), "training_steps": training_steps(workdir),
+            "report_bytes": (workdir / "results" / "report.zip").stat().st_size,
+            "disk": tables.subject_disk(workdir)}
 
 
 def render(data: dict) -> str:
     records = pd.DataFrame(data["records"])
     slices = data["slices"]
     rows = []
-    for (rule, dataset), group in records.groupby(["rule", "dataset"], sort=False):
+    for rule, dataset, group in tables.rule_dataset_groups(records):
         per_subject = rule in PER_SUBJECT and dataset in {k.split("/")[0] for k in slices}
         seconds_per_slice = ""
         if per_subject:
@@ -102,8 +68,6 @@ def render(data: dict) -> str:
             rule, dataset or "—", str(len(group)), f"{group['s'].mean():.1f}",
             f"{group['s'].max():.1f}", seconds_per_slice, f"{group['max_rss'].max():.0f}",
         ])
-    order = {rule: k for k, rule in enumerate(tables.rule_summary(records)["rule"])}
-    rows.sort(key=lambda row: (order.get(row[0], len(order)), row[1]))
     n_slices = ", ".join(
         f"{dataset} {min(v for k, v in slices.items() if k.startswith(dataset + '/'))}-"
         f"{max(v for k, v in slices.items() if k.startswith(dataset + '/'))}"
@@ -146,35 +110,3 @@ def render(data: dict) -> str:
         )
     return intro + table + disk + "\n"
 
-
-def _round_up(value: float, digits: int = 2) -> float:
-    """Up to `digits` significant digits, never below the value."""
-    if value <= 0:
-        return 0.0
-    scale = 10 ** (math.floor(math.log10(value)) - digits + 1)
-    return math.ceil(value / scale - 1e-9) * scale
-
-
-def subject_rates(published: dict, scaling: dict) -> dict[str, dict[str, float]]:
-    """The per-subject rules' rates that arepas.resources.SUBJECT_RATES holds, derived from this
-    section's data and the scaling section's (memory per native voxel, for the rules that hold
-    native volumes), rounded up to two significant digits."""
-    from arepas.resources import SUBJECT_RATES
-    from bench import scaling as scaling_section
-
-    records = pd.DataFrame(published["records"])
-    per_voxel = scaling_section.summarise(scaling)["memory_bytes_per_voxel"]
-    rates = {}
-    for rule, rate in SUBJECT_RATES.items():
-        jobs = records[records["rule"] == rule]
-        per_slice = [
-            row.s / published["slices"][f"{row.dataset}/{row.job}"]
-            for row in jobs.itertuples()
-        ]
-        rates[rule] = {
-            "s_per_slice": _round_up(max(per_slice)),
-            "peak_mb": _round_up(float(jobs["max_rss"].max())),
-            # Only where the measured rate is meant to apply: the rules holding native volumes.
-            "mb_per_mvoxel": _round_up(per_voxel) if rate.mb_per_mvoxel else 0.0,
-        }
-    return rates

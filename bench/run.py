@@ -20,30 +20,24 @@ SECTIONS = (
     "scoring",
     "scaling",
     "gpu",
-    "refscoring",
     "training_memory",
     "heldout",
-    "translator_full",
-    "ct_mapping",
     "published_sizes",
     "gpu_workflow",
     "parse",
 )
 # Hours of training: measured only when named in --only.
-ON_REQUEST = ("heldout", "translator_full", "ct_mapping", "gpu_workflow")
+ON_REQUEST = ("heldout", "gpu_workflow")
 # Section numbers do not change when sections leave: README, config and bench text cite them
-# ("section 20"). The missing numbers are studies archived in docs/studies.md.
+# ("section 14"). The missing numbers are studies archived in docs/studies.md.
 TITLES = {
     "quality": "1. Quality over seeds",
     "speed": "2. Speed per rule and stage",
     "scoring": "3. Patch scoring: dense against the published sampling",
     "scaling": "4. Scaling with the native volume",
     "gpu": "5. GPU",
-    "refscoring": "6. Patch scoring as the reference implementation does it, at 256²",
     "training_memory": "9. Training memory against the number of training subjects",
     "heldout": "14. Held-out confirmation on demo seeds never used in development",
-    "translator_full": "20. The translator at the published sizes, on a GPU",
-    "ct_mapping": "21. CT intensities: the window, or the reference's darker half of it",
     "published_sizes": "22. Every rule at the published sizes, on the CPU",
     "gpu_workflow": "23. Published sizes on a GPU",
     "parse": "24. Planning a run and parsing a job, against the cohort size",
@@ -64,23 +58,16 @@ MEASURES = {
     "scoring": _SCORING_CODE,
     "scaling": ("arepas/",),
     "gpu": tuple(dict.fromkeys(_TRANSLATOR_CODE + _SCORING_CODE)),
-    "refscoring": _SCORING_CODE,
     "training_memory": tuple(dict.fromkeys(
         _TRANSLATOR_CODE + _SCORING_CODE
-        + ("arepas/autoencoder.py", "arepas/dae.py", "arepas/devices.py", "arepas/epochs.py")
+        + ("arepas/autoencoder.py", "arepas/dae.py", "arepas/devices.py", "arepas/epochs.py",
+           "arepas/mining.py")
     )),
     "heldout": WORKFLOW_CODE,
-    "translator_full": (*_TRANSLATOR_CODE, "arepas/diagnostics.py", "arepas/figures.py",
-                        "config/full.yaml"),
-    "ct_mapping": WORKFLOW_CODE,
     "published_sizes": WORKFLOW_CODE,
     "gpu_workflow": WORKFLOW_CODE,
     "parse": WORKFLOW_CODE,
 }
-# What quality_previous.json measured: the code before the reference implementation's settings
-# became the defaults (unpadded scorer, detached head, clean-edge ROI mining, per-slice ROI
-# scaling, dense scoring, discriminator-first GAN step, clean copy in the augmented set).
-PREVIOUS_VARIANT = "the previous defaults (commit 623ef19: our scorer and translator variants)"
 # The published slice size (/work/shared/method/AREPAS.md, "slices": 256 x 256).
 PUBLISHED_SLICE = 256
 # Translator settings the trade-off paragraph names as sizes; any other key is a training choice.
@@ -88,53 +75,27 @@ SIZES = ("base_channels", "n_blocks", "disc_channels", "lr", "epochs")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench",
-        description="Measure the workflow on this machine and write BENCHMARKS.md.",
-    )
-    parser.add_argument(
-        "--only",
-        default=",".join(s for s in SECTIONS if s not in ON_REQUEST),
-        help=f"comma-separated sections to measure now, of {', '.join(SECTIONS)}; the others "
-        "keep their last stored numbers ('none' only rewrites the report)",
-    )
+    parser = argparse.ArgumentParser(prog="python -m bench", description="Measure the "
+                                     "workflow on this machine and write BENCHMARKS.md.")
+    parser.add_argument("--only", default=",".join(s for s in SECTIONS if s not in ON_REQUEST),
+                        help=f"comma-separated sections to measure now, of {', '.join(SECTIONS)};"
+                        " the others keep their last stored numbers ('none' only rewrites the "
+                        "report)")
     parser.add_argument("--seeds", type=int, default=3, help="quality: number of seeds (runs)")
-    parser.add_argument(
-        "--reuse",
-        type=Path,
-        action="append",
-        default=[],
-        help="quality: a finished run's directory whose results/summary.tsv counts as its seed's "
-        "run (repeatable)",
-    )
-    parser.add_argument(
-        "--run",
-        type=Path,
-        default=None,
-        help="finished run whose records and models the other sections use (default: the "
-        "first --reuse, else the repository root if it holds a finished run, else the seed 0 "
-        "run of the quality section)",
-    )
-    parser.add_argument(
-        "--baseline-run",
-        type=Path,
-        default=None,
-        help="speed: another fresh clone timed by `python -m bench.fresh_clone` on the same "
-        "machine (e.g. of the commit measured last), reported beside the demo run",
-    )
-    parser.add_argument(
-        "--demo-run",
-        type=Path,
-        default=None,
-        help="speed: a finished, timed run of the shipped demo configuration (default: run it "
-        "in RUNS_DIR/demo, alone on the machine)",
-    )
+    parser.add_argument("--reuse", type=Path, action="append", default=[],
+                        help="quality: a finished run's directory whose results/summary.tsv "
+                        "counts as its seed's run (repeatable)")
+    parser.add_argument("--run", type=Path, default=None,
+                        help="finished run whose records and models the other sections use "
+                        "(default: the first --reuse, else the repository root if it holds a "
+                        "finished run, else the seed 0 run of the quality section)")
+    parser.add_argument("--demo-run", type=Path, default=None,
+                        help="speed: a finished, timed run of the shipped demo configuration "
+                        "(default: run it in RUNS_DIR/demo, alone on the machine)")
     parser.add_argument("--runs-dir", type=Path, default=REPO / "results" / "bench",
                         help="quality: where new seed runs get their working directories")
     parser.add_argument("--configfile", action="append", default=[],
                         help="quality: extra Snakemake config file for the seed runs")
-    parser.add_argument("--budget-s", type=float, default=200.0,
-                        help="translator_full: training seconds per cohort")
     parser.add_argument("--cores", type=int, default=2, help="quality: snakemake --cores")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for scoring, scaling and the CPU rows of gpu")
@@ -170,8 +131,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.run = args.run.resolve()
     if args.demo_run is not None:
         args.demo_run = args.demo_run.resolve()
-    if args.baseline_run is not None:
-        args.baseline_run = args.baseline_run.resolve()
     args.sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     return args
 
@@ -185,71 +144,32 @@ def parse_size(text: str) -> tuple[int, int, int]:
 
 
 def measure_section(name: str, args: argparse.Namespace) -> dict:
-    if name == "quality":
-        return quality.measure(REPO, args.reuse, range(args.seeds), args.runs_dir.resolve(),
-                               args.cores, args.configfile)
-    if name == "speed":
-        from bench import speed
+    import importlib
 
-        demo = args.demo_run or quality.demo_run(
-            REPO, args.runs_dir.resolve(), args.cores, args.configfile
-        )
-        return speed.measure(demo, args.baseline_run)
-    if name == "scoring":
-        from bench import scoring
-
-        return scoring.measure(args.run, args.threads)
-    if name == "scaling":
-        from bench import scaling
-
-        return scaling.measure(args.run, args.sizes, args.threads, scratch=args.scratch)
-    if name == "gpu":
-        from bench import gpu
-
-        return gpu.measure(args.run, args.threads)
-    if name == "refscoring":
-        from bench import refscoring
-
-        return refscoring.measure(args.threads)
-    if name == "heldout":
-        from bench import heldout
-
-        return heldout.measure(REPO, args.reuse, args.runs_dir.resolve(), args.cores,
-                               args.configfile)
-    if name == "translator_full":
-        from bench import translator_full
-
-        return translator_full.measure(args.runs_dir.resolve() / "full256", args.budget_s,
-                                       cores=args.cores)
-    if name == "parse":
-        from bench import parse
-
-        return parse.measure(REPO, args.runs_dir.resolve() / "parse")
-    if name == "published_sizes":
-        from bench import published_sizes
-
-        return published_sizes.measure(REPO, args.runs_dir.resolve(), args.cores)
-    if name == "gpu_workflow":
-        from bench import gpu_workflow
-
-        if args.gpu_workflow_cpu_smoke and args.results_dir.resolve() == (
-            REPO / "bench" / "measurements"
-        ).resolve():
-            raise SystemExit("gpu_workflow: the CPU smoke is no measurement; give it "
-                             "--results-dir and --output outside the repository's")
-        return gpu_workflow.measure(REPO, args.runs_dir.resolve(), args.gpu_workflow_cores,
-                                    smoke=args.gpu_workflow_cpu_smoke,
-                                    steps=args.gpu_workflow_steps)
-    if name == "ct_mapping":
-        from bench import ct_mapping
-
-        return ct_mapping.measure(REPO, args.runs_dir.resolve() / "ct_mapping",
-                                  range(args.seeds), args.cores)
-    if name == "training_memory":
-        from bench import training_memory
-
-        return training_memory.measure(scratch=args.scratch)
-    raise ValueError(name)
+    module = importlib.import_module(f"bench.{name}")
+    runs = args.runs_dir.resolve()
+    if name == "gpu_workflow" and args.gpu_workflow_cpu_smoke \
+            and args.results_dir.resolve() == (REPO / "bench" / "measurements").resolve():
+        raise SystemExit("gpu_workflow: the CPU smoke is no measurement; give it "
+                         "--results-dir and --output outside the repository's")
+    calls = {
+        "quality": lambda: module.measure(REPO, args.reuse, range(args.seeds), runs, args.cores,
+                                          args.configfile),
+        "speed": lambda: module.measure(
+            args.demo_run or quality.demo_run(REPO, runs, args.cores, args.configfile)),
+        "scoring": lambda: module.measure(args.run, args.threads),
+        "scaling": lambda: module.measure(args.run, args.sizes, args.threads,
+                                          scratch=args.scratch),
+        "gpu": lambda: module.measure(args.run, args.threads),
+        "heldout": lambda: module.measure(REPO, args.reuse, runs, args.cores, args.configfile),
+        "parse": lambda: module.measure(REPO, runs / "parse"),
+        "published_sizes": lambda: module.measure(REPO, runs, args.cores),
+        "gpu_workflow": lambda: module.measure(REPO, runs, args.gpu_workflow_cores,
+                                               smoke=args.gpu_workflow_cpu_smoke,
+                                               steps=args.gpu_workflow_steps),
+        "training_memory": lambda: module.measure(scratch=args.scratch),
+    }
+    return calls[name]()
 
 
 def save_section(results_dir: Path, name: str, data: dict) -> None:
@@ -262,12 +182,8 @@ def save_section(results_dir: Path, name: str, data: dict) -> None:
 
 
 def load_sections(results_dir: Path) -> dict[str, dict]:
-    found = {}
-    for name in SECTIONS:
-        path = results_dir / f"{name}.json"
-        if path.exists():
-            found[name] = json.loads(path.read_text())
-    return found
+    paths = {name: results_dir / f"{name}.json" for name in SECTIONS}
+    return {name: json.loads(path.read_text()) for name, path in paths.items() if path.exists()}
 
 
 def _json_default(value):
@@ -278,17 +194,10 @@ def _json_default(value):
     raise TypeError(f"cannot store {type(value).__name__} as JSON")
 
 
-# ------------------------------------------------------------------------------------------
-# Budgets and what the demo trades away: read from the stored sections
-
-
 def quality_test_subjects(quality: dict) -> str:
     """'10 test subjects per cohort' from the subjects of the quality runs' bootstrap intervals."""
-    counts = {
-        int(row["n_subjects"])
-        for run in quality["runs"]
-        for row in run.get("relative_change", [])
-    }
+    counts = {int(row["n_subjects"]) for run in quality["runs"]
+              for row in run.get("relative_change", [])}
     if len(counts) == 1:
         return f"{counts.pop()} test subjects per cohort"
     return "other cohort sizes"
@@ -318,32 +227,26 @@ def budget_rows(sections: dict[str, dict]) -> list[list[str]]:
         text = f"{total / 60:.1f} min ({len(translator)} jobs)"
         seeds = [r["translator_s"] / 60 for r in finished if "translator_s" in r]
         if len(seeds) > 1:
-            text += (
-                f"; quality runs (same training) "
-                f"{tables.mean_sd(*tables.mean_and_sd(seeds), digits=1)} min"
-            )
+            text += ("; quality runs (same training) "
+                     f"{tables.mean_sd(*tables.mean_and_sd(seeds), digits=1)} min")
         rows.append(["translator training, both datasets ≤ 8 min", "issue 3", text,
                      tables.verdict(total, 480)])
         wall = speed["wall_s"]
         text = f"{wall / 60:.1f} min ({speed['wall_source']})"
         # Only runs timed whole: a run updated in several invocations has no single wall time.
-        walls = [r["wall_s"] / 60 for r in finished
-                 if r.get("wall_source") == TIMED_WHOLE]
+        walls = [r["wall_s"] / 60 for r in finished if r.get("wall_source") == TIMED_WHOLE]
         if len(walls) > 1:
             # The quality runs map more test subjects and may share the machine: not the demo.
-            text += (
-                f"; quality runs ({quality_test_subjects(quality)}, not timed alone) "
-                f"{tables.mean_sd(*tables.mean_and_sd(walls), digits=1)} min, "
-                f"longest {max(walls):.1f}"
-            )
+            text += (f"; quality runs ({quality_test_subjects(quality)}, not timed alone) "
+                     f"{tables.mean_sd(*tables.mean_and_sd(walls), digits=1)} min, "
+                     f"longest {max(walls):.1f}")
         clone = speed.get("fresh_clone")
         if clone:
             # The issue's budget is `make demo` on a fresh clone, its set-up included.
-            from bench.speed import baseline_text, fresh_clone_text
+            from bench.speed import fresh_clone_text
 
             span = tables.run_span_seconds(pd.DataFrame(speed["records"]))
-            text = (fresh_clone_text(clone, span)
-                    + baseline_text(clone, speed.get("baseline_clone")) + "; " + text)
+            text = fresh_clone_text(clone, span) + "; " + text
             wall = clone["total_s"]
         rows.append(["full default run (`make demo`) ≤ 15 min wall", "issues 2, 7, 12", text,
                      tables.verdict(wall, 900)])
@@ -356,17 +259,11 @@ def budget_rows(sections: dict[str, dict]) -> list[list[str]]:
             label = f"{size}², stride {stride}"
             if threads is not None:
                 label += f", {threads} thread{'s' if threads > 1 else ''}"
-            verdicts = [
-                tables.verdict(r["speedup"], 20, at_most=False)
-                == tables.verdict(r["correlation"], 0.9, at_most=False)
-                == "pass"
-                for r in group
-            ]
-            measured = "; ".join(
-                f"{r['dataset']} {r['speedup']:.1f}×, r = "
-                f"{tables.number(r['correlation'], '{:.3f}')}"
-                for r in group
-            )
+            verdicts = [tables.verdict(r["speedup"], 20, at_most=False)
+                        == tables.verdict(r["correlation"], 0.9, at_most=False) == "pass"
+                        for r in group]
+            measured = "; ".join(f"{r['dataset']} {r['speedup']:.1f}×, r = "
+                                 f"{tables.number(r['correlation'], '{:.3f}')}" for r in group)
             rows.append([
                 f"dense scoring ≥ 20× sampled per slice, correlation > 0.9 ({label})",
                 "issues 4, 7", measured, "pass" if all(verdicts) else "FAIL",
@@ -395,16 +292,6 @@ def budget_rows(sections: dict[str, dict]) -> list[list[str]]:
             f"the stages), peak {largest['peak_mb'] / 1024:.2f} GiB",
             "pass" if ok_time == ok_memory == "pass" else "FAIL",
         ])
-    refscoring = sections.get("refscoring", {}).get("data")
-    if refscoring:
-        from bench import refscoring as reference_scoring
-
-        rows.append(reference_scoring.budget_row(refscoring))
-    held = sections.get("heldout", {}).get("data")
-    if held:
-        from bench import heldout
-
-        rows += heldout.budget_rows(held, speed)
     return rows
 
 
@@ -423,9 +310,8 @@ def tradeoffs(config: dict, speed: dict | None) -> str:
         cohort = ", ".join(f"{n[k]} {k}" for k in ("train", "val", "test") if k in n)
         step_text = f", {steps[dataset]['steps']:,} generator steps" if dataset in steps else ""
         # Beyond the sizes above: the demo's training choices that are not the reference's.
-        choices = ", ".join(
-            f"{k} {v}" for k, v in (settings.get("translator") or {}).items() if k not in SIZES
-        )
+        choices = ", ".join(f"{k} {v}" for k, v in (settings.get("translator") or {}).items()
+                            if k not in SIZES)
         scorer = ", ".join(f"{k} {v}" for k, v in (settings.get("scorer") or {}).items())
         parts.append(
             f"`{dataset}`: {settings['slice_size']}² slices on a {spacing} mm working grid; "
@@ -533,12 +419,9 @@ def render(sections: dict[str, dict], run_dir: Path) -> str:
         record = sections[name]
         m = record["machine"]
         said, stale = code_status(name, m)
-        lines.append(
-            f"*Measured {m['date']} ({m['cpu']}, {m['cores']} cores, load average at the end "
-            f"{', '.join(str(v) for v in m['load_average'])}), {said}.*\n"
-        )
-        if stale:
-            lines.append(stale)
+        lines.append(f"*Measured {m['date']} ({m['cpu']}, {m['cores']} cores, load average at "
+                     f"the end {', '.join(str(v) for v in m['load_average'])}), {said}.*\n"
+                     + stale)
         module = __import__(f"bench.{name}", fromlist=["render"])
         lines.append(module.render(record["data"]))
         if name == "quality":
@@ -546,16 +429,6 @@ def render(sections: dict[str, dict], run_dir: Path) -> str:
             lines.append(quality.render_intervals(record["data"]))
             lines += ["### Does the translator use its edges?", ""]
             lines.append(quality.render_edge_reliance(record["data"]))
-        previous = REPO / "bench" / "measurements" / "quality_previous.json"
-        if name == "quality" and previous.exists():
-            lines += ["### Reference defaults against the previous variant", ""]
-            lines.append(
-                quality.render_comparison(
-                    record["data"],
-                    json.loads(previous.read_text())["data"],
-                    PREVIOUS_VARIANT,
-                )
-            )
     # Numbered after the measured sections, however many there are.
     last = max(int(title.split(".", 1)[0]) for title in TITLES.values())
     lines += [f"## {last + 1}. What the CPU demo trades away", ""]
@@ -595,11 +468,10 @@ def main(argv=None) -> int:
         save_section(args.results_dir, name, data)
     write_report(args.output, report(args.results_dir, args.run))
     print(f"bench: wrote {args.output}")
-    sections = load_sections(args.results_dir)
-    if "translator_full" in sections:
-        from bench import training_time
+    from bench import training_time
 
-        readme = REPO / "README.md"
-        if training_time.update_readme(readme, training_time.render(sections["translator_full"])):
-            print(f"bench: updated the training times in {readme}")
+    readme = REPO / "README.md"
+    block = training_time.render(json.loads(training_time.RECORD.read_text()))
+    if training_time.update_readme(readme, block):
+        print(f"bench: updated the training times in {readme}")
     return 0

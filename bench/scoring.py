@@ -75,18 +75,11 @@ def compare(model, real, recon, roi, strides, seed: int, repeats: int) -> list[d
     for stride in strides:
         dense, dense_s = timed(lambda s=stride: patch_map_dense(model, real, recon, roi, s),
                                repeats)
-        rows.append(
-            {
-                "stride": stride,
-                "threads": torch.get_num_threads(),
-                "dense_positions": dense_positions(real.shape[1], model.patch_size, stride),
-                "slices_timed": n,
-                "sampled_s_per_slice": sampled_s / n,
-                "dense_s_per_slice": dense_s / n,
-                "speedup": sampled_s / dense_s,
-                "correlation": roi_correlation(dense, sampled, roi),
-            }
-        )
+        rows.append({"stride": stride, "threads": torch.get_num_threads(),
+                     "dense_positions": dense_positions(real.shape[1], model.patch_size, stride),
+                     "slices_timed": n, "sampled_s_per_slice": sampled_s / n,
+                     "dense_s_per_slice": dense_s / n, "speedup": sampled_s / dense_s,
+                     "correlation": roi_correlation(dense, sampled, roi)})
     return rows
 
 
@@ -111,19 +104,14 @@ def measure(
         rec = io.load_arrays(recon_path)
         real, recon, roi = rec["slices"], rec["recon"], rec["roi"].astype(bool)
         n_slices = len(real)
-        common = {
-            "dataset": dataset,
-            "subject": subjects[0],
-            "volume_slices": n_slices,
-            "patch_size": settings.patch_size,
-            "stalled": bool(meta.get("stalled")),
-        }
+        common = {"dataset": dataset, "subject": subjects[0], "volume_slices": n_slices,
+                  "patch_size": settings.patch_size, "stalled": bool(meta.get("stalled"))}
         progress(f"scoring: {dataset} {subjects[0]}, {n_slices} slices of {real.shape[1]}^2")
         for row in compare(model, real, recon, roi, [1], seed, repeats):
             rows.append({**common, "size": real.shape[1], "upsampled": False, **row})
         # Evenly spread slices of the same subject, upsampled: the published 256 x 256 size.
-        pick = np.unique(np.linspace(0, n_slices - 1, min(slices_full, n_slices)).round())
-        pick = pick.astype(int)
+        pick = np.unique(np.linspace(0, n_slices - 1, min(slices_full, n_slices)).round()
+                         ).astype(int)
         big = upsample(real[pick], recon[pick], roi[pick], FULL_SIZE)
         # The dense pass is a few large convolutions that use every core, the sampled one many
         # small batches that barely do: at full size the ratio depends on the thread count.
@@ -142,24 +130,17 @@ def render(data: dict) -> str:
     for r in data["rows"]:
         per_volume = r["volume_slices"]
         positions = r.get("dense_positions", float("nan"))
-        rows.append(
-            [
-                r["dataset"],
-                f"{r['size']}²" + (" (upsampled)" if r["upsampled"] else ""),
-                r["stride"],
-                r.get("threads", data["threads"]),
-                r["slices_timed"],
-                tables.number(r["sampled_s_per_slice"], "{:.3f}"),
-                tables.number(r["dense_s_per_slice"], "{:.4f}"),
-                tables.number(r["sampled_s_per_slice"] * per_volume, "{:.1f}"),
-                tables.number(r["dense_s_per_slice"] * per_volume, "{:.2f}"),
-                tables.number(r["speedup"], "{:.1f}×"),
-                tables.number(positions, "{:,.0f}"),
-                tables.number(r["speedup"] * positions / PUBLISHED_PATCHES, "{:.0f}×"),
-                tables.number(r["correlation"], "{:.3f}"),
-                "stalled" if r["stalled"] else "trained",
-            ]
-        )
+        rows.append([
+            r["dataset"], f"{r['size']}²" + (" (upsampled)" if r["upsampled"] else ""),
+            r["stride"], r.get("threads", data["threads"]), r["slices_timed"],
+            tables.number(r["sampled_s_per_slice"], "{:.3f}"),
+            tables.number(r["dense_s_per_slice"], "{:.4f}"),
+            tables.number(r["sampled_s_per_slice"] * per_volume, "{:.1f}"),
+            tables.number(r["dense_s_per_slice"] * per_volume, "{:.2f}"),
+            tables.number(r["speedup"], "{:.1f}×"), tables.number(positions, "{:,.0f}"),
+            tables.number(r["speedup"] * positions / PUBLISHED_PATCHES, "{:.0f}×"),
+            tables.number(r["correlation"], "{:.3f}"), "stalled" if r["stalled"] else "trained",
+        ])
     text = (
         "Patch scores of a trained demo scorer on one test subject per dataset (its real "
         f"slices and translator reconstructions); torch on {data['threads']} thread(s) as in "
@@ -177,22 +158,7 @@ def render(data: dict) -> str:
         "the all-core rows depend on what else runs (see the load average above).\n\n"
     )
     return text + tables.markdown_table(
-        [
-            "dataset",
-            "slice",
-            "stride",
-            "threads",
-            "slices timed",
-            "sampled s/slice",
-            "dense s/slice",
-            "sampled s/volume",
-            "dense s/volume",
-            "dense speed-up",
-            "dense positions/slice",
-            "speed-up per scored patch",
-            "correlation",
-            "scorer",
-        ],
-        rows,
-        left=2,
-    )
+        ["dataset", "slice", "stride", "threads", "slices timed", "sampled s/slice",
+         "dense s/slice", "sampled s/volume", "dense s/volume", "dense speed-up",
+         "dense positions/slice", "speed-up per scored patch", "correlation", "scorer"],
+        rows, left=2)

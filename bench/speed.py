@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -11,13 +10,9 @@ import yaml
 from arepas.presets import resolve_presets
 from bench import fresh_clone, quality, tables
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-def measure(run_dir: Path, baseline_run: Path | None = None) -> dict:
-    """The timed run's job records and wall time; with baseline_run (another fresh clone timed
-    by bench.fresh_clone on the same machine, e.g. of the commit last measured), its times too,
-    so that a change of the machine is not read as a change of the code."""
+def measure(run_dir: Path) -> dict:
+    """The timed run's job records and wall time."""
     records = tables.read_job_records(run_dir)
     if records.empty:
         raise FileNotFoundError(f"{run_dir} has no benchmarks/ or *_usage.tsv: not a finished run")
@@ -40,7 +35,6 @@ def measure(run_dir: Path, baseline_run: Path | None = None) -> dict:
         "disk": tables.subject_disk(run_dir),
         # Set only for a run made by bench.fresh_clone: `make demo` timed from a fresh clone.
         "fresh_clone": fresh_clone.read(run_dir),
-        "baseline_clone": fresh_clone.read(baseline_run) if baseline_run else None,
         # Kept with the numbers: the trade-off paragraph describes this configuration even
         # after the run's folder is gone.
         "config": _config_of(run_dir),
@@ -53,23 +47,8 @@ def _config_of(run_dir: Path) -> dict | None:
 
 
 def run_config(data: dict) -> dict | None:
-    """The configuration the timed run used: stored with it, else read from the run's folder,
-    else, for a fresh clone whose folder is gone, the shipped config of the commit it cloned."""
-    if data.get("config"):
-        return data["config"]
-    found = _config_of(Path(data["run_dir"]))
-    if found is not None:
-        return found
-    commit = (data.get("fresh_clone") or {}).get("commit")
-    if commit:
-        shown = subprocess.run(
-            ["git", "-C", str(REPO), "show", f"{commit}:config/config.yaml"],
-            capture_output=True,
-            text=True,
-        )
-        if shown.returncode == 0:
-            return resolve_presets(yaml.safe_load(shown.stdout))
-    return None
+    """The configuration the timed run used: stored with it, else read from the run's folder."""
+    return data.get("config") or _config_of(Path(data["run_dir"]))
 
 
 def fresh_clone_text(clone: dict, workflow_s: float) -> str:
@@ -81,18 +60,6 @@ def fresh_clone_text(clone: dict, workflow_s: float) -> str:
         f"virtual environment {clone['install_s'] / 60:.1f} min, the workflow "
         f"{workflow_s / 60:.1f} min (first job start to last end), Snakemake's start-up and "
         f"the report {rest:.0f} s"
-    )
-
-
-def baseline_text(clone: dict, baseline: dict | None) -> str:
-    """The same-machine baseline's `make demo` beside the timed one ('' without a baseline)."""
-    if not baseline:
-        return ""
-    return (
-        f"; on the same machine, a fresh clone of commit {baseline['commit'][:7]} timed the "
-        f"same way ({baseline['date']}) took {baseline['total_s'] / 60:.1f} min "
-        f"({baseline['total_s']:.0f} s), so this commit's `make demo` is "
-        f"{clone['total_s'] / baseline['total_s']:.2f} × that commit's"
     )
 
 
@@ -111,89 +78,37 @@ def render(data: dict) -> str:
     ]
     if data.get("fresh_clone"):
         span = tables.run_span_seconds(records)
-        lines.append(fresh_clone_text(data["fresh_clone"], span)
-                     + baseline_text(data["fresh_clone"], data.get("baseline_clone")) + ".\n")
+        lines.append(fresh_clone_text(data["fresh_clone"], span) + ".\n")
     by_rule = tables.rule_summary(records)
-    rows = [
-        [
-            r.rule,
-            r.jobs,
-            tables.number(r.wall_s),
-            tables.number(r.mean_s),
-            tables.number(r.max_s),
-            tables.number(r.cpu_s),
-            tables.number(r.peak_rss_mb, "{:.0f}"),
-        ]
-        for r in by_rule.itertuples()
-    ]
-    lines.append(
-        tables.markdown_table(
-            ["rule", "jobs", "wall s", "mean s/job", "longest job s", "CPU s", "peak RSS MB"],
-            rows,
-        )
-    )
+    rows = [[r.rule, r.jobs, *(tables.number(v) for v in (r.wall_s, r.mean_s, r.max_s, r.cpu_s)),
+             tables.number(r.peak_rss_mb, "{:.0f}")] for r in by_rule.itertuples()]
+    lines.append(tables.markdown_table(
+        ["rule", "jobs", "wall s", "mean s/job", "longest job s", "CPU s", "peak RSS MB"], rows))
     by_stage = tables.stage_summary(records)
-    rows = [
-        [
-            r.stage,
-            r.jobs,
-            tables.number(r.wall_s),
-            tables.number(r.busy_s),
-            tables.number(r.cpu_s),
-            tables.number(r.peak_rss_mb, "{:.0f}"),
-        ]
-        for r in by_stage.itertuples()
-    ]
-    rows.append(
-        [
-            "**whole run**",
-            len(records),
-            tables.number(records["s"].sum()),
-            tables.number(data["wall_s"]),
-            tables.number(records["cpu_time"].sum()),
-            tables.number(records["max_rss"].max(), "{:.0f}"),
-        ]
-    )
-    lines.append(
-        tables.markdown_table(
-            ["stage", "jobs", "summed job s", "busy wall s (whole run: its wall)", "CPU s",
-             "peak RSS MB"],
-            rows,
-        )
-    )
+    rows = [[r.stage, r.jobs, *(tables.number(v) for v in (r.wall_s, r.busy_s, r.cpu_s)),
+             tables.number(r.peak_rss_mb, "{:.0f}")] for r in by_stage.itertuples()]
+    rows.append(["**whole run**", len(records), tables.number(records["s"].sum()),
+                 tables.number(data["wall_s"]), tables.number(records["cpu_time"].sum()),
+                 tables.number(records["max_rss"].max(), "{:.0f}")])
+    lines.append(tables.markdown_table(
+        ["stage", "jobs", "summed job s", "busy wall s (whole run: its wall)", "CPU s",
+         "peak RSS MB"], rows))
     per_dataset = []
     for dataset, facts in data["translator"].items():
         rec = records[(records["rule"] == "reconstruct") & (records["dataset"] == dataset)]
         maps = records[(records["rule"] == "anomaly_maps") & (records["dataset"] == dataset)]
-        per_dataset.append(
-            [
-                dataset,
-                facts["epochs"],
-                facts["steps"],
-                tables.number(facts["mean_epoch_s"]),
-                tables.number(rec["s"].mean() if len(rec) else float("nan"), "{:.2f}"),
-                tables.number(maps["s"].mean() if len(maps) else float("nan"), "{:.2f}"),
-                tables.number(maps["s"].max() if len(maps) else float("nan"), "{:.2f}"),
-            ]
-        )
+        per_dataset.append([
+            dataset, facts["epochs"], facts["steps"], tables.number(facts["mean_epoch_s"]),
+            *(tables.number(v, "{:.2f}") for v in (rec["s"].mean(), maps["s"].mean(),
+                                                    maps["s"].max())),
+        ])
     if per_dataset:
         lines.append(
             "Translator training (from its history) and per-subject inference, per dataset:\n"
         )
-        lines.append(
-            tables.markdown_table(
-                [
-                    "dataset",
-                    "epochs",
-                    "generator steps",
-                    "s/epoch",
-                    "reconstruct s/subject",
-                    "maps s/subject (mean)",
-                    "maps s/subject (max)",
-                ],
-                per_dataset,
-            )
-        )
+        lines.append(tables.markdown_table(
+            ["dataset", "epochs", "generator steps", "s/epoch", "reconstruct s/subject",
+             "maps s/subject (mean)", "maps s/subject (max)"], per_dataset))
     if data.get("disk"):
         lines.append(
             "\nDisk under `results/<dataset>/` per subject of this run, by kind of file (mean "

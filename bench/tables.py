@@ -13,21 +13,9 @@ import pandas as pd
 from arepas import metrics
 
 # Pipeline order, for tables that read top to bottom like the workflow runs.
-RULE_ORDER = (
-    "make_demo",
-    "prepare_template",
-    "preprocess",
-    "train_translator",
-    "reconstruct",
-    "train_scorer",
-    "train_autoencoder",
-    "train_dae",
-    "anomaly_maps",
-    "evaluate",
-    "summary_table",
-    "subject_figure",
-    "dataset_figures",
-)
+RULE_ORDER = ("make_demo", "prepare_template", "preprocess", "train_translator", "reconstruct",
+              "train_scorer", "train_autoencoder", "train_dae", "anomaly_maps", "evaluate",
+              "summary_table", "subject_figure", "dataset_figures")
 
 STAGES = {
     "demo + preprocessing": ("make_demo", "prepare_template", "preprocess"),
@@ -36,19 +24,10 @@ STAGES = {
     "evaluation + figures": ("evaluate", "summary_table", "subject_figure", "dataset_figures"),
 }
 
-QUALITY_METRICS = {
-    "best_dice": "best Dice",
-    "honest_dice": "Dice at val threshold",
-    "honest_over_best": "val thr. ÷ best",
-    "auprc": "AUPRC",
-    "auroc": "AUROC",
-}
+QUALITY_METRICS = {"best_dice": "best Dice", "honest_dice": "Dice at val threshold",
+                   "honest_over_best": "val thr. ÷ best", "auprc": "AUPRC", "auroc": "AUROC"}
 
 GIB = 1024**3
-
-
-# ------------------------------------------------------------------------------------------
-# Job records of one workflow run
 
 
 def benchmark_job(relative: Path) -> tuple[str, str, str]:
@@ -93,34 +72,42 @@ def _record(path: Path, rule: str, dataset: str, job: str) -> dict:
     cpu = float(table["cpu_time"].mean()) if "cpu_time" in table else float("nan")
     rss = float(table["max_rss"].max()) if "max_rss" in table else float("nan")
     end = path.stat().st_mtime
-    return {
-        "rule": rule,
-        "dataset": dataset,
-        "job": job,
-        "s": seconds,
-        "cpu_time": cpu,
-        "max_rss": rss,
-        "start": end - seconds,
-        "end": end,
-        "source": str(path),
-    }
+    return {"rule": rule, "dataset": dataset, "job": job, "s": seconds, "cpu_time": cpu,
+            "max_rss": rss, "start": end - seconds, "end": end, "source": str(path)}
+
+
+def training_histories(run_dir: str | Path) -> list[dict]:
+    """Steps, epochs and seconds of every network's training in a run, from its history."""
+    rows = []
+    for path in sorted(Path(run_dir).glob("results/*/models/*_history.tsv")):
+        history = pd.read_csv(path, sep="\t")
+        if "step" not in history or history.empty:
+            continue
+        row = {"dataset": path.parts[-3], "network": path.name.removesuffix("_history.tsv"),
+               "steps": int(history["step"].max()), "epochs": int(len(history))}
+        if "seconds" in history:
+            row["train_s"] = float(history["seconds"].sum())
+            row["s_per_step"] = row["train_s"] / max(row["steps"], 1)
+        rows.append(row)
+    return rows
+
+
+def rule_dataset_groups(records: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """(rule, dataset, its jobs) in pipeline order (rule_summary's), then by dataset."""
+    order = {rule: k for k, rule in enumerate(rule_summary(records)["rule"])}
+    groups = [(rule, dataset, group) for (rule, dataset), group
+              in records.groupby(["rule", "dataset"], sort=False)]
+    return sorted(groups, key=lambda g: (order.get(g[0], len(order)), g[1] or "—"))
 
 
 def busy_seconds(starts: Iterable[float], ends: Iterable[float]) -> float:
     """Length of the union of the intervals [start, end]: the wall time during which at least
     one of the jobs was running (parallel jobs count once, gaps not at all)."""
-    intervals = sorted(zip(starts, ends, strict=True))
-    total = 0.0
-    current_start = current_end = None
-    for start, end in intervals:
-        if current_end is None or start > current_end:
-            if current_end is not None:
-                total += current_end - current_start
-            current_start, current_end = start, end
-        else:
-            current_end = max(current_end, end)
-    if current_end is not None:
-        total += current_end - current_start
+    total, reached = 0.0, -math.inf
+    for start, end in sorted(zip(starts, ends, strict=True)):
+        # Only the part of the interval past the end reached so far is new time.
+        total += max(0.0, end - max(start, reached))
+        reached = max(reached, end)
     return total
 
 
@@ -130,19 +117,10 @@ def _order_key(rule: str) -> tuple[int, str]:
 
 def rule_summary(records: pd.DataFrame) -> pd.DataFrame:
     """Per rule: jobs, summed / mean / longest job wall s, summed CPU s, peak RSS (MB)."""
-    rows = []
-    for rule, group in records.groupby("rule"):
-        rows.append(
-            {
-                "rule": rule,
-                "jobs": len(group),
-                "wall_s": group["s"].sum(),
-                "mean_s": group["s"].mean(),
-                "max_s": group["s"].max(),
-                "cpu_s": group["cpu_time"].sum(),
-                "peak_rss_mb": group["max_rss"].max(),
-            }
-        )
+    rows = [{"rule": rule, "jobs": len(group), "wall_s": group["s"].sum(),
+             "mean_s": group["s"].mean(), "max_s": group["s"].max(),
+             "cpu_s": group["cpu_time"].sum(), "peak_rss_mb": group["max_rss"].max()}
+            for rule, group in records.groupby("rule")]
     table = pd.DataFrame(
         rows, columns=["rule", "jobs", "wall_s", "mean_s", "max_s", "cpu_s", "peak_rss_mb"]
     )
@@ -162,16 +140,9 @@ def stage_summary(records: pd.DataFrame, stages: dict[str, Sequence[str]] = STAG
         group = records[records["rule"].isin(rules)]
         if group.empty:
             continue
-        rows.append(
-            {
-                "stage": name,
-                "jobs": len(group),
-                "wall_s": group["s"].sum(),
-                "busy_s": busy_seconds(group["start"], group["end"]),
-                "cpu_s": group["cpu_time"].sum(),
-                "peak_rss_mb": group["max_rss"].max(),
-            }
-        )
+        rows.append({"stage": name, "jobs": len(group), "wall_s": group["s"].sum(),
+                     "busy_s": busy_seconds(group["start"], group["end"]),
+                     "cpu_s": group["cpu_time"].sum(), "peak_rss_mb": group["max_rss"].max()})
     return pd.DataFrame(rows, columns=["stage", "jobs", "wall_s", "busy_s", "cpu_s", "peak_rss_mb"])
 
 
@@ -180,10 +151,6 @@ def run_span_seconds(records: pd.DataFrame) -> float:
     if records.empty:
         return float("nan")
     return float(records["end"].max() - records["start"].min())
-
-
-# ------------------------------------------------------------------------------------------
-# Quality over seeds
 
 
 def quality_long(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -227,36 +194,17 @@ def relative_changes(
     """Per run, dataset and Dice column: `method`'s relative change over the best other method
     (`arepas.metrics.relative_dice_change`) and which method that was; the `arepas` column holds
     `method`'s own Dice."""
-    rows = []
-    for label, table in tables.items():
-        for column in columns:
-            change = metrics.relative_dice_change(table, method, column)
-            for row in change.itertuples():
-                rows.append(
-                    {
-                        "run": label,
-                        "method": method,
-                        "column": column,
-                        "dataset": row.dataset,
-                        "arepas": getattr(row, column),
-                        "best_other": row.best_other,
-                        "best_other_value": getattr(row, f"best_other_{column}"),
-                        "relative_change": row.relative_change,
-                    }
-                )
-    return pd.DataFrame(
-        rows,
-        columns=[
-            "run",
-            "method",
-            "column",
-            "dataset",
-            "arepas",
-            "best_other",
-            "best_other_value",
-            "relative_change",
-        ],
-    )
+    rows = [
+        {"run": label, "method": method, "column": column, "dataset": row.dataset,
+         "arepas": getattr(row, column), "best_other": row.best_other,
+         "best_other_value": getattr(row, f"best_other_{column}"),
+         "relative_change": row.relative_change}
+        for label, table in tables.items()
+        for column in columns
+        for row in metrics.relative_dice_change(table, method, column).itertuples()
+    ]
+    return pd.DataFrame(rows, columns=["run", "method", "column", "dataset", "arepas",
+                                       "best_other", "best_other_value", "relative_change"])
 
 
 def mean_and_sd(values: Iterable[float]) -> tuple[float, float]:
@@ -282,10 +230,6 @@ def mean_sd(mean: float, sd: float, digits: int = 3, percent: bool = False) -> s
     if sd is not None and math.isfinite(sd):
         text += f" ± {sd:.{digits}f}"
     return text
-
-
-# ------------------------------------------------------------------------------------------
-# Growth with the volume size
 
 
 def power_law_exponent(sizes: Sequence[float], values: Sequence[float]) -> float:
@@ -315,10 +259,6 @@ def largest_fitting_voxels(
     return (limit_bytes - intercept) / slope
 
 
-# ------------------------------------------------------------------------------------------
-# Markdown
-
-
 def markdown_table(
     header: Sequence[str], rows: Iterable[Sequence[object]], left: int = 1, align: str = ""
 ) -> str:
@@ -327,12 +267,9 @@ def markdown_table(
     align = align or "l" * left + "r" * (len(header) - left)
     if len(align) != len(header):
         raise ValueError(f"align {align!r} does not match {len(header)} columns")
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|",
-    ]
-    for row in rows:
-        lines.append("| " + " | ".join(str(cell) for cell in row) + " |")
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|",
+             *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)]
     return "\n".join(lines) + "\n"
 
 

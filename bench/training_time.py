@@ -1,6 +1,8 @@
 """How long the published translator trains for a cohort of N slices on a GPU: its planned steps
-(arepas.translator.planned_steps) times the seconds per step measured in section 20. Written into
-README.md between markers, so that its numbers come from a measurement file too."""
+(arepas.translator.planned_steps) times the seconds per step in bench/measurements/
+translator_step.json (the stages of the archived GPU study of the published translator, see its
+"source"). Written into README.md between markers, so that its numbers come from a measurement
+file too."""
 
 from __future__ import annotations
 
@@ -27,32 +29,27 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def render(translator_full: dict) -> str:
-    """The README block from section 20's stored record (its data and machine)."""
-    runs = [run for run in translator_full["data"]["runs"] if run["device"] == "cuda"]
-    rows = [row for run in runs for row in run["rows"]]
-    gpu = runs[0]["machine"]["gpu"]
-    step_s = statistics.median(row["step_s"] for row in rows)
+RECORD = Path(__file__).resolve().parent / "measurements" / "translator_step.json"
+
+
+def render(record: dict) -> str:
+    """The README block from translator_step.json (its stages and machine)."""
+    gpu = record["machine"]["gpu"]
+    step_s = statistics.median(stage["step_s"] for stage in record["stages"])
     published = TranslatorSettings()
     budgeted = TranslatorSettings(epochs=LONG_EPOCHS, max_steps=EXAMPLE_BUDGET)
     long = TranslatorSettings(epochs=LONG_EPOCHS)
-    table_rows = []
-    for n in COHORTS:
-        steps = planned_steps(published, n)
-        table_rows.append([
-            f"{n:,}", f"{steps:,}", _hours(steps * step_s),
-            _hours(planned_steps(budgeted, n) * step_s),
-            _hours(planned_steps(long, n) * step_s),
-        ])
+    table_rows = [[f"{n:,}", f"{planned_steps(published, n):,}",
+                   *(_hours(planned_steps(s, n) * step_s) for s in (published, budgeted, long))]
+                  for n in COHORTS]
     table = tables.markdown_table(
         ["train slices", "steps, 1 epoch (published)", "time, 1 epoch",
-         f"time, `max_steps: {EXAMPLE_BUDGET}`", f"time, {LONG_EPOCHS} epochs"],
-        table_rows,
-    )
+         f"time, `max_steps: {EXAMPLE_BUDGET}`", f"time, {LONG_EPOCHS} epochs"], table_rows)
     return (
         f"{START}\n"
-        f"At {step_s * 1000:.0f} ms per step of batch 8 (the median over the stages of "
-        f"`BENCHMARKS.md` section 20, the published translator on one {gpu}, trained with "
+        f"At {step_s * 1000:.0f} ms per step of batch 8 (the median over the stages of the "
+        "GPU study in `docs/studies.md`, \"The translator at the published sizes, on a GPU\": "
+        f"the published translator on one {gpu}, trained with "
         "bfloat16 autocast; float32, now the published default, was not timed there), "
         "the translator trains:\n\n"
         f"{table}\n"
