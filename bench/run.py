@@ -52,10 +52,10 @@ TITLES = {
 # the last change to these paths is shown as stale (tests/test_bench.py checks that every
 # library module a section's bench module reaches is covered).
 WORKFLOW_CODE = ("arepas/", "workflow/", "config/")
-_SCORING_CODE = ("arepas/__init__.py", "arepas/scorer.py", "arepas/maps.py",
+_SCORING_CODE = ("arepas/__init__.py", "arepas/scorer/", "arepas/maps.py",
                  "arepas/methods.py", "arepas/io.py", "arepas/settings.py", "arepas/stacks.py",
                  "arepas/progress.py")
-_TRANSLATOR_CODE = ("arepas/__init__.py", "arepas/translator.py", "arepas/edges.py",
+_TRANSLATOR_CODE = ("arepas/__init__.py", "arepas/translator/", "arepas/edges.py",
                     "arepas/io.py", "arepas/settings.py", "arepas/stacks.py",
                     "arepas/progress.py")
 MEASURES = {

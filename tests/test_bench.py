@@ -580,9 +580,9 @@ def _git(repo: Path, *args: str) -> str:
 
 def test_a_section_is_stale_when_its_code_changed_after_the_measured_commit(tmp_path):
     repo = tmp_path / "repo"
-    (repo / "arepas").mkdir(parents=True)
+    (repo / "arepas" / "scorer").mkdir(parents=True)
     _git(repo, "init", "-q")
-    (repo / "arepas" / "scorer.py").write_text("a = 1\n")
+    (repo / "arepas" / "scorer" / "training.py").write_text("a = 1\n")
     _git(repo, "add", ".")
     _git(repo, "commit", "-q", "-m", "scorer")
     first = _git(repo, "rev-parse", "HEAD")
@@ -599,7 +599,7 @@ def test_a_section_is_stale_when_its_code_changed_after_the_measured_commit(tmp_
         said, stale = status({"commit": commit, "dirty_paths": ["README.md"]})
         assert said.startswith(f"at commit {commit[:12]}; ") and "unchanged since" in said
         assert stale == ""
-    (repo / "arepas" / "scorer.py").write_text("a = 2\n")
+    (repo / "arepas" / "scorer" / "training.py").write_text("a = 2\n")
     said, stale = status({"commit": unrelated})
     assert stale.startswith("**Stale:**") and "in uncommitted changes" in stale
     _git(repo, "commit", "-q", "-am", "scorer again")
@@ -611,8 +611,8 @@ def test_a_section_is_stale_when_its_code_changed_after_the_measured_commit(tmp_
     # Unknown: no commit, a commit not in this repository, measured with uncommitted code.
     assert status({})[0] == "commit not recorded, so not known to be current"
     assert "does not hold" in status({"commit": "0" * 40})[0]
-    said, stale = status({"commit": changed, "dirty_paths": ["arepas/scorer.py"]})
-    assert "uncommitted changes to the code it measures (arepas/scorer.py)" in said
+    said, stale = status({"commit": changed, "dirty_paths": ["arepas/scorer/training.py"]})
+    assert "uncommitted changes to the code it measures (arepas/scorer/training.py)" in said
     assert stale == ""
 
 

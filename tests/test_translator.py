@@ -401,7 +401,7 @@ def test_train_translator_trains_on_training_pairs(tmp_path, monkeypatch):
         seen.append(torch.cat([edges, real], dim=1).numpy().copy())
         return dict.fromkeys(("g_adv", "g_l1", "g_perc", "d_loss", "gp"), 0.0)
 
-    monkeypatch.setattr(translator, "_train_step", record)
+    monkeypatch.setattr(translator.training, "_train_step", record)
     slices = shape_slices(3, 22)
     settings = dataclasses.replace(TINY, epochs=1)
     train_translator(slices, slices[:0], settings, tmp_path, seed=6, progress=lambda _: None)
@@ -585,7 +585,7 @@ def _recorded_crops(tmp_path, monkeypatch, seed: int) -> list[np.ndarray]:
         seen.append(torch.cat([edges, real], dim=1).numpy().copy())
         return dict.fromkeys(("g_adv", "g_l1", "g_perc", "d_loss", "gp"), 0.0)
 
-    monkeypatch.setattr(translator, "_train_step", record)
+    monkeypatch.setattr(translator.training, "_train_step", record)
     settings = dataclasses.replace(TINY, epochs=2, crop_size=CROP)
     folder = tmp_path / f"seed{seed}-{len(list(tmp_path.iterdir()))}"
     train_translator(
@@ -799,13 +799,13 @@ def test_cpu_training_runs_deterministic_kernels_without_the_nan_fill_and_restor
 def _count_train_steps(monkeypatch) -> list[int]:
     """Counts the training steps (one generator and one discriminator update each)."""
     calls = []
-    step = translator._train_step
+    step = translator.training._train_step
 
     def counting(*args, **kwargs):
         calls.append(1)
         return step(*args, **kwargs)
 
-    monkeypatch.setattr(translator, "_train_step", counting)
+    monkeypatch.setattr(translator.training, "_train_step", counting)
     return calls
 
 
