@@ -75,7 +75,7 @@ def render(data: dict) -> str:
             run["mapping"], str(run["seed"]), f"{edges['own_over_other']:.3f}",
             f"{edges['own_over_roi_mean']:.3f}", f"{edges['detail_own']:.3f}",
             *[f"{dice[m]['best_dice']:.3f}" if m in dice else "" for m in methods],
-            f"{dice['arepas']['honest_dice']:.3f}",
+            f"{dice['arepas']['dice_val_thr']:.3f}",
         ])
     means = []
     for mapping in MAPPINGS:

@@ -340,9 +340,9 @@ def baseline_intervals(workdir: Path, config: dict) -> list[dict]:
     rows = []
     for path in sorted(workdir.glob("results/*/metrics/per_subject.tsv")):
         table = pd.read_csv(path, sep="\t", keep_default_na=False, na_values=[""])
-        honest = table[table["threshold_kind"] == "honest"]
-        methods = list(dict.fromkeys(honest["method"]))
-        by_method = {m: g.sort_values("subject") for m, g in honest.groupby("method")}
+        at_val_thr = table[table["threshold_kind"] == "val_thr"]
+        methods = list(dict.fromkeys(at_val_thr["method"]))
+        by_method = {m: g.sort_values("subject") for m, g in at_val_thr.groupby("method")}
         for method in metrics.compared_methods(methods):
             own = by_method[method]
             for other in methods:
@@ -632,7 +632,7 @@ def render_quality(data: dict) -> str:
     rows = []
     for row in summary.sort_values(["dataset", "method"]).itertuples():
         rows.append([row.dataset, row.method, tables.number(row.best_dice, "{:.3f}"),
-                     tables.number(row.honest_dice, "{:.3f}"), tables.number(row.auprc, "{:.3f}"),
+                     tables.number(row.dice_val_thr, "{:.3f}"), tables.number(row.auprc, "{:.3f}"),
                      tables.number(row.auroc, "{:.3f}"),
                      str(row.flag) if isinstance(row.flag, str) and row.flag else ""])
     tests = sorted({c.get("test") for c in data["counts"].values()})
@@ -773,7 +773,7 @@ def render(data: dict) -> str:
         + tables.markdown_table(
             ["rule", "dataset", "jobs", "summed s", "mean s/job", "longest job s",
              "peak RSS MB", "device"],
-            [row + [_device_of(row[0].removesuffix("_clean"), scripts)]
+            [row + [_device_of(row[0].removesuffix("_v0"), scripts)]
              for row in _rule_rows(records)], align="ll" + "r" * 5 + "l")
     )
     rows = [[dataset, network, str(r["steps"]), str(r["epochs"]),

@@ -567,8 +567,8 @@ def render_comparison(current: dict, previous: dict, previous_label: str) -> str
                 tables.number(row.runs_prev, "{:.0f}"),
                 tables.mean_sd(row.best_dice_mean, row.best_dice_sd),
                 tables.number(row.runs, "{:.0f}"),
-                tables.mean_sd(row.honest_dice_mean_prev, row.honest_dice_sd_prev),
-                tables.mean_sd(row.honest_dice_mean, row.honest_dice_sd),
+                tables.mean_sd(row.dice_val_thr_mean_prev, row.dice_val_thr_sd_prev),
+                tables.mean_sd(row.dice_val_thr_mean, row.dice_val_thr_sd),
             ]
         )
     text = [

@@ -78,10 +78,10 @@ MEASURES = {
     "parse": WORKFLOW_CODE,
 }
 # What quality_previous.json measured: the code before the reference implementation's settings
-# became the defaults (unpadded scorer, detached head, clean-edge ROI mining, per-slice ROI
-# scaling, dense scoring, discriminator-first GAN step, clean copy in the augmented set).
+# became the defaults (unpadded scorer, detached head, unaugmented-edge ROI mining, per-slice ROI
+# scaling, dense scoring, discriminator-first GAN step, unaugmented copy in the augmented set).
 PREVIOUS_VARIANT = "the previous defaults (commit 623ef19: our scorer and translator variants)"
-# The published slice size (/work/shared/method/AREPAS.md, "slices": 256 x 256).
+# The published slice size, 256 x 256 (Mitic & Langs, arXiv 2509.12905).
 PUBLISHED_SLICE = 256
 # Translator settings the trade-off paragraph names as sizes; any other key is a training choice.
 SIZES = ("base_channels", "n_blocks", "disc_channels", "lr", "epochs")
@@ -261,12 +261,46 @@ def save_section(results_dir: Path, name: str, data: dict) -> None:
         tmp.chmod(0o644)  # the temporary file is private; the result is not
 
 
+# Names that stored measurements may hold from before a rename, read under the current name:
+# table columns and settings (keys), threshold kinds, methods and rules (values).
+_RENAMED_KEYS = {
+    "honest_dice": "dice_val_thr",
+    "honest_over_best": "val_thr_over_best",
+    "honest_threshold": "val_threshold",
+    "mean_dice_honest": "mean_dice_val_thr",
+    "sd_dice_honest": "sd_dice_val_thr",
+    "detection_rate_honest": "detection_rate_val_thr",
+    "augment_clean": "augment_keep_unaugmented",
+    "arepas_clean": "arepas_v0",
+}
+_RENAMED_VALUES = {
+    "honest": "val_thr",
+    "arepas_clean": "arepas_v0",
+    "arepas_clean+pp": "arepas_v0+pp",
+    "train_translator_clean": "train_translator_v0",
+    "train_scorer_clean": "train_scorer_v0",
+    "reconstruct_clean": "reconstruct_v0",
+}
+
+
+def current_names(value):
+    """A stored record with the names it may hold from before a rename replaced by the current
+    ones; the numbers are left as they are."""
+    if isinstance(value, dict):
+        return {_RENAMED_KEYS.get(k, k): current_names(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [current_names(v) for v in value]
+    if isinstance(value, str):
+        return _RENAMED_VALUES.get(value, value)
+    return value
+
+
 def load_sections(results_dir: Path) -> dict[str, dict]:
     found = {}
     for name in SECTIONS:
         path = results_dir / f"{name}.json"
         if path.exists():
-            found[name] = json.loads(path.read_text())
+            found[name] = current_names(json.loads(path.read_text()))
     return found
 
 
@@ -443,7 +477,7 @@ def tradeoffs(config: dict, speed: dict | None) -> str:
         f"{published.disc_channels}-channel discriminator, lr {published.lr:g} "
         f"(Adam, batch {published.batch_size}), dropout {published.dropout:g}, "
         f"{published.augment_copies} augmented copies of {published.augment_swaps} swaps and no "
-        "clean copy, 16 × 16 patches, and patient cohorts instead of generated phantoms. "
+        "unaugmented copy, 16 × 16 patches, and patient cohorts instead of generated phantoms. "
         "Coarser slices can hide small lesions and fine vessels (the structures patch scoring is "
         "meant to tell apart), and a smaller, briefly trained translator leaves more normal "
         "anatomy in the residual. The quality numbers above are therefore a check that the "
@@ -552,7 +586,7 @@ def render(sections: dict[str, dict], run_dir: Path) -> str:
             lines.append(
                 quality.render_comparison(
                     record["data"],
-                    json.loads(previous.read_text())["data"],
+                    current_names(json.loads(previous.read_text()))["data"],
                     PREVIOUS_VARIANT,
                 )
             )

@@ -38,8 +38,8 @@ STAGES = {
 
 QUALITY_METRICS = {
     "best_dice": "best Dice",
-    "honest_dice": "Dice at val threshold",
-    "honest_over_best": "val thr. ÷ best",
+    "dice_val_thr": "Dice at val threshold",
+    "val_thr_over_best": "val thr. ÷ best",
     "auprc": "AUPRC",
     "auroc": "AUROC",
 }
@@ -190,7 +190,7 @@ def quality_long(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Stack per-run summary tables (dataset, method, metrics...) with a `run` column; the
     val-threshold ratio is computed per run where a table predates it."""
     frames = [
-        table.assign(run=label, honest_over_best=_honest_over_best(table))
+        table.assign(run=label, val_thr_over_best=_val_thr_over_best(table))
         for label, table in tables.items()
     ]
     if not frames:
@@ -198,9 +198,9 @@ def quality_long(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _honest_over_best(table: pd.DataFrame) -> pd.Series:
+def _val_thr_over_best(table: pd.DataFrame) -> pd.Series:
     best = table["best_dice"].astype(float)
-    return table["honest_dice"].astype(float) / best.where(best > 0)
+    return table["dice_val_thr"].astype(float) / best.where(best > 0)
 
 
 def aggregate_quality(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -221,7 +221,7 @@ def aggregate_quality(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 def relative_changes(
     tables: dict[str, pd.DataFrame],
-    columns: Sequence[str] = ("best_dice", "honest_dice"),
+    columns: Sequence[str] = ("best_dice", "dice_val_thr"),
     method: str = "arepas",
 ) -> pd.DataFrame:
     """Per run, dataset and Dice column: `method`'s relative change over the best other method

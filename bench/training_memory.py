@@ -42,7 +42,7 @@ TRANSLATOR = {
     "disc_channels": 32,
     "lr": 0.001,
     "dropout": 0.0,
-    "augment_clean": True,
+    "augment_keep_unaugmented": True,
     "augment_swaps": 5,
 }
 # The demo config's scorer: its 6-px patches (config/config.yaml); the restart bar at 0 so that

@@ -112,7 +112,7 @@ def _per_subject(dataset: str) -> pd.DataFrame:
     for method, (tp, fp) in counts.items():
         for k in range(4):
             rows.append({"dataset": dataset, "method": method, "subject": f"s{k}",
-                         "threshold_kind": "honest", "tp": tp + k, "fp": fp, "fn": 40 - tp})
+                         "threshold_kind": "val_thr", "tp": tp + k, "fp": fp, "fn": 40 - tp})
             rows.append({"dataset": dataset, "method": method, "subject": f"s{k}",
                          "threshold_kind": "best", "tp": 0, "fp": 0, "fn": 0})
     return pd.DataFrame(rows)
@@ -127,10 +127,10 @@ def test_baseline_intervals_compare_each_arepas_method_with_every_baseline(tmp_p
     pairs = {(r["method"], r["baseline"]) for r in rows}
     assert pairs == {("arepas", "residual"), ("arepas", "ae"),
                      ("arepas_calibrated", "residual"), ("arepas_calibrated", "ae")}
-    honest = table[table["threshold_kind"] == "honest"]
+    at_val_thr = table[table["threshold_kind"] == "val_thr"]
     expected = metrics.paired_bootstrap_change(
-        honest[honest["method"] == "arepas"][["tp", "fp", "fn"]].to_dict("records"),
-        honest[honest["method"] == "ae"][["tp", "fp", "fn"]].to_dict("records"), seed=3)
+        at_val_thr[at_val_thr["method"] == "arepas"][["tp", "fp", "fn"]].to_dict("records"),
+        at_val_thr[at_val_thr["method"] == "ae"][["tp", "fp", "fn"]].to_dict("records"), seed=3)
     found = next(r for r in rows if (r["method"], r["baseline"]) == ("arepas", "ae"))
     assert found["ci_low"] == expected["ci_low"] and found["ci_high"] == expected["ci_high"]
 
@@ -162,9 +162,9 @@ def _synthetic_data() -> dict:
         "script_devices": gpu_workflow.script_devices(REPO),
         "rule_gpu_memory_recorded": False,
         "summary": [
-            {"dataset": "lung_ct", "method": "arepas", "best_dice": 0.61, "honest_dice": 0.52,
+            {"dataset": "lung_ct", "method": "arepas", "best_dice": 0.61, "dice_val_thr": 0.52,
              "auprc": 0.6, "auroc": 0.95, "flag": ""},
-            {"dataset": "lung_ct", "method": "residual", "best_dice": 0.58, "honest_dice": 0.5,
+            {"dataset": "lung_ct", "method": "residual", "best_dice": 0.58, "dice_val_thr": 0.5,
              "auprc": 0.55, "auroc": 0.94, "flag": ""},
         ],
         "relative_change": [

@@ -1,8 +1,8 @@
 """Siamese patch scorer: hard pair mining, network, training with restarts, patch scoring.
 
-Defaults are those of the authors' reference implementation (Mitic & Langs, MLMI 2025,
-arXiv 2509.12905; GitHub cirmuw/arepas, files model_siamese.py, train_siamese.py, preproc.py,
-utils.py; summarised in /work/shared/method/AREPAS.md): 16x16 patches; 256 random patches per
+Defaults are those of the reference implementation, the authors' code (Mitic & Langs, MLMI 2025,
+arXiv 2509.12905; github.com/cirmuw/arepas, files model_siamese.py, train_siamese.py,
+preproc.py, utils.py): 16x16 patches; 256 random patches per
 slice from every 3rd sample of the augmented translator training set, anywhere in the slice; pairs
 kept above the 90th MSE percentile; embedding with zero-padded 4x4 convolutions (padding 2);
 contrastive loss with margin 1 on the sigmoid output p, end to end; RMSprop 1e-3, batch 1024;
@@ -13,8 +13,8 @@ Options of this project (each a named setting, so ablations can compare them):
 ``architecture="unpadded"`` (valid convolutions), ``loss="detached_head"`` (contrastive loss on the
 raw distance plus a separately trained sigmoid head), ``warmup_rule="epoch"`` (epoch-average
 accuracy), ``stall_accuracy`` (refuse a scorer whose best held-out accuracy is near chance),
-``mining_source="clean"`` and ``mining_region="roi"``; ``max_steps``, a budget of optimiser steps
-for the main training (see ScorerSettings and planned_steps).
+``mining_source="unaugmented_edges"`` and ``mining_region="roi"``; ``max_steps``, a budget of
+optimiser steps for the main training (see ScorerSettings and planned_steps).
 
 Modules, by job: settings (ScorerSettings), pairs (hard pair mining, on disk), network
 (SiameseScorer), training (train_scorer), inference (scores of a slice's patches) and files
@@ -50,11 +50,11 @@ from arepas.scorer.pairs import (
     reconstruct_for_mining,
 )
 from arepas.scorer.settings import (
-    LEGACY_SETTINGS,
     LOSSES,
     MINING_REGIONS,
     MINING_SOURCES,
     STALL_ACCURACY,
+    V0_SETTINGS,
     WARMUP_RULES,
     ScorerSettings,
 )
@@ -79,7 +79,7 @@ __all__ = [
     "ARCHITECTURE_PADDING",
     "CHECKPOINT_NAME",
     "HISTORY_COLUMNS",
-    "LEGACY_SETTINGS",
+    "V0_SETTINGS",
     "LOSSES",
     "MINING_CHUNK",
     "MINING_REGIONS",

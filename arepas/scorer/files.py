@@ -10,7 +10,7 @@ import torch
 
 from arepas.io import save_torch
 from arepas.scorer.network import SiameseScorer, build_siamese
-from arepas.scorer.settings import LEGACY_SETTINGS, ScorerSettings
+from arepas.scorer.settings import V0_SETTINGS, ScorerSettings
 
 
 def save_scorer(
@@ -38,7 +38,7 @@ def load_scorer(
     saved = dict(payload["settings"])
     if "architecture" not in saved:
         # Written before the reference network became the default: it is one of ours.
-        saved = {**LEGACY_SETTINGS, **saved}
+        saved = {**V0_SETTINGS, **saved}
     settings = ScorerSettings.from_dict(saved)
     model = build_siamese(settings)
     model.load_state_dict(payload["state_dict"])

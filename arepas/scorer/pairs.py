@@ -51,13 +51,13 @@ def mining_inputs(
     """Edge maps to reconstruct for mining, their target slices and each one's slice index.
 
     mining_source='augmented' (reference): every slice_step-th sample of the translator's own
-    augmented training set (with 3 copies per slice and no clean copy that is each training
-    slice once, from a blob-swapped edge map). Without pair_count, `augmented()` returns that
-    whole set; with pair_count (its size), `augmented(numbers)` returns only the numbered pairs,
-    so only the mined ones are ever in memory. 'clean': every slice_step-th slice with its clean
-    edge map, `clean(slices)`. slices may be an array or a StackArray on disk (only the picked
-    slices are read). All picked samples are returned in memory: for cohorts of any size,
-    reconstruct_for_mining writes them to disk a chunk at a time instead.
+    augmented training set (with 3 copies per slice and no unaugmented copy that is each
+    training slice once, from a blob-swapped edge map). Without pair_count, `augmented()` returns
+    that whole set; with pair_count (its size), `augmented(numbers)` returns only the numbered
+    pairs, so only the mined ones are ever in memory. 'unaugmented_edges': every slice_step-th
+    slice with its unaugmented edge map, `clean(slices)`. slices may be an array or a StackArray
+    on disk (only the picked slices are read). All picked samples are returned in memory: for
+    cohorts of any size, reconstruct_for_mining writes them to disk a chunk at a time instead.
     """
     if not isinstance(slices, StackArray):
         slices = np.asarray(slices, dtype=np.float32)
@@ -76,7 +76,7 @@ def mining_plan(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(sample numbers, slice of each) that mining reconstructs: every slice_step-th of the
     translator's `pair_count` training pairs (mining_source='augmented'), or of the slices
-    themselves ('clean'). Small arrays: the slices are read later, a chunk at a time."""
+    themselves ('unaugmented_edges'). Small arrays: the slices are read later, a chunk at a time."""
     if settings.mining_source == "augmented":
         if pair_count is None:
             raise ValueError("mining from the augmented training set needs its pair count")
@@ -93,7 +93,7 @@ def mining_samples(
     clean: Callable[[np.ndarray], np.ndarray],
 ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """numbers -> (edge inputs, target slices) of the samples mining_plan numbered: the
-    translator's training pairs `augmented(numbers)`, or slices with their clean edge maps
+    translator's training pairs `augmented(numbers)`, or slices with their unaugmented edge maps
     `clean(slices)`. slices may be a StackArray; only the numbered ones are read."""
     if settings.mining_source == "augmented":
         return augmented

@@ -23,15 +23,16 @@ STALL_ACCURACY = 0.55
 
 LOSSES = ("reference", "detached_head")
 WARMUP_RULES = ("last_batch", "epoch")
-MINING_SOURCES = ("augmented", "clean")
+MINING_SOURCES = ("augmented", "unaugmented_edges")
 MINING_REGIONS = ("slice", "roi")
-# What scorer files written before these settings existed were trained with.
-LEGACY_SETTINGS = {
+# The choices of method arepas_v0 (arepas.v0_method), the project's earlier version; scorer files
+# written before these settings existed were trained with them.
+V0_SETTINGS = {
     "architecture": "unpadded",
     "loss": "detached_head",
     "warmup_rule": "epoch",
     "stall_accuracy": STALL_ACCURACY,
-    "mining_source": "clean",
+    "mining_source": "unaugmented_edges",
     "mining_region": "roi",
 }
 

@@ -1,14 +1,14 @@
 """Edge-to-image translator: pix2pixHD-style generator, conditional PatchGAN, training, inference.
 
-The defaults reproduce the AREPAS reference implementation (Mitic & Langs, MLMI 2025,
-arXiv 2509.12905; github.com/cirmuw/arepas; summarised in shared/method/AREPAS.md): a global
+The defaults reproduce the reference implementation, the authors' code (Mitic & Langs, MLMI
+2025, arXiv 2509.12905; github.com/cirmuw/arepas): a global
 generator with 64 base channels, 2 downsamplings, 9 residual blocks with dropout 0.5 and affine
 instance norms; a spectral-norm PatchGAN 64-128-256-512-1 on (edges, image); PyTorch's default
 weight initialisation; Adam 2e-4, betas (0.5, 0.999), batch 8. Each step updates the generator
 first (G loss = BCE adversarial + 100 x L1), then the discriminator on a fresh fake generated
 without gradients (D loss = BCE with real label 0.9 + BCE with fake label 0, summed, + 1 x gradient
 penalty on real/fake interpolates). Training pairs are 3 blob-swap augmented OpenCV Canny edge maps
-per slice, no clean copy. The reference also computes a VGG19 relu3_3 L2 term, but entirely
+per slice, no unaugmented copy. The reference also computes a VGG19 relu3_3 L2 term, but entirely
 without gradients, so it does not change the generator's update; "none" reproduces that.
 
 Options that are ours, not the reference's (each a TranslatorSettings field):
@@ -18,8 +18,8 @@ Options that are ours, not the reference's (each a TranslatorSettings field):
 - affine_norm=False: instance norms without learnable scale and shift.
 - perceptual="vgg19" (a VGG19 relu3_3 L2 term that does give a gradient; weights from a local
   file, nothing is downloaded) or "feature_matching" (pix2pixHD's discriminator feature L1).
-- edge_detector="skimage", augment_clean=True, swap_style="clean_source": the edge maps and
-  augmentation this project used before matching the reference (see arepas.edges).
+- edge_detector="skimage", augment_keep_unaugmented=True, swap_style="clean_source": the edge
+  maps and augmentation this project used before matching the reference (see arepas.edges).
 - gp_every=k > 1: the gradient penalty on every k-th step only, weighted k x lambda_gp, so its
   average pull stays the same ("lazy regularisation", Karras et al., CVPR 2020, StyleGAN2, who
   apply their R1 penalty every 16 minibatches). The penalty's double backward is about 40 % of
@@ -27,7 +27,7 @@ Options that are ours, not the reference's (each a TranslatorSettings field):
 - lr_decay_epochs=k: the learning rate of both networks falls linearly over the last k epochs,
   as pix2pixHD trains (Wang et al., CVPR 2018: constant, then linear decay to zero); epoch e of
   E uses lr x min(1, (E - e + 1) / (k + 1)).
-- augment_mirror=True: each augmented copy (never the clean edge map) is mirrored across the
+- augment_mirror=True: each augmented copy (never the unaugmented edge map) is mirrored across the
   slice's first axis with probability 1/2, edges and target alike; in the workflow's axial and
   coronal slices (RAS order) that axis is left-right, so on scans registered to a template a
   mirrored healthy slice is still a plausible healthy slice (the workflow refuses it for
@@ -69,8 +69,8 @@ from arepas.translator.pairs import (
 from arepas.translator.settings import (
     GAN_STEP_CHOICES,
     INIT_CHOICES,
-    LEGACY_SETTINGS,
     PERCEPTUAL_CHOICES,
+    V0_SETTINGS,
     TranslatorSettings,
     discriminator_grid,
 )
@@ -95,7 +95,7 @@ __all__ = [
     "GAN_STEP_CHOICES",
     "HISTORY_COLUMNS",
     "INIT_CHOICES",
-    "LEGACY_SETTINGS",
+    "V0_SETTINGS",
     "PERCEPTUAL_CHOICES",
     "_CHECKPOINT_FORMAT",
     "EdgeToImageGenerator",

@@ -17,7 +17,7 @@ from arepas.translator.network import build_generator
 from arepas.translator.settings import TranslatorSettings, _saved_settings
 
 _MODEL_FORMAT = "arepas-translator-2"
-# Format 1 model files predate the newer settings (settings.LEGACY_SETTINGS).
+# Format 1 model files predate the newer settings (settings.V0_SETTINGS).
 _LEGACY_MODEL_FORMAT = "arepas-translator-1"
 
 
@@ -58,7 +58,7 @@ def load_translator(
     """Read a translator written by save_translator: (generator in eval mode, settings, meta).
 
     Files from before the reference-matching options get the values they were trained with
-    (LEGACY_SETTINGS), so their edges are computed and their generator built as in training.
+    (V0_SETTINGS), so their edges are computed and their generator built as in training.
     """
     payload = torch.load(path, map_location=device, weights_only=True)
     formats = (_MODEL_FORMAT, _LEGACY_MODEL_FORMAT)

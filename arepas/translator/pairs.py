@@ -39,9 +39,9 @@ _MIRROR_STREAM = 4
 
 
 def pairs_per_slice(settings: TranslatorSettings) -> int:
-    """Training pairs made from each slice: its clean edge map if augment_clean, then the
-    augmented copies."""
-    return int(settings.augment_clean) + settings.augment_copies
+    """Training pairs made from each slice: its unaugmented edge map if augment_keep_unaugmented,
+    then the augmented copies."""
+    return int(settings.augment_keep_unaugmented) + settings.augment_copies
 
 
 def training_pair_batch(
@@ -50,8 +50,8 @@ def training_pair_batch(
     """The training pairs numbered `pairs` (edge inputs, target slices), each (len(pairs), S, S)
     float32, computed from the slices they come from alone.
 
-    Pair p is made from slice p // pairs_per_slice: number 0 is its clean edge map when
-    augment_clean, the others blob-swap augmented copies of it, each drawn from its own
+    Pair p is made from slice p // pairs_per_slice: number 0 is its unaugmented edge map when
+    augment_keep_unaugmented, the others blob-swap augmented copies of it, each drawn from its own
     generator seeded with (seed, slice, copy). A pair is thus the same in every epoch, in a
     resumed run, in a data-loader worker and in the patch scorer's mining, and only the slices
     of one batch need to be in memory. train_slices may be an array or a StackArray on disk.
@@ -65,7 +65,7 @@ def training_pair_batch(
     clean = [canny_edges(slice_, detector=settings.edge_detector) for slice_ in slices]
     inputs = np.empty((len(pairs), *slices.shape[1:]), dtype=np.float32)
     for k, (row, copy, at) in enumerate(zip(slice_rows, copies, position, strict=True)):
-        if settings.augment_clean and copy == 0:
+        if settings.augment_keep_unaugmented and copy == 0:
             inputs[k] = clean[at]
             continue
         rng = np.random.default_rng([seed, _AUGMENT_STREAM, int(row), int(copy)])
@@ -81,14 +81,14 @@ def training_pair_batch(
 
 def mirrored_pairs(settings: TranslatorSettings, pairs: np.ndarray, seed: int) -> np.ndarray:
     """Which of the training pairs numbered `pairs` are mirrored across the slice's first axis
-    (augment_mirror: each augmented copy with probability 1/2, never a clean edge map), so that
-    anything read per slice for a pair (its ROI) can be mirrored with it."""
+    (augment_mirror: each augmented copy with probability 1/2, never an unaugmented edge map), so
+    that anything read per slice for a pair (its ROI) can be mirrored with it."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1)
     if not settings.augment_mirror:
         return np.zeros(len(pairs), dtype=bool)
     slice_rows, copies = np.divmod(pairs, pairs_per_slice(settings))
     return np.array([
-        not (settings.augment_clean and copy == 0)
+        not (settings.augment_keep_unaugmented and copy == 0)
         and np.random.default_rng([seed, _MIRROR_STREAM, int(row), int(copy)]).random() < 0.5
         for row, copy in zip(slice_rows, copies, strict=True)
     ], dtype=bool)

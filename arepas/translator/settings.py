@@ -13,10 +13,11 @@ from arepas.settings import settings_from_dict
 PERCEPTUAL_CHOICES = ("none", "vgg19", "feature_matching")
 GAN_STEP_CHOICES = ("reference", "discriminator_first")
 INIT_CHOICES = ("default", "normal_0.02")
-# Files of format 1 predate the settings below; they were trained with these values.
-LEGACY_SETTINGS = {
+# The choices of method arepas_v0 (arepas.v0_method), the project's earlier version; files of
+# format 1 predate the settings below and were trained with these values.
+V0_SETTINGS = {
     "edge_detector": "skimage",
-    "augment_clean": True,
+    "augment_keep_unaugmented": True,
     "swap_style": "clean_source",
     "gan_step": "discriminator_first",
     "init": "normal_0.02",
@@ -61,8 +62,9 @@ class TranslatorSettings:
     init: str = "default"
     affine_norm: bool = True
     edge_detector: str = "opencv"
-    # The reference trains on the augmented copies only; True adds each slice's clean edge map.
-    augment_clean: bool = False
+    # The reference trains on the augmented copies only; True adds each slice's unaugmented edge
+    # map.
+    augment_keep_unaugmented: bool = False
     swap_style: str = "reference"
     augment_copies: int = 3
     augment_swaps: int = 20
@@ -92,7 +94,7 @@ class TranslatorSettings:
         ):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
-        for name in ("affine_norm", "augment_clean", "augment_mirror"):
+        for name in ("affine_norm", "augment_keep_unaugmented", "augment_mirror"):
             # A quoted "false" in a config would otherwise count as true.
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -103,9 +105,10 @@ class TranslatorSettings:
                      "lr_decay_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
-        if not self.augment_clean and self.augment_copies == 0:
+        if not self.augment_keep_unaugmented and self.augment_copies == 0:
             raise ValueError(
-                "augment_copies is 0 and augment_clean is false: there would be no training pairs"
+                "augment_copies is 0 and augment_keep_unaugmented is false: there would be no "
+                "training pairs"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
@@ -161,5 +164,5 @@ _SMALLEST_DISCRIMINATOR_INPUT = next(s for s in range(1, 1024) if discriminator_
 def _saved_settings(values: dict[str, Any], legacy: bool) -> TranslatorSettings:
     # Format 1 files have no entry for the newer settings and were trained with their old values.
     if legacy:
-        values = {**LEGACY_SETTINGS, **values}
+        values = {**V0_SETTINGS, **values}
     return TranslatorSettings.from_dict(values)

@@ -46,7 +46,7 @@ from arepas.translator.settings import TranslatorSettings, _saved_settings
 HISTORY_COLUMNS = ["epoch", "step", "g_adv", "g_l1", "g_perc", "d_loss", "gp", "val_l1", "seconds"]
 CHECKPOINT_NAME = "last.pt"
 _CHECKPOINT_FORMAT = "arepas-translator-checkpoint-2"
-# Format 1 checkpoints predate the newer settings (settings.LEGACY_SETTINGS).
+# Format 1 checkpoints predate the newer settings (settings.V0_SETTINGS).
 _LEGACY_CHECKPOINT_FORMAT = "arepas-translator-checkpoint-1"
 # Settings that may change between an interrupted run and its resumption without changing results.
 _RESUME_FREE_SETTINGS = ("epochs", "num_threads", "max_steps")
