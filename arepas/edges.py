@@ -1,8 +1,7 @@
 """Canny edge maps of slices (the translator's input) and the blob-swap edge augmentation.
 
-The defaults follow the AREPAS reference implementation (Mitic & Langs, MLMI 2025,
-arXiv 2509.12905; code github.com/cirmuw/arepas, preproc.py), as summarised in
-shared/method/AREPAS.md:
+The defaults follow the reference implementation, the authors' code (Mitic & Langs, MLMI 2025,
+arXiv 2509.12905; github.com/cirmuw/arepas, preproc.py):
 
 - detector="opencv" (default): 8-bit by truncation, cv2.GaussianBlur 5x5 sigma 1, Otsu threshold
   t, cv2.Canny with both hysteresis thresholds int(0.66 t).

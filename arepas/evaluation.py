@@ -53,7 +53,7 @@ def evaluate_dataset(
     summaries, tables, curves = [], [], {}
     # Per method, each test subject's histogram and its counts at the val threshold, in the
     # order of test_subjects, for the paired bootstrap over subjects.
-    subject_hists, honest_counts = {}, {}
+    subject_hists, val_thr_counts = {}, {}
     for method in methods:
 
         def test_cases(method=method):
@@ -76,7 +76,7 @@ def evaluate_dataset(
         )
         # Stacked without thresholds: a third of the memory, for cohorts of many test subjects.
         subject_hists[method] = metrics.stack_histograms(subject_hists[method])
-        honest_counts[method] = table[table["threshold_kind"] == "honest"].to_dict("records")
+        val_thr_counts[method] = table[table["threshold_kind"] == "val_thr"].to_dict("records")
         precision, recall, _ = metrics.pr_curve(hist)
         curves[f"{method}_precision"], curves[f"{method}_recall"] = precision, recall
         flag = "scorer stalled" if base_method(method) in stalled else ""
@@ -84,8 +84,8 @@ def evaluate_dataset(
         tables.append(table.assign(dataset=dataset, method=method))
         progress(
             f"{method}: best Dice {summary['best_dice']:.3f}, "
-            f"honest Dice {summary['honest_dice']:.3f} "
-            f"({summary['honest_over_best']:.2f} of best), "
+            f"Dice at the val threshold {summary['dice_val_thr']:.3f} "
+            f"({summary['val_thr_over_best']:.2f} of best), "
             f"AUPRC {summary['auprc']:.3f}, AUROC {summary['auroc']:.3f}"
         )
     per_subject = pd.concat(tables, ignore_index=True)
@@ -93,7 +93,7 @@ def evaluate_dataset(
     per_subject = per_subject[first + [c for c in per_subject if c not in first]]
     summary_table = pd.DataFrame(summaries)
     changes = relative_changes(
-        dataset, methods, summary_table, subject_hists, honest_counts, options, seed, progress
+        dataset, methods, summary_table, subject_hists, val_thr_counts, options, seed, progress
     )
     return {
         "per_subject": per_subject,
@@ -108,7 +108,7 @@ def relative_changes(
     methods: Sequence[str],
     summary_table: pd.DataFrame,
     subject_hists: Mapping[str, Any],
-    honest_counts: Mapping[str, Any],
+    val_thr_counts: Mapping[str, Any],
     options: Mapping[str, Any],
     seed: int,
     progress: Callable[[str], None] = print,
@@ -121,7 +121,7 @@ def relative_changes(
     for method in metrics.compared_methods(methods):
         for column, kind, per_subject_data in (
             ("best_dice", "best", subject_hists),
-            ("honest_dice", "honest", honest_counts),
+            ("dice_val_thr", "val_thr", val_thr_counts),
         ):
             picked = metrics.relative_dice_change(summary_table, method, column)
             if picked.empty:

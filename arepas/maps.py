@@ -1,7 +1,7 @@
 """Anomaly maps of every method from slices, reconstructions and patch scores.
 
-AREPAS map as the reference implementation builds it (Mitic & Langs, MLMI 2025, arXiv 2509.12905;
-cirmuw/arepas inference.py and utils.py; /work/shared/method/AREPAS.md): 10,000 random patch
+AREPAS map as the reference implementation, the authors' code, builds it (Mitic & Langs, MLMI
+2025, arXiv 2509.12905; github.com/cirmuw/arepas, inference.py and utils.py): 10,000 random patch
 positions per slice (one draw from seed 42, the same on every slice), each patch's dissimilarity
 spread over its patch, overlaps averaged, uncovered pixels 0, then (h - min) / (max - min) over the
 whole slice, multiplied pixel-wise by |reconstruction - input|. Since some pixels are never

@@ -1,7 +1,7 @@
 """Binary lesion masks for `test` and `predict` subjects: each method's continuous map cut at the
 dataset's label-free threshold, the one chosen on the healthy `val` subjects
 (`arepas.metrics.healthy_threshold`), so that a scan without labels gets a segmentation and the
-`test` masks are the evaluation's "honest" segmentations.
+`test` masks are the evaluation's "val_thr" segmentations.
 """
 
 from collections.abc import Mapping, Sequence

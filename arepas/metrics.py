@@ -9,8 +9,8 @@ distinct scores lie at least one bin width (upper / n_bins) apart, and otherwise
 scores closer than that.
 
 The paper reports Dice (Mitic & Langs, MLMI 2025, arXiv 2509.12905); its reference code has no
-thresholding or Dice, so the choices here (best threshold on the pooled test cohort, and an honest
-threshold from healthy validation scans) are ours.
+thresholding or Dice, so the choices here (best threshold on the pooled test cohort, and the val
+threshold, chosen on the healthy validation scans) are ours.
 
 Lesion voxels outside the ROI are counted as misses by default (`outside_roi="miss"`): every map is
 zero there and never segmented, so they are false negatives at every threshold, for every method
@@ -320,7 +320,7 @@ def healthy_threshold(
 ) -> float:
     """The label-free threshold of one dataset x method: `threshold_from_healthy` on the pooled
     ROI scores of the healthy val subjects that `healthy_cases()` yields as (subject, scores,
-    roi), one subject in memory at a time (it is called twice). The evaluation's "honest"
+    roi), one subject in memory at a time (it is called twice). The evaluation's "val_thr"
     threshold and the binary masks of `test` and `predict` subjects both come from here.
     """
     upper = max((roi_max(s, r) for _, s, r in healthy_cases()), default=0.0)
@@ -400,16 +400,16 @@ def pooled_dice(rows: Iterable[Mapping[str, float]]) -> float:
 
 def summarise(
     test_hist: ScoreHistogram,
-    honest_threshold: float,
+    val_threshold: float,
     at_best: Sequence[Mapping[str, float]],
-    at_honest: Sequence[Mapping[str, float]],
+    at_val_thr: Sequence[Mapping[str, float]],
 ) -> dict[str, float]:
     """Summary row for one dataset x method.
 
-    `at_best` / `at_honest` are the `subject_metrics` of every test subject at the best-Dice
-    threshold of `test_hist` and at `honest_threshold` (from `threshold_from_healthy`).
+    `at_best` / `at_val_thr` are the `subject_metrics` of every test subject at the best-Dice
+    threshold of `test_hist` and at `val_threshold` (from `threshold_from_healthy`).
     `dice_bin_gap` is how much the best Dice moves when bins are twice as wide: a check that the
-    sweep is fine enough for these maps. `honest_over_best` is the val-threshold Dice divided by
+    sweep is fine enough for these maps. `val_thr_over_best` is the val-threshold Dice divided by
     the best Dice: how much of the reachable Dice the label-free threshold keeps (NaN when the
     best Dice is 0 or undefined).
     """
@@ -423,15 +423,15 @@ def summarise(
         "n_subjects": len(at_best),
         "best_dice": dice,
         "best_threshold": threshold,
-        "honest_dice": pooled_dice(at_honest),
-        "honest_over_best": honest_over_best(pooled_dice(at_honest), dice),
-        "honest_threshold": float(honest_threshold),
+        "dice_val_thr": pooled_dice(at_val_thr),
+        "val_thr_over_best": val_thr_over_best(pooled_dice(at_val_thr), dice),
+        "val_threshold": float(val_threshold),
         "auprc": average_precision(test_hist),
         "auroc": roc_auc(test_hist),
         "lesion_fraction": test_hist.n_lesion / n_voxels if n_voxels else float("nan"),
         "dice_bin_gap": dice_bin_gap,
     }
-    for name, rows in (("best", at_best), ("honest", at_honest)):
+    for name, rows in (("best", at_best), ("val_thr", at_val_thr)):
         per_subject = np.array([r["dice"] for r in rows], dtype=np.float64)
         defined = per_subject[~np.isnan(per_subject)]
         row[f"mean_dice_{name}"] = float(defined.mean()) if defined.size else float("nan")
@@ -449,9 +449,9 @@ def summarise(
     return row
 
 
-def honest_over_best(honest: float, best: float) -> float:
+def val_thr_over_best(val_thr: float, best: float) -> float:
     """Val-threshold Dice / best Dice; NaN when the best Dice is 0 or NaN (nothing to reach)."""
-    return float(honest) / float(best) if best > 0 else float("nan")
+    return float(val_thr) / float(best) if best > 0 else float("nan")
 
 
 def evaluate_cohort(
@@ -469,12 +469,12 @@ def evaluate_cohort(
     `test_cases()` yields (subject, scores, lesion, roi) and `healthy_cases()` yields
     (subject, scores, roi); each is called once per pass (test: 3 passes, healthy: 2), so they
     should load from disk lazily. The per-subject table has one row per subject and threshold
-    ("best" or "honest"). With `return_histogram` the test histogram comes third (for curves).
+    ("best" or "val_thr"). With `return_histogram` the test histogram comes third (for curves).
     A list given as `subject_histograms` receives each test subject's histogram, on the bins of
     the cohort's (for `paired_bootstrap_change`); they sum to the test histogram.
     `outside_roi` says how lesion voxels outside the ROI count (see `subject_metrics`).
     """
-    honest_threshold = healthy_threshold(healthy_cases, mode, value, n_bins)
+    val_threshold = healthy_threshold(healthy_cases, mode, value, n_bins)
 
     test_upper = max((roi_max(s, r) for _, s, _, r in test_cases()), default=0.0)
     test_hist = ScoreHistogram(test_upper if test_upper > 0 else 1.0, n_bins, outside_roi)
@@ -488,16 +488,16 @@ def evaluate_cohort(
         subject_histograms.append(subject_hist)
     _, threshold = best_dice(test_hist)
 
-    rows: dict[str, list[dict]] = {"best": [], "honest": []}
+    rows: dict[str, list[dict]] = {"best": [], "val_thr": []}
     table = []
     for subject, scores, lesion, roi in test_cases():
-        for name, value_at in (("best", threshold), ("honest", honest_threshold)):
+        for name, value_at in (("best", threshold), ("val_thr", val_threshold)):
             metrics = subject_metrics(scores, lesion, roi, value_at, outside_roi)
             rows[name].append(metrics)
             table.append(
                 {"subject": subject, "threshold_kind": name, "threshold": value_at, **metrics}
             )
-    summary = summarise(test_hist, honest_threshold, rows["best"], rows["honest"])
+    summary = summarise(test_hist, val_threshold, rows["best"], rows["val_thr"])
     if return_histogram:
         return summary, pd.DataFrame(table), test_hist
     return summary, pd.DataFrame(table)
@@ -508,16 +508,16 @@ _MARKDOWN_COLUMNS = {
     "dataset": "dataset",
     "method": "method",
     "best_dice": "best Dice",
-    "honest_dice": "Dice at val threshold",
-    "honest_over_best": "val thr. ÷ best",
+    "dice_val_thr": "Dice at val threshold",
+    "val_thr_over_best": "val thr. ÷ best",
     "mean_dice_best": "subject Dice (best)",
-    "mean_dice_honest": "subject Dice (val thr.)",
+    "mean_dice_val_thr": "subject Dice (val thr.)",
     "auprc": "AUPRC",
     "auroc": "AUROC",
-    "detection_rate_honest": "lesions found (val thr.)",
+    "detection_rate_val_thr": "lesions found (val thr.)",
     "lesion_outside_fraction": "lesion outside ROI",
     "best_threshold": "best threshold",
-    "honest_threshold": "val threshold",
+    "val_threshold": "val threshold",
     "n_subjects": "subjects",
     "flag": "flag",
 }
@@ -613,7 +613,7 @@ def relative_dice_change(
 
 # Methods reported against the best other method: the reference method, the project's earlier
 # variant of it and its healthy-calibrated patch scoring, each raw and post-processed.
-COMPARED_METHODS = ("arepas", "arepas_clean", "arepas_calibrated")
+COMPARED_METHODS = ("arepas", "arepas_v0", "arepas_calibrated")
 
 
 def compared_methods(available: Iterable[str]) -> list[str]:

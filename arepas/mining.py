@@ -19,9 +19,9 @@ def mine_translator_pairs(
     device: str = "cpu",
 ) -> tuple[dict, int]:
     """The patch scorer's hard pairs, mined as the reference does from the translator's own
-    training set (`settings.mining_source`: its augmented pairs or the clean edges), cut a chunk
-    at a time on disk under `folder` (kept there; the reconstructions are removed); and the
-    number of reconstructions they were cut from.
+    training set (`settings.mining_source`: its augmented pairs or the unaugmented edges), cut a
+    chunk at a time on disk under `folder` (kept there; the reconstructions are removed); and
+    the number of reconstructions they were cut from.
 
     real / roi: the training slices and ROIs, arrays or StackArrays.
     """

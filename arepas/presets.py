@@ -19,7 +19,7 @@ CPU_DEMO = "cpu_demo"
 
 # The CPU demo's departures from the published sizes and training, per modality. Why each one,
 # and what it costs, was measured in the studies of docs/studies.md: "Translator settings that
-# make the demo translators use their edges" (dropout 0, the clean copy, 5 swaps), "Translator
+# make the demo translators use their edges" (dropout 0, the unaugmented copy, 5 swaps), "Translator
 # training step" (discriminator first, the lazy gradient penalty), "Translator learning-rate
 # schedule and mirrored copies" (the brain's schedule and mirroring), "A discriminator of half
 # the channels"; BENCHMARKS.md, "What the CPU demo trades away"; README, "Fidelity to the
@@ -29,7 +29,7 @@ _CPU_DEMO_TRANSLATOR = {
     "n_blocks": 4,
     "disc_channels": 16,
     "dropout": 0.0,
-    "augment_clean": True,
+    "augment_keep_unaugmented": True,
     "augment_swaps": 5,
     "gan_step": "discriminator_first",
     "gp_every": 16,

@@ -12,7 +12,7 @@ import numpy as np
 
 from arepas import pipeline
 from arepas.maps import anomaly_maps, raw_patch_map, reference_scores_for
-from arepas.methods import CALIBRATED_METHOD, CLEAN_METHOD, PATCH_METHODS
+from arepas.methods import CALIBRATED_METHOD, PATCH_METHODS, V0_METHOD
 from arepas.postprocess import (
     PostprocessSettings,
     evaluated_methods,
@@ -48,7 +48,7 @@ def method_maps(
     dae_model=None,
     calibration: Mapping[str, np.ndarray] | None = None,
     subject: str = "",
-    clean: Mapping[str, Any] | None = None,
+    v0: Mapping[str, Any] | None = None,
     device: str = "cpu",
     progress: Callable[[str], None] = print,
     lap: Callable[[str], None] = lambda part: None,
@@ -57,7 +57,7 @@ def method_maps(
 
     scorer: (model, meta) of the patch scorer, for the patch methods; autoencoder_model and
     dae_model for `ae` and `dae`; calibration: the val subjects' patch scores
-    (`arepas_calibrated`, the subject's own left out); clean: `arepas_clean`'s reconstruction
+    (`arepas_calibrated`, the subject's own left out); v0: `arepas_v0`'s reconstruction
     (`recon`), scorer (`scorer`) and map options (`options`). lap(part) is called after each
     part (patch scores, autoencoder, dae, combine), for benchmarks that time them.
     """
@@ -87,26 +87,26 @@ def method_maps(
         rec["recon"],
         rec["roi"],
         patch,
-        [m for m in methods if m != CLEAN_METHOD],
+        [m for m in methods if m != V0_METHOD],
         median_size=options["median_size"],
         normalise=options["normalise"],
         extra_recons=extra,
         healthy_scores=healthy,
     )
     lap("combine")
-    if CLEAN_METHOD in methods:
+    if V0_METHOD in methods:
         # Its own translator's reconstruction of the same slices, its own scorer and options.
-        clean_patch = _patch_map(
-            clean["scorer"], rec["slices"], clean["recon"], rec["roi"], clean["options"], progress
+        v0_patch = _patch_map(
+            v0["scorer"], rec["slices"], v0["recon"], rec["roi"], v0["options"], progress
         )
-        maps[CLEAN_METHOD] = anomaly_maps(
+        maps[V0_METHOD] = anomaly_maps(
             rec["slices"],
-            clean["recon"],
+            v0["recon"],
             rec["roi"],
-            clean_patch,
+            v0_patch,
             ["arepas"],
-            median_size=clean["options"]["median_size"],
-            normalise=clean["options"]["normalise"],
+            median_size=v0["options"]["median_size"],
+            normalise=v0["options"]["normalise"],
         )["arepas"]
     return maps
 

@@ -75,7 +75,7 @@ def measure(run_dir: Path, threads: int, progress=print) -> dict:
         if on_gpu:
             torch.cuda.synchronize()
         per_slice = (time.perf_counter() - started) / len(timed)
-        copies = settings.augment_copies + int(settings.augment_clean)
+        copies = settings.augment_copies + int(settings.augment_keep_unaugmented)
         steps_per_epoch = math.ceil(n_train * copies / settings.batch_size)
         rows.append({"device": device, "name": torch.cuda.get_device_name(0) if on_gpu else "cpu",
                      "step_s": step_s, "steps_per_epoch": steps_per_epoch,
@@ -96,7 +96,7 @@ def render(data: dict) -> str:
         f"on {FULL_SIZE}² slices (a demo lung test subject's slices, upsampled). Seconds per "
         "training step from `arepas.translator.train_translator` (one step on CPU, the last "
         "of two epochs on a GPU); an epoch here is the demo lung training set at full size: "
-        f"{data['train_slices']} slices × 3 augmented copies (no clean copy, as in the "
+        f"{data['train_slices']} slices × 3 augmented copies (no unaugmented copy, as in the "
         "reference). "
         f"Inference: `translate` on the subject's slices (on CPU timed on a few slices and "
         f"multiplied by the subject's {data['rows'][0]['subject_slices'] if data['rows'] else 0}"

@@ -375,7 +375,7 @@ def _device_of(rule: str, scripts: dict[str, dict]) -> str:
 def render_quality(data: dict) -> str:
     summary = pd.DataFrame(data["summary"]).sort_values(["dataset", "method"])
     rows = [[row.dataset, row.method,
-             *(tables.number(v, "{:.3f}") for v in (row.best_dice, row.honest_dice, row.auprc,
+             *(tables.number(v, "{:.3f}") for v in (row.best_dice, row.dice_val_thr, row.auprc,
                                                      row.auroc)),
              str(row.flag) if isinstance(row.flag, str) and row.flag else ""]
             for row in summary.itertuples()]
@@ -485,7 +485,7 @@ def render(data: dict) -> str:
         + tables.markdown_table(
             ["rule", "dataset", "jobs", "summed s", "mean s/job", "longest job s",
              "peak RSS MB", "device"],
-            [row + [_device_of(row[0].removesuffix("_clean"), scripts)]
+            [row + [_device_of(row[0].removesuffix("_v0"), scripts)]
              for row in _rule_rows(records)], align="ll" + "r" * 5 + "l")
     )
     rows = [[dataset, network, str(r["steps"]), str(r["epochs"]),

@@ -43,7 +43,9 @@ def target_rows(data: dict) -> list[list]:
         if run["status"] != "finished":
             continue
         summary = pd.DataFrame(data["summaries"][run["label"]])
-        ratios = {(r.dataset, r.method): float(r.honest_over_best) for r in summary.itertuples()}
+        ratios = {
+            (r.dataset, r.method): float(r.val_thr_over_best) for r in summary.itertuples()
+        }
         for change in run.get("relative_change", []):
             if change["threshold_kind"] != "best" or change["method"] not in JUDGED:
                 continue

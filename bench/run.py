@@ -46,10 +46,10 @@ TITLES = {
 # the last change to these paths is shown as stale (tests/test_bench.py checks that every
 # library module a section's bench module reaches is covered).
 WORKFLOW_CODE = ("arepas/", "workflow/", "config/")
-_SCORING_CODE = ("arepas/__init__.py", "arepas/scorer.py", "arepas/maps.py",
+_SCORING_CODE = ("arepas/__init__.py", "arepas/scorer/", "arepas/maps.py",
                  "arepas/methods.py", "arepas/io.py", "arepas/settings.py", "arepas/stacks.py",
                  "arepas/progress.py")
-_TRANSLATOR_CODE = ("arepas/__init__.py", "arepas/translator.py", "arepas/edges.py",
+_TRANSLATOR_CODE = ("arepas/__init__.py", "arepas/translator/", "arepas/edges.py",
                     "arepas/io.py", "arepas/settings.py", "arepas/stacks.py",
                     "arepas/progress.py")
 MEASURES = {
@@ -68,7 +68,7 @@ MEASURES = {
     "gpu_workflow": WORKFLOW_CODE,
     "parse": WORKFLOW_CODE,
 }
-# The published slice size (/work/shared/method/AREPAS.md, "slices": 256 x 256).
+# The published slice size, 256 x 256 (Mitic & Langs, arXiv 2509.12905).
 PUBLISHED_SLICE = 256
 # Translator settings the trade-off paragraph names as sizes; any other key is a training choice.
 SIZES = ("base_channels", "n_blocks", "disc_channels", "lr", "epochs")
@@ -329,7 +329,7 @@ def tradeoffs(config: dict, speed: dict | None) -> str:
         f"{published.disc_channels}-channel discriminator, lr {published.lr:g} "
         f"(Adam, batch {published.batch_size}), dropout {published.dropout:g}, "
         f"{published.augment_copies} augmented copies of {published.augment_swaps} swaps and no "
-        "clean copy, 16 × 16 patches, and patient cohorts instead of generated phantoms. "
+        "unaugmented copy, 16 × 16 patches, and patient cohorts instead of generated phantoms. "
         "Coarser slices can hide small lesions and fine vessels (the structures patch scoring is "
         "meant to tell apart), and a smaller, briefly trained translator leaves more normal "
         "anatomy in the residual. The quality numbers above are therefore a check that the "

@@ -133,7 +133,7 @@ def stage_reconstruct(folder: Path, run_dir: Path, device: str = "cpu") -> dict:
 
 # Methods that need more than the subject and the trained models (the val subjects' scores,
 # a second translator and scorer): left out of the timed maps, the first unless `calibrated`.
-NEEDS_MORE = ("arepas_calibrated", "arepas_clean")
+NEEDS_MORE = ("arepas_calibrated", "arepas_v0")
 
 
 def stage_maps(folder: Path, run_dir: Path, device: str = "cpu", calibrated: bool = False) -> dict:

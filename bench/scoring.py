@@ -12,8 +12,8 @@ import numpy as np
 
 from bench import quality, tables
 
-# The published inference scores 10,000 random 16x16 patch positions per slice
-# (/work/shared/method/AREPAS.md, "anomaly map").
+# The published inference scores 10,000 random 16x16 patch positions per slice (arXiv 2509.12905;
+# github.com/cirmuw/arepas, inference.py).
 PUBLISHED_PATCHES = 10_000
 FULL_SIZE = 256
 

@@ -24,8 +24,8 @@ STAGES = {
     "evaluation + figures": ("evaluate", "summary_table", "subject_figure", "dataset_figures"),
 }
 
-QUALITY_METRICS = {"best_dice": "best Dice", "honest_dice": "Dice at val threshold",
-                   "honest_over_best": "val thr. ÷ best", "auprc": "AUPRC", "auroc": "AUROC"}
+QUALITY_METRICS = {"best_dice": "best Dice", "dice_val_thr": "Dice at val threshold",
+                   "val_thr_over_best": "val thr. ÷ best", "auprc": "AUPRC", "auroc": "AUROC"}
 
 GIB = 1024**3
 
@@ -157,7 +157,7 @@ def quality_long(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Stack per-run summary tables (dataset, method, metrics...) with a `run` column; the
     val-threshold ratio is computed per run where a table predates it."""
     frames = [
-        table.assign(run=label, honest_over_best=_honest_over_best(table))
+        table.assign(run=label, val_thr_over_best=_val_thr_over_best(table))
         for label, table in tables.items()
     ]
     if not frames:
@@ -165,9 +165,9 @@ def quality_long(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _honest_over_best(table: pd.DataFrame) -> pd.Series:
+def _val_thr_over_best(table: pd.DataFrame) -> pd.Series:
     best = table["best_dice"].astype(float)
-    return table["honest_dice"].astype(float) / best.where(best > 0)
+    return table["dice_val_thr"].astype(float) / best.where(best > 0)
 
 
 def aggregate_quality(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -188,7 +188,7 @@ def aggregate_quality(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 def relative_changes(
     tables: dict[str, pd.DataFrame],
-    columns: Sequence[str] = ("best_dice", "honest_dice"),
+    columns: Sequence[str] = ("best_dice", "dice_val_thr"),
     method: str = "arepas",
 ) -> pd.DataFrame:
     """Per run, dataset and Dice column: `method`'s relative change over the best other method

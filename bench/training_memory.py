@@ -30,7 +30,7 @@ DEMO_SLICES, DEMO_SIZE = 37, 64
 LARGE_SIZE = 256
 # The demo config's lung_ct translator (config/config.yaml), and the other rules' defaults.
 TRANSLATOR = {"base_channels": 16, "n_blocks": 4, "disc_channels": 32, "lr": 0.001,
-              "dropout": 0.0, "augment_clean": True, "augment_swaps": 5}
+              "dropout": 0.0, "augment_keep_unaugmented": True, "augment_swaps": 5}
 # The demo config's scorer: its 6-px patches (config/config.yaml); the restart bar at 0 so that
 # every measurement times the same kind of steps.
 SCORER = {"patch_size": 6, "warmup_accuracy": 0.0}

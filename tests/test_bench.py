@@ -107,7 +107,7 @@ def _summary(arepas: float, residual: float, flag: str = "") -> pd.DataFrame:
                 "dataset": "lung_ct",
                 "method": method,
                 "best_dice": dice,
-                "honest_dice": dice / 2,
+                "dice_val_thr": dice / 2,
                 "auprc": dice,
                 "auroc": 0.9,
                 "flag": flag if method == "arepas" else "",
@@ -134,13 +134,13 @@ def test_quality_aggregates_over_seeds():
 def test_quality_reports_the_val_threshold_ratio_per_run():
     # Tables written before the ratio column: it is computed per run, then averaged.
     first, second = _summary(0.30, 0.20), _summary(0.50, 0.25)
-    second.loc[second["method"] == "arepas", "honest_dice"] = 0.40
+    second.loc[second["method"] == "arepas", "dice_val_thr"] = 0.40
     second.loc[second["method"] == "ae", "best_dice"] = 0.0
     table = tables.aggregate_quality({"seed 0": first, "seed 1": second}).set_index("method")
-    assert table.loc["arepas", "honest_over_best_mean"] == pytest.approx((0.5 + 0.8) / 2)
+    assert table.loc["arepas", "val_thr_over_best_mean"] == pytest.approx((0.5 + 0.8) / 2)
     # A best Dice of 0 has no ratio; the other run's ratio stands alone.
-    assert table.loc["ae", "honest_over_best_mean"] == pytest.approx(0.5)
-    assert math.isnan(table.loc["ae", "honest_over_best_sd"])
+    assert table.loc["ae", "val_thr_over_best_mean"] == pytest.approx(0.5)
+    assert math.isnan(table.loc["ae", "val_thr_over_best_sd"])
 
 
 def test_growth_fits_recover_known_laws():
@@ -299,10 +299,10 @@ def test_heldout_target_needs_the_gain_its_interval_and_the_val_threshold():
         }
 
     summary = [
-        {"dataset": "lung_ct", "method": "arepas_calibrated", "honest_over_best": 0.9},
-        {"dataset": "brain_t1", "method": "arepas_calibrated", "honest_over_best": 0.9},
-        {"dataset": "lung_ct", "method": "arepas_calibrated+pp", "honest_over_best": 0.7},
-        {"dataset": "lung_ct", "method": "residual", "honest_over_best": 0.9},
+        {"dataset": "lung_ct", "method": "arepas_calibrated", "val_thr_over_best": 0.9},
+        {"dataset": "brain_t1", "method": "arepas_calibrated", "val_thr_over_best": 0.9},
+        {"dataset": "lung_ct", "method": "arepas_calibrated+pp", "val_thr_over_best": 0.7},
+        {"dataset": "lung_ct", "method": "residual", "val_thr_over_best": 0.9},
     ]
     run_record = {
         "label": "seed 100", "status": "finished",
@@ -310,7 +310,7 @@ def test_heldout_target_needs_the_gain_its_interval_and_the_val_threshold():
             change("arepas_calibrated", "lung_ct", 0.08, 0.01),  # met
             change("arepas_calibrated", "brain_t1", 0.08, -0.01),  # interval reaches 0
             change("arepas_calibrated+pp", "lung_ct", 0.08, 0.02),  # val threshold too low
-            {**change("arepas_calibrated", "lung_ct", 0.08, 0.01), "threshold_kind": "honest"},
+            {**change("arepas_calibrated", "lung_ct", 0.08, 0.01), "threshold_kind": "val_thr"},
         ],
     }
     data = {"runs": [run_record], "summaries": {"seed 100": summary}}
@@ -472,9 +472,9 @@ def _git(repo: Path, *args: str) -> str:
 
 def test_a_section_is_stale_when_its_code_changed_after_the_measured_commit(tmp_path):
     repo = tmp_path / "repo"
-    (repo / "arepas").mkdir(parents=True)
+    (repo / "arepas" / "scorer").mkdir(parents=True)
     _git(repo, "init", "-q")
-    (repo / "arepas" / "scorer.py").write_text("a = 1\n")
+    (repo / "arepas" / "scorer" / "training.py").write_text("a = 1\n")
     _git(repo, "add", ".")
     _git(repo, "commit", "-q", "-m", "scorer")
     first = _git(repo, "rev-parse", "HEAD")
@@ -491,7 +491,7 @@ def test_a_section_is_stale_when_its_code_changed_after_the_measured_commit(tmp_
         said, stale = status({"commit": commit, "dirty_paths": ["README.md"]})
         assert said.startswith(f"at commit {commit[:12]}; ") and "unchanged since" in said
         assert stale == ""
-    (repo / "arepas" / "scorer.py").write_text("a = 2\n")
+    (repo / "arepas" / "scorer" / "training.py").write_text("a = 2\n")
     said, stale = status({"commit": unrelated})
     assert stale.startswith("**Stale:**") and "in uncommitted changes" in stale
     _git(repo, "commit", "-q", "-am", "scorer again")
@@ -503,8 +503,8 @@ def test_a_section_is_stale_when_its_code_changed_after_the_measured_commit(tmp_
     # Unknown: no commit, a commit not in this repository, measured with uncommitted code.
     assert status({})[0] == "commit not recorded, so not known to be current"
     assert "does not hold" in status({"commit": "0" * 40})[0]
-    said, stale = status({"commit": changed, "dirty_paths": ["arepas/scorer.py"]})
-    assert "uncommitted changes to the code it measures (arepas/scorer.py)" in said
+    said, stale = status({"commit": changed, "dirty_paths": ["arepas/scorer/training.py"]})
+    assert "uncommitted changes to the code it measures (arepas/scorer/training.py)" in said
     assert stale == ""
 
 

@@ -234,17 +234,17 @@ def test_network_settings_that_cannot_run_stop_the_workflow_at_start(start_refus
     assert START_REFUSALS[number][2] in start_refusals[number]
 
 
-def test_clean_method_keeps_the_dataset_sizes_and_takes_the_earlier_choices():
-    from arepas.clean_method import clean_method_settings
-    from arepas.scorer import LEGACY_SETTINGS as SCORER_CHOICES
-    from arepas.translator import LEGACY_SETTINGS as TRANSLATOR_CHOICES
+def test_v0_method_keeps_the_dataset_sizes_and_takes_the_earlier_choices():
+    from arepas.scorer import V0_SETTINGS as SCORER_CHOICES
+    from arepas.translator import V0_SETTINGS as TRANSLATOR_CHOICES
+    from arepas.v0_method import v0_method_settings
 
     dataset = {
         "translator": {"base_channels": 16, "epochs": 12, "swap_style": "reference"},
         "scorer": {"patch_size": 12},
     }
     maps = {"scoring": "sampled", "n_patches": 10000, "median_size": 3, "normalise": "reference"}
-    settings = clean_method_settings(dataset, maps, {"scorer": {"stall_accuracy": None}})
+    settings = v0_method_settings(dataset, maps, {"scorer": {"stall_accuracy": None}})
     assert settings["translator"] == {"base_channels": 16, "epochs": 12, **TRANSLATOR_CHOICES}
     assert settings["scorer"] == {"patch_size": 12, **SCORER_CHOICES, "stall_accuracy": None}
     assert settings["maps"] == {
@@ -258,10 +258,10 @@ def test_clean_method_keeps_the_dataset_sizes_and_takes_the_earlier_choices():
     assert dataset["translator"]["swap_style"] == "reference"
 
 
-def test_clean_method_settings_are_checked_at_start(tmp_path):
+def test_v0_method_settings_are_checked_at_start(tmp_path):
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config["methods"] = ["arepas", "arepas_clean"]
-    config["arepas_clean"] = {"scorer": {"archtecture": "unpadded"}}
+    config["methods"] = ["arepas", "arepas_v0"]
+    config["arepas_v0"] = {"scorer": {"archtecture": "unpadded"}}
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(config))
     result = subprocess.run(
@@ -273,5 +273,24 @@ def test_clean_method_settings_are_checked_at_start(tmp_path):
     )
     assert result.returncode != 0
     output = result.stdout + result.stderr
-    assert "config arepas_clean.scorer (on datasets." in output
+    assert "config arepas_v0.scorer (on datasets." in output
     assert "unknown scorer setting(s) ['archtecture']" in output
+
+
+def test_the_old_method_name_still_runs_with_a_warning_naming_the_new_one(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["methods"] = ["arepas", "arepas_clean"]
+    config["arepas_clean"] = config.pop("arepas_v0")
+    config["datasets"]["lung_ct"]["translator"] = {"augment_clean": True}
+    old = tmp_path / "old.yaml"
+    old.write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--nolock", "--cores", "1",
+         "--configfile", str(old)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    output = result.stdout + result.stderr
+    assert "method 'arepas_clean' is deprecated: it is now 'arepas_v0'" in output
+    assert "'augment_clean' is deprecated: it is now 'augment_keep_unaugmented'" in output

@@ -131,9 +131,9 @@ def _synthetic_data() -> dict:
         "script_devices": gpu_workflow.script_devices(REPO),
         "rule_gpu_memory_recorded": False,
         "summary": [
-            {"dataset": "lung_ct", "method": "arepas", "best_dice": 0.61, "honest_dice": 0.52,
+            {"dataset": "lung_ct", "method": "arepas", "best_dice": 0.61, "dice_val_thr": 0.52,
              "auprc": 0.6, "auroc": 0.95, "flag": ""},
-            {"dataset": "lung_ct", "method": "residual", "best_dice": 0.58, "honest_dice": 0.5,
+            {"dataset": "lung_ct", "method": "residual", "best_dice": 0.58, "dice_val_thr": 0.5,
              "auprc": 0.55, "auroc": 0.94, "flag": ""},
         ],
         "relative_change": [

@@ -38,17 +38,17 @@ def test_masks_are_the_evaluations_segmentations_at_the_val_threshold(mode, valu
     val = [(s, scores, roi) for s, scores, _, roi in cohort(2, 2, lesioned=False)]
     summary, table = metrics.evaluate_cohort(lambda: test, lambda: val, mode, value, n_bins=4096)
     threshold = metrics.healthy_threshold(lambda: val, mode, value, n_bins=4096)
-    assert threshold == summary["honest_threshold"]
+    assert threshold == summary["val_threshold"]
     # The threshold leaves about the asked share of healthy val voxels above it.
     healthy = np.concatenate([scores[roi] for _, scores, roi in val])
     above = np.mean(healthy >= threshold)
     assert above <= (1 - value / 100 if mode == "percentile" else value) + 1 / healthy.size
-    honest = table[table["threshold_kind"] == "honest"].set_index("subject")
+    at_val_thr = table[table["threshold_kind"] == "val_thr"].set_index("subject")
     for subject, scores, lesion, roi in test:
         mask = masks.lesion_mask(scores, roi, threshold)
         assert mask.dtype == bool and not mask[~roi].any()
-        assert mask.sum() == honest.loc[subject, "tp"] + honest.loc[subject, "fp"]
-        assert (mask & lesion).sum() == honest.loc[subject, "tp"]
+        assert mask.sum() == at_val_thr.loc[subject, "tp"] + at_val_thr.loc[subject, "fp"]
+        assert (mask & lesion).sum() == at_val_thr.loc[subject, "tp"]
 
 
 def test_lesion_mask_keeps_scores_at_the_threshold_inside_the_roi_only():

@@ -279,7 +279,7 @@ def test_healthy_threshold_refuses_lesion_labels():
         threshold_from_healthy(filled(scores, None), "quantile", 99)
 
 
-def test_honest_threshold_does_not_move_when_test_lesion_masks_change():
+def test_val_threshold_does_not_move_when_test_lesion_masks_change():
     rng = np.random.default_rng(12)
     shape = (6, 24, 24)
     roi = np.ones(shape, bool)
@@ -302,9 +302,9 @@ def test_honest_threshold_does_not_move_when_test_lesion_masks_change():
     assert with_a["best_threshold"] != pytest.approx(with_b["best_threshold"], abs=0.05)
     assert with_a["best_dice"] == pytest.approx(1.0)
     # ...but the threshold picked on healthy scans stays put.
-    assert with_a["honest_threshold"] == with_b["honest_threshold"]
+    assert with_a["val_threshold"] == with_b["val_threshold"]
     pooled_val = np.concatenate([s.ravel() for _, s, _ in healthy]).astype(np.float64)
-    assert with_a["honest_threshold"] == pytest.approx(
+    assert with_a["val_threshold"] == pytest.approx(
         np.percentile(pooled_val, 99, method="inverted_cdf"), abs=2 * pooled_val.max() / 2**16
     )
 
@@ -386,28 +386,28 @@ def test_summary_row_pools_and_averages_subjects():
     assert best_rows.dice.isna().sum() == 1  # the lesion-free subject
     assert summary["mean_dice_best"] == pytest.approx(best_rows.dice.mean())  # pandas skips NaN
     assert summary["sd_dice_best"] == pytest.approx(best_rows.dice.std())
-    honest_rows = table[table.threshold_kind == "honest"]
-    assert summary["honest_dice"] == pytest.approx(
+    val_thr_rows = table[table.threshold_kind == "val_thr"]
+    assert summary["dice_val_thr"] == pytest.approx(
         2
-        * honest_rows.tp.sum()
-        / (2 * honest_rows.tp.sum() + honest_rows.fp.sum() + honest_rows.fn.sum())
+        * val_thr_rows.tp.sum()
+        / (2 * val_thr_rows.tp.sum() + val_thr_rows.fp.sum() + val_thr_rows.fn.sum())
     )
-    assert summary["detection_rate_honest"] == pytest.approx(
-        honest_rows.n_detected.sum() / honest_rows.n_lesions.sum()
+    assert summary["detection_rate_val_thr"] == pytest.approx(
+        val_thr_rows.n_detected.sum() / val_thr_rows.n_lesions.sum()
     )
     assert summary["n_lesions"] == 3
     assert 0 < summary["auprc"] <= 1 and 0.5 < summary["auroc"] <= 1
     assert summary["dice_bin_gap"] < 1e-3
-    assert summary["best_dice"] >= summary["honest_dice"]
-    assert summary["honest_over_best"] == pytest.approx(
-        summary["honest_dice"] / summary["best_dice"]
+    assert summary["best_dice"] >= summary["dice_val_thr"]
+    assert summary["val_thr_over_best"] == pytest.approx(
+        summary["dice_val_thr"] / summary["best_dice"]
     )
 
     again = summarise(
-        ScoreHistogram(1.0, 4), 0.5, best_rows.to_dict("records"), honest_rows.to_dict("records")
+        ScoreHistogram(1.0, 4), 0.5, best_rows.to_dict("records"), val_thr_rows.to_dict("records")
     )
     assert np.isnan(again["best_dice"]) and np.isnan(again["auroc"])
-    assert np.isnan(again["honest_over_best"])
+    assert np.isnan(again["val_thr_over_best"])
 
 
 def test_cohort_histogram_and_markdown_summary():
@@ -435,7 +435,7 @@ def test_cohort_histogram_and_markdown_summary():
     ]
     first = [cell.strip() for cell in lines[2].strip("|").split("|")]
     assert first[2] == f"{summary['best_dice']:.3f}"
-    assert first[4] == f"{summary['honest_dice'] / summary['best_dice']:.3f}"
+    assert first[4] == f"{summary['dice_val_thr'] / summary['best_dice']:.3f}"
     assert first[5] == f"{summary['mean_dice_best']:.3f} ± {summary['sd_dice_best']:.3f}"
     second = [cell.strip() for cell in lines[3].strip("|").split("|")]
     assert second[1] == "residual" and "±" not in second[5]

@@ -133,7 +133,7 @@ def test_best_other_method_includes_post_processed_baselines_but_not_own_variant
     assert filtered["relative_change"] == pytest.approx(0.7 / 0.6 - 1)
     # Members of the AREPAS family are measured against the baselines, not against each other.
     family = pd.concat([table, pd.DataFrame(
-        {"dataset": ["d"] * 2, "method": ["arepas_calibrated", "arepas_clean+pp"],
+        {"dataset": ["d"] * 2, "method": ["arepas_calibrated", "arepas_v0+pp"],
          "best_dice": [0.66, 0.90]}
     )], ignore_index=True)
     calibrated = relative_dice_change(family, "arepas_calibrated").iloc[0]
@@ -141,4 +141,4 @@ def test_best_other_method_includes_post_processed_baselines_but_not_own_variant
     assert calibrated["relative_change"] == pytest.approx(0.66 / 0.6 - 1)
     assert relative_dice_change(family, "arepas").iloc[0]["best_other"] == "residual+pp"
     # A baseline's best other method is still the best of all others, AREPAS included.
-    assert relative_dice_change(family, "residual").iloc[0]["best_other"] == "arepas_clean+pp"
+    assert relative_dice_change(family, "residual").iloc[0]["best_other"] == "arepas_v0+pp"

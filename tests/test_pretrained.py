@@ -38,14 +38,14 @@ def new_scans_config(tiny_run, workdir, models, splits=("val", "test", "predict"
 def models(tiny_run, tmp_path_factory) -> Path:
     """The lung models as a user would keep them: a copy of the training run's models folder."""
     folder = tmp_path_factory.mktemp("lung_models")
-    (folder / "arepas_clean").mkdir()
+    (folder / "arepas_v0").mkdir()
     for name in (
         "translator.pt",
         "scorer.pt",
         "autoencoder.pt",
         "dae.pt",
-        "arepas_clean/translator.pt",
-        "arepas_clean/scorer.pt",
+        "arepas_v0/translator.pt",
+        "arepas_v0/scorer.pt",
     ):
         shutil.copy(tiny_run / "results/lung_ct/models" / name, folder / name)
     return folder
@@ -63,7 +63,7 @@ def applied_run(tiny_run, models, tmp_path_factory):
     rows.to_csv(workdir / "lung.tsv", sep="\t", index=False)
     methods = workdir / "methods.yaml"
     methods.write_text(
-        "methods: [arepas, residual, patch, ae, dae, arepas_clean, arepas_calibrated]\n"
+        "methods: [arepas, residual, patch, ae, dae, arepas_v0, arepas_calibrated]\n"
     )
     result = run_snakemake(workdir, configs=(*configs, str(methods)))
     return workdir, rows, result.stdout + result.stderr
@@ -74,7 +74,7 @@ def test_pretrained_models_are_applied_without_training(applied_run):
     ran = planned_jobs(output)
     assert ran, "no job table in the log"
     trainers = {"train_translator", "train_scorer", "train_autoencoder", "train_dae"}
-    trainers |= {"train_translator_clean", "train_scorer_clean"}
+    trainers |= {"train_translator_v0", "train_scorer_v0"}
     assert not (trainers | {"make_demo"}) & set(ran)
     # Only the sheet's scans are preprocessed: there are no train rows to preprocess.
     assert ran["preprocess"] == ran["reconstruct"] == ran["anomaly_maps"] == len(rows)

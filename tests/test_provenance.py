@@ -40,7 +40,7 @@ def digest(root: Path, script: str) -> str:
 def test_comments_and_docstrings_change_nothing_code_does(tmp_path):
     root = copy_package(tmp_path)
     before = digest(root, "train_translator.py")
-    module = root / "arepas" / "translator.py"
+    module = root / "arepas" / "translator" / "settings.py"
     source = module.read_text()
     module.write_text('"""Another docstring."""\n# a comment\n' + source.split('"""', 2)[2])
     assert digest(root, "train_translator.py") == before
@@ -53,6 +53,30 @@ def test_comments_and_docstrings_change_nothing_code_does(tmp_path):
     assert digest(root, "train_translator.py") == before
     assert digest(root, "subject_figure.py") != digest(copy_package(tmp_path / "b"),
                                                        "subject_figure.py")
+
+
+def test_a_rule_reaches_the_modules_of_the_split_model_packages(tmp_path):
+    """The scorer and the translator are packages: a script that imports the package reaches
+    every module in it, and a change in one of them reruns the rules that run it, no other."""
+    training = provenance.modules_reached(SCRIPTS / "train_translator.py", REPO)
+    for job in ("settings", "network", "pairs", "training", "inference", "files"):
+        assert f"arepas.translator.{job}" in training
+    maps = provenance.modules_reached(SCRIPTS / "anomaly_maps.py", REPO)
+    assert "arepas.scorer.inference" in maps
+    root = copy_package(tmp_path)
+    scripts = ("train_translator.py", "anomaly_maps.py", "subject_figure.py",
+               "dataset_figures.py")
+    before = {script: digest(root, script) for script in scripts}
+    module = root / "arepas" / "translator" / "training.py"
+    module.write_text(module.read_text() + "\nEXTRA = 1\n")
+    assert digest(root, "train_translator.py") != before["train_translator.py"]
+    for script in ("subject_figure.py", "dataset_figures.py"):
+        assert digest(root, script) == before[script]
+    module = root / "arepas" / "scorer" / "inference.py"
+    module.write_text(module.read_text() + "\nEXTRA = 1\n")
+    assert digest(root, "anomaly_maps.py") != before["anomaly_maps.py"]
+    for script in ("subject_figure.py", "dataset_figures.py"):
+        assert digest(root, script) == before[script]
 
 
 def test_every_script_digest_is_the_same_in_every_process():
@@ -95,7 +119,7 @@ def test_a_library_change_reruns_the_rules_that_run_it_and_what_follows(tmp_path
         return planned_jobs(result.stdout + result.stderr)
 
     assert planned() == {}
-    translator = copy / "arepas" / "translator.py"
+    translator = copy / "arepas" / "translator" / "settings.py"
     source = translator.read_text()
     translator.write_text(source.replace("real_label: float = 0.9", "real_label: float = 0.85"))
     jobs = planned()

@@ -114,8 +114,8 @@ def test_settings_defaults_and_unknown_keys():
 
 
 class ReferenceSiamese(torch.nn.Module):
-    """The reference Siamese network as its description reads (AREPAS.md), written out layer by
-    layer, independently of arepas.scorer."""
+    """The reference Siamese network as model_siamese.py (github.com/cirmuw/arepas) builds it,
+    written out layer by layer, independently of arepas.scorer."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -338,7 +338,10 @@ def test_mining_inputs_are_every_third_augmented_training_sample():
     np.testing.assert_array_equal(edges, slices + 100.0)  # each slice once, first copy
     assert calls == []
     edges, targets, slice_of = mining_inputs(
-        slices, ScorerSettings(mining_source="clean"), lambda: (aug_inputs, aug_targets), clean
+        slices,
+        ScorerSettings(mining_source="unaugmented_edges"),
+        lambda: (aug_inputs, aug_targets),
+        clean,
     )
     np.testing.assert_array_equal(slice_of, [0, 3])
     np.testing.assert_array_equal(edges, -slices[[0, 3]])
@@ -492,7 +495,7 @@ def test_scorer_files_from_before_the_reference_defaults_load_as_ours(tmp_path):
     assert (settings.architecture, settings.loss, settings.mining_source) == (
         "unpadded",
         "detached_head",
-        "clean",
+        "unaugmented_edges",
     )
     assert settings.stall_accuracy == 0.55
 
@@ -531,7 +534,7 @@ def test_mining_on_disk_in_chunks_gives_the_pairs_of_mining_in_memory(tmp_path, 
 def test_reconstruction_for_mining_is_written_a_chunk_at_a_time(tmp_path):
     slices = np.arange(40 * 8 * 8, dtype=np.float32).reshape(40, 8, 8) / 2560.0
     roi = slices > 0.5
-    settings = ScorerSettings(patch_size=6, slice_step=3, mining_source="clean")
+    settings = ScorerSettings(patch_size=6, slice_step=3, mining_source="unaugmented_edges")
     picked, slice_of = mining_plan(len(slices), settings)
     np.testing.assert_array_equal(picked, np.arange(0, 40, 3))
     sizes = []
@@ -758,7 +761,7 @@ def test_restarts_add_a_warm_up_epoch_each_to_the_plan():
     ("mining_source", "patches_per_slice", "n_slices"),
     # augmented: 5 slices x 3 pairs, every 3rd: 5 samples; clean: 7 slices, every 3rd: 3;
     # 300 patches a slice but 20 x 20 slices have only 15 x 15 places for 6 x 6 patches.
-    [("augmented", 40, 5), ("clean", 40, 7), ("augmented", 300, 5)],
+    [("augmented", 40, 5), ("unaugmented_edges", 40, 7), ("augmented", 300, 5)],
 )
 def test_planned_steps_from_slices_are_the_steps_of_mining_and_training(
     mining_source, patches_per_slice, n_slices

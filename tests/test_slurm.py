@@ -44,8 +44,8 @@ TRAINING_RULES = (
     "train_scorer",
     "train_autoencoder",
     "train_dae",
-    "train_translator_clean",
-    "train_scorer_clean",
+    "train_translator_v0",
+    "train_scorer_v0",
 )
 
 

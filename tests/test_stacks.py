@@ -188,7 +188,7 @@ def test_streamed_training_resumes_like_an_uninterrupted_run_after_a_read_error(
 def test_training_pair_batch_makes_any_pair_alone():
     rng = np.random.default_rng(4)
     slices = rng.uniform(-1, 1, (5, SIZE, SIZE)).astype(np.float32)
-    for settings in (TINY, dataclasses.replace(TINY, augment_clean=True)):
+    for settings in (TINY, dataclasses.replace(TINY, augment_keep_unaugmented=True)):
         inputs, targets = translator.training_pairs(slices, settings, seed=2)
         picked = np.array([7, 0, 13, 7])
         alone, alone_targets = translator.training_pair_batch(slices, picked, settings, seed=2)

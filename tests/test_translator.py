@@ -32,9 +32,9 @@ TINY = TranslatorSettings(
     base_channels=8, n_blocks=1, disc_channels=8, batch_size=4, epochs=3, num_threads=1
 )
 # What this project did before its defaults followed the reference implementation.
-LEGACY_OPTIONS = {
+V0_OPTIONS = {
     "edge_detector": "skimage",
-    "augment_clean": True,
+    "augment_keep_unaugmented": True,
     "swap_style": "clean_source",
     "gan_step": "discriminator_first",
     "init": "normal_0.02",
@@ -78,7 +78,9 @@ def test_defaults_are_the_published_values():
     assert (s.augment_copies, s.augment_swaps) == (3, 20)
     assert (s.gan_step, s.init, s.perceptual) == ("reference", "default", "none")
     assert s.affine_norm is True
-    assert (s.edge_detector, s.augment_clean, s.swap_style) == ("opencv", False, "reference")
+    assert (s.edge_detector, s.augment_keep_unaugmented, s.swap_style) == (
+        "opencv", False, "reference"
+    )
 
 
 def test_from_dict_rejects_unknown_keys_and_normalises_betas():
@@ -95,14 +97,14 @@ def test_from_dict_rejects_unknown_keys_and_normalises_betas():
         ("edge_detector", "sobel"),
         ("swap_style", "random"),
         ("affine_norm", "false"),
-        ("augment_clean", 1),
+        ("augment_keep_unaugmented", 1),
     ):
         with pytest.raises(ValueError, match=name):
             TranslatorSettings(**{name: bad})
-    assert TranslatorSettings(**LEGACY_OPTIONS).gan_step == "discriminator_first"
+    assert TranslatorSettings(**V0_OPTIONS).gan_step == "discriminator_first"
     with pytest.raises(ValueError, match="no training pairs"):
         TranslatorSettings(augment_copies=0)
-    assert TranslatorSettings(augment_copies=0, augment_clean=True).augment_copies == 0
+    assert TranslatorSettings(augment_copies=0, augment_keep_unaugmented=True).augment_copies == 0
 
 
 def test_generator_keeps_the_size_and_stays_in_range():
@@ -356,7 +358,7 @@ def test_training_pairs_follow_the_settings_and_the_seed():
     again, _ = training_pairs(slices, TINY, seed=4)
     np.testing.assert_array_equal(inputs, again)
     assert not np.array_equal(inputs, training_pairs(slices, TINY, seed=5)[0])
-    legacy = dataclasses.replace(TINY, **LEGACY_OPTIONS)
+    legacy = dataclasses.replace(TINY, **V0_OPTIONS)
     legacy_inputs, legacy_targets = training_pairs(slices, legacy, seed=4)
     assert legacy_inputs.shape == (12, SIZE, SIZE)
     np.testing.assert_array_equal(legacy_inputs[::4], edge_maps(slices, detector="skimage"))
@@ -367,7 +369,7 @@ def test_mirrored_copies_flip_edges_and_target_together():
     # Shapes without a mirror symmetry, so that a mirrored target differs from the original.
     slices = shape_slices(4, 22)
     slices[:, : SIZE // 4] = -1.0
-    settings = dataclasses.replace(TINY, augment_clean=True, augment_copies=3)
+    settings = dataclasses.replace(TINY, augment_keep_unaugmented=True, augment_copies=3)
     plain_inputs, plain_targets = training_pairs(slices, settings, seed=4)
     mirrored = dataclasses.replace(settings, augment_mirror=True)
     inputs, targets = training_pairs(slices, mirrored, seed=4)
@@ -401,7 +403,7 @@ def test_train_translator_trains_on_training_pairs(tmp_path, monkeypatch):
         seen.append(torch.cat([edges, real], dim=1).numpy().copy())
         return dict.fromkeys(("g_adv", "g_l1", "g_perc", "d_loss", "gp"), 0.0)
 
-    monkeypatch.setattr(translator, "_train_step", record)
+    monkeypatch.setattr(translator.training, "_train_step", record)
     slices = shape_slices(3, 22)
     settings = dataclasses.replace(TINY, epochs=1)
     train_translator(slices, slices[:0], settings, tmp_path, seed=6, progress=lambda _: None)
@@ -428,7 +430,7 @@ def test_vgg19_term_gives_the_generator_a_gradient(tmp_path):
 
 
 def test_legacy_options_train_on_clean_and_augmented_pairs(tmp_path):
-    settings = dataclasses.replace(TINY, epochs=1, **LEGACY_OPTIONS)
+    settings = dataclasses.replace(TINY, epochs=1, **V0_OPTIONS)
     _, history = train_translator(
         shape_slices(2, 23), shape_slices(1, 24), settings, tmp_path, seed=0, progress=print
     )
@@ -585,7 +587,7 @@ def _recorded_crops(tmp_path, monkeypatch, seed: int) -> list[np.ndarray]:
         seen.append(torch.cat([edges, real], dim=1).numpy().copy())
         return dict.fromkeys(("g_adv", "g_l1", "g_perc", "d_loss", "gp"), 0.0)
 
-    monkeypatch.setattr(translator, "_train_step", record)
+    monkeypatch.setattr(translator.training, "_train_step", record)
     settings = dataclasses.replace(TINY, epochs=2, crop_size=CROP)
     folder = tmp_path / f"seed{seed}-{len(list(tmp_path.iterdir()))}"
     train_translator(
@@ -717,8 +719,8 @@ def test_save_and_load_round_trip(tmp_path):
 
 def _legacy_settings_dict() -> dict:
     # What a model or checkpoint file written before the reference-matching options held.
-    saved = dataclasses.replace(TINY, **LEGACY_OPTIONS).to_dict()
-    for name in LEGACY_OPTIONS:
+    saved = dataclasses.replace(TINY, **V0_OPTIONS).to_dict()
+    for name in V0_OPTIONS:
         if name != "perceptual":
             del saved[name]
     return saved
@@ -727,7 +729,7 @@ def _legacy_settings_dict() -> dict:
 def test_old_model_files_load_with_the_options_they_were_trained_with(tmp_path):
     saved = {**_legacy_settings_dict(), "perceptual": "none"}
     torch.manual_seed(0)
-    generator = build_generator(dataclasses.replace(TINY, **LEGACY_OPTIONS))
+    generator = build_generator(dataclasses.replace(TINY, **V0_OPTIONS))
     path = tmp_path / "translator.pt"
     torch.save(
         {
@@ -739,7 +741,7 @@ def test_old_model_files_load_with_the_options_they_were_trained_with(tmp_path):
         path,
     )
     loaded, settings, meta = load_translator(path)
-    assert settings == dataclasses.replace(TINY, **{**LEGACY_OPTIONS, "perceptual": "none"})
+    assert settings == dataclasses.replace(TINY, **{**V0_OPTIONS, "perceptual": "none"})
     assert meta == {"preprocessing": {"slice_size": SIZE}}
     slices = shape_slices(2, 25)
     edges = edges_for(settings, slices)
@@ -799,28 +801,30 @@ def test_cpu_training_runs_deterministic_kernels_without_the_nan_fill_and_restor
 def _count_train_steps(monkeypatch) -> list[int]:
     """Counts the training steps (one generator and one discriminator update each)."""
     calls = []
-    step = translator._train_step
+    step = translator.training._train_step
 
     def counting(*args, **kwargs):
         calls.append(1)
         return step(*args, **kwargs)
 
-    monkeypatch.setattr(translator, "_train_step", counting)
+    monkeypatch.setattr(translator.training, "_train_step", counting)
     return calls
 
 
 @pytest.mark.parametrize(
-    ("augment_clean", "max_steps", "steps", "epochs"),
+    ("augment_keep_unaugmented", "max_steps", "steps", "epochs"),
     # 5 slices x 3 copies = 15 pairs in batches of 4: 4 steps an epoch; with the clean edge
     # map 20 pairs, 5 steps.
     [(False, None, [4, 8, 12], [1, 2, 3]), (False, 6, [4, 6], [1, 2]),
      (True, None, [5, 10, 15], [1, 2, 3]), (True, 5, [5], [1]), (True, 1, [1], [1])],
 )
 def test_planned_steps_are_the_steps_training_takes(
-    tmp_path, monkeypatch, augment_clean, max_steps, steps, epochs
+    tmp_path, monkeypatch, augment_keep_unaugmented, max_steps, steps, epochs
 ):
     train, val = shape_slices(5, 30), shape_slices(1, 31)
-    settings = dataclasses.replace(TINY, augment_clean=augment_clean, max_steps=max_steps)
+    settings = dataclasses.replace(
+        TINY, augment_keep_unaugmented=augment_keep_unaugmented, max_steps=max_steps
+    )
     calls = _count_train_steps(monkeypatch)
     lines = []
     _, history = train_translator(train, val, settings, tmp_path, seed=0, progress=lines.append)

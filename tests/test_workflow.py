@@ -34,28 +34,30 @@ def test_every_stage_writes_its_outputs(tiny_run):
             "translator_history.tsv",
         ):
             assert (models / name).stat().st_size > 0
-        # arepas_clean trains a translator and a scorer of its own, with its own choices.
-        clean = translator.load_translator(models / "arepas_clean" / "translator.pt")[1]
-        assert clean.augment_clean and clean.swap_style == "clean_source"
+        # arepas_v0 trains a translator and a scorer of its own, with its own choices.
+        v0 = translator.load_translator(models / "arepas_v0" / "translator.pt")[1]
+        assert v0.augment_keep_unaugmented and v0.swap_style == "clean_source"
         assert translator.load_translator(models / "translator.pt")[1].swap_style == "reference"
-        clean_scorer = scorer.load_scorer(models / "arepas_clean" / "scorer.pt")[1]
-        assert (clean_scorer.architecture, clean_scorer.mining_source) == ("unpadded", "clean")
+        v0_scorer = scorer.load_scorer(models / "arepas_v0" / "scorer.pt")[1]
+        assert (v0_scorer.architecture, v0_scorer.mining_source) == (
+            "unpadded", "unaugmented_edges"
+        )
         reliance = pd.read_csv(models / "translator_edge_reliance.tsv", sep="\t")
         assert reliance.loc[0, "verdict"] in ("uses edges", "ignores edges")
         summary = pd.read_csv(results / dataset / "metrics" / "summary.tsv", sep="\t")
-        methods = ["ae", "arepas", "arepas_clean", "dae", "patch", "residual"]
+        methods = ["ae", "arepas", "arepas_v0", "dae", "patch", "residual"]
         # Every method raw and post-processed, in the same table.
         assert sorted(summary["method"]) == sorted(methods + [f"{m}+pp" for m in methods])
         assert summary["auroc"].between(0, 1).all()
         changes = pd.read_csv(results / dataset / "metrics" / "relative_change.tsv", sep="\t")
-        compared = ["arepas", "arepas+pp", "arepas_clean", "arepas_clean+pp"]
+        compared = ["arepas", "arepas+pp", "arepas_v0", "arepas_v0+pp"]
         assert sorted(set(changes["method"])) == compared
         best = changes[changes["threshold_kind"] == "best"]
         assert (best["ci_low"] <= best["relative_change"]).all()
         assert (best["relative_change"] <= best["ci_high"]).all()
         # At the val threshold the tiny networks may find nothing: the change is then undefined.
-        honest = changes[changes["threshold_kind"] == "honest"]
-        assert (honest["ci_low"].isna() == (honest["other_dice"] == 0)).all()
+        at_val_thr = changes[changes["threshold_kind"] == "val_thr"]
+        assert (at_val_thr["ci_low"].isna() == (at_val_thr["other_dice"] == 0)).all()
         figures = ("pr_curves", "dice_per_subject", "translator_training", "scorer_training")
         for figure in (*figures, "translator_edge_reliance"):
             assert (results / dataset / "figures" / f"{figure}.png").stat().st_size > 0
@@ -74,7 +76,7 @@ def test_maps_lie_on_the_native_grid_and_vanish_outside_the_roi(tiny_run):
         roi = nib.load(
             tiny_run / f"results/{row.dataset}/preprocessed/{row.subject}/roi_native.nii.gz"
         )
-        for method in ("arepas", "residual", "patch", "ae", "dae", "arepas_clean", "dae+pp"):
+        for method in ("arepas", "residual", "patch", "ae", "dae", "arepas_v0", "dae+pp"):
             path = tiny_run / f"results/{row.dataset}/maps/{method}/{row.subject}_native.nii.gz"
             amap = nib.load(path)
             assert amap.shape == image.shape
@@ -107,17 +109,19 @@ def test_test_and_predict_subjects_get_binary_masks_at_the_val_threshold(tiny_ru
         if row.split == "test":
             # The mask is the segmentation the evaluation scored at the val threshold.
             table = pd.read_csv(results / row.dataset / "metrics/per_subject.tsv", sep="\t")
-            honest = table[
+            at_val_thr = table[
                 (table["method"] == "arepas")
                 & (table["subject"] == row.subject)
-                & (table["threshold_kind"] == "honest")
+                & (table["threshold_kind"] == "val_thr")
             ].iloc[0]
-            assert data.sum() == honest["tp"] + honest["fp"]
+            assert data.sum() == at_val_thr["tp"] + at_val_thr["fp"]
     for dataset in ("lung_ct", "brain_t1"):
         thresholds = pd.read_csv(results / dataset / "masks/thresholds.tsv", sep="\t")
         summary = pd.read_csv(results / dataset / "metrics/summary.tsv", sep="\t")
-        honest = summary.set_index("method").loc["arepas", "honest_threshold"]
-        assert thresholds.set_index("method").loc["arepas", "threshold"] == pytest.approx(honest)
+        val_threshold = summary.set_index("method").loc["arepas", "val_threshold"]
+        assert thresholds.set_index("method").loc["arepas", "threshold"] == pytest.approx(
+            val_threshold
+        )
 
 
 def test_stalled_scorer_is_flagged_in_the_tables(tiny_run):
@@ -129,8 +133,8 @@ def test_stalled_scorer_is_flagged_in_the_tables(tiny_run):
     assert flags["arepas"] == flags["patch"] in ("", "scorer stalled")
     assert flags["residual"] == flags["ae"] == flags["dae"] == flags["residual+pp"] == ""
     assert flags["arepas+pp"] == flags["arepas"]
-    clean_log = (tiny_run / "logs/lung_ct/arepas_clean/train_scorer.log").read_text()
-    assert ("stalled" in clean_log) == (flags["arepas_clean"] == "scorer stalled")
+    clean_log = (tiny_run / "logs/lung_ct/arepas_v0/train_scorer.log").read_text()
+    assert ("stalled" in clean_log) == (flags["arepas_v0"] == "scorer stalled")
     log = (tiny_run / "logs/lung_ct/train_scorer.log").read_text()
     assert ("stalled" in log) == (flags["arepas"] == "scorer stalled")
 

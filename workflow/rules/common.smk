@@ -14,9 +14,10 @@ from snakemake.utils import validate
 from arepas import cohort
 from arepas.io import InputError
 from arepas.methods import CALIBRATED_METHOD, PATCH_METHODS
-from arepas.clean_method import CLEAN_METHOD, clean_method_settings
+from arepas.v0_method import V0_METHOD, v0_method_settings
 from arepas.postprocess import PostprocessSettings, evaluated_methods
 from arepas.presets import PresetError, apply_preset, describe_origins
+from arepas.methods import rename_deprecated
 
 # Start-up checks (settings the networks cannot run, every scan's header, shared scans, pretrained
 # models) run once, in the process that plans the run. A cluster job parses the workflow again
@@ -38,6 +39,18 @@ def apply_presets():
     return origins
 
 
+def rename_deprecated_config():
+    """Old names in the config read under their new ones, with a warning naming the new name."""
+    try:
+        notes = rename_deprecated(config)
+    except ValueError as error:
+        raise WorkflowError(f"config: {error}") from None
+    if MAIN:
+        for note in notes:
+            logger.warning(f"config: {note}")
+
+
+rename_deprecated_config()
 PRESET_ORIGINS = apply_presets()
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -49,11 +62,11 @@ if workflow.basedir not in sys.path:
     sys.path.insert(0, workflow.basedir)
 
 DATASETS = config["datasets"]
-# Method arepas_clean trains its own translator and scorer; their settings per dataset.
-CLEAN = CLEAN_METHOD in config["methods"]
-CLEAN_SETTINGS = {
-    name: clean_method_settings(settings, config["maps"], config["arepas_clean"])
-    for name, settings in (DATASETS.items() if CLEAN else ())
+# Method arepas_v0 trains its own translator and scorer; their settings per dataset.
+V0 = V0_METHOD in config["methods"]
+V0_METHOD_SETTINGS = {
+    name: v0_method_settings(settings, config["maps"], config["arepas_v0"])
+    for name, settings in (DATASETS.items() if V0 else ())
 }
 DEMO = config["demo"].get("enabled", False)
 # Every method raw and post-processed (`residual`, `residual+pp`): the maps written and evaluated.
@@ -84,9 +97,9 @@ def check_network_settings():
             ("autoencoder", AutoencoderSettings, None),
         ):
             candidates = [(f"datasets.{name}.{section}", settings.get(section) or {})]
-            if CLEAN and section in CLEAN_SETTINGS[name]:
-                where = f"arepas_clean.{section} (on datasets.{name}.{section})"
-                candidates.append((where, CLEAN_SETTINGS[name][section]))
+            if V0 and section in V0_METHOD_SETTINGS[name]:
+                where = f"arepas_v0.{section} (on datasets.{name}.{section})"
+                candidates.append((where, V0_METHOD_SETTINGS[name][section]))
             for where, values in candidates:
                 try:
                     built = build.from_dict(values)
@@ -231,8 +244,8 @@ def check_applied_rows(table, rows):
     for name, group in rows.groupby("dataset"):
         if "test" in set(group["split"]) and "val" not in set(group["split"]):
             raise cohort.SheetError(
-                f"dataset '{name}' has 'test' subjects but no 'val' subjects; the threshold "
-                "reported as honest is chosen on healthy val scans, also with a pretrained model"
+                f"dataset '{name}' has 'test' subjects but no 'val' subjects; the val "
+                "threshold is chosen on the healthy val scans, also with a pretrained model"
             )
 
 
@@ -287,8 +300,8 @@ def needed_models():
         names.append("autoencoder")
     if "dae" in config["methods"]:
         names.append("dae")
-    if CLEAN:
-        names += [f"{CLEAN_METHOD}/translator", f"{CLEAN_METHOD}/scorer"]
+    if V0:
+        names += [f"{V0_METHOD}/translator", f"{V0_METHOD}/scorer"]
     return names
 
 
@@ -396,22 +409,20 @@ if MAIN:
 
 
 def map_model_files(wildcards):
-    """Models the map rule reads, keyed scorer, autoencoder, dae and clean_scorer (arepas_clean)."""
+    """Models the map rule reads, keyed scorer, autoencoder, dae and v0_scorer (arepas_v0)."""
     return {
-        name.replace(f"{CLEAN_METHOD}/", "clean_"): model_file(wildcards.dataset, name)
+        name.replace(f"{V0_METHOD}/", "v0_"): model_file(wildcards.dataset, name)
         for name in needed_models()
         if not name.endswith("translator")
     }
 
 
 def map_reconstructions(wildcards):
-    """The subject's reconstructions: the reference translator's, and arepas_clean's own."""
+    """The subject's reconstructions: the reference translator's, and arepas_v0's own."""
     folder = f"results/{wildcards.dataset}/reconstruction"
     files = {"reconstruction": f"{folder}/{wildcards.subject}.npz"}
-    if CLEAN:
-        files["clean_reconstruction"] = (
-            f"{folder}/{CLEAN_METHOD}/{wildcards.subject}.npz"
-        )
+    if V0:
+        files["v0_reconstruction"] = f"{folder}/{V0_METHOD}/{wildcards.subject}.npz"
     return files
 
 

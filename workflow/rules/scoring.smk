@@ -33,27 +33,27 @@ rule train_scorer:
         "../scripts/train_scorer.py"
 
 
-# Method arepas_clean: its scorer, mined from its own translator's reconstructions.
-use rule train_scorer as train_scorer_clean with:
+# Method arepas_v0: its scorer, mined from its own translator's reconstructions.
+use rule train_scorer as train_scorer_v0 with:
     input:
         train=lambda wc: preprocessed(wc.dataset, subjects_of(wc.dataset, ["train"])),
-        translator="results/{dataset}/models/arepas_clean/translator.pt",
+        translator="results/{dataset}/models/arepas_v0/translator.pt",
     output:
-        model="results/{dataset}/models/arepas_clean/scorer.pt",
+        model="results/{dataset}/models/arepas_v0/scorer.pt",
         history=report(
-            "results/{dataset}/models/arepas_clean/scorer_history.tsv",
+            "results/{dataset}/models/arepas_v0/scorer_history.tsv",
             caption="../report/scorer_history.rst",
             category="3. Patch scorer",
-            subcategory="{dataset}: arepas_clean",
+            subcategory="{dataset}: arepas_v0",
         ),
-        usage="results/{dataset}/models/arepas_clean/scorer_usage.tsv",
+        usage="results/{dataset}/models/arepas_v0/scorer_usage.tsv",
     log:
-        "logs/{dataset}/arepas_clean/train_scorer.log",
+        "logs/{dataset}/arepas_v0/train_scorer.log",
     params:
         code=script_code("train_scorer.py"),
-        settings=lambda wc: CLEAN_SETTINGS[wc.dataset]["scorer"],
+        settings=lambda wc: V0_METHOD_SETTINGS[wc.dataset]["scorer"],
         on_stall=config["scorer_stall"],
-        checkpoint_dir=lambda wc: f"results/{wc.dataset}/models/arepas_clean/scorer_checkpoint",
+        checkpoint_dir=lambda wc: f"results/{wc.dataset}/models/arepas_v0/scorer_checkpoint",
         seed=config["seed"],
 
 
@@ -173,7 +173,7 @@ rule anomaly_maps:
         code=script_code("anomaly_maps.py"),
         methods=config["methods"],
         maps=config["maps"],
-        clean_maps=lambda wc: CLEAN_SETTINGS[wc.dataset]["maps"] if CLEAN else {},
+        v0_maps=lambda wc: V0_METHOD_SETTINGS[wc.dataset]["maps"] if V0 else {},
         postprocess=config["postprocess"],
         seed=config["seed"],
     script:

@@ -68,49 +68,49 @@ rule reconstruct:
         "../scripts/reconstruct.py"
 
 
-# Method arepas_clean: the same training and reconstruction with the earlier choices
-# (arepas.clean_method.clean_method_settings), written under a folder of its own.
-use rule train_translator as train_translator_clean with:
+# Method arepas_v0: the same training and reconstruction with the earlier choices
+# (arepas.v0_method.v0_method_settings), written under a folder of its own.
+use rule train_translator as train_translator_v0 with:
     output:
-        model="results/{dataset}/models/arepas_clean/translator.pt",
+        model="results/{dataset}/models/arepas_v0/translator.pt",
         history=report(
-            "results/{dataset}/models/arepas_clean/translator_history.tsv",
+            "results/{dataset}/models/arepas_v0/translator_history.tsv",
             caption="../report/translator_history.rst",
             category="2. Translator",
-            subcategory="{dataset}: arepas_clean",
+            subcategory="{dataset}: arepas_v0",
         ),
         edge_reliance=report(
-            "results/{dataset}/models/arepas_clean/translator_edge_reliance.tsv",
+            "results/{dataset}/models/arepas_v0/translator_edge_reliance.tsv",
             caption="../report/translator_edge_reliance.rst",
             category="2. Translator",
-            subcategory="{dataset}: arepas_clean",
+            subcategory="{dataset}: arepas_v0",
         ),
-        usage="results/{dataset}/models/arepas_clean/translator_usage.tsv",
+        usage="results/{dataset}/models/arepas_v0/translator_usage.tsv",
     log:
-        "logs/{dataset}/arepas_clean/train_translator.log",
+        "logs/{dataset}/arepas_v0/train_translator.log",
     params:
         code=script_code("train_translator.py"),
-        settings=lambda wc: CLEAN_SETTINGS[wc.dataset]["translator"],
+        settings=lambda wc: V0_METHOD_SETTINGS[wc.dataset]["translator"],
         preprocessing=preprocess_settings,
-        checkpoint_dir=lambda wc: f"results/{wc.dataset}/models/arepas_clean/translator_checkpoint",
+        checkpoint_dir=lambda wc: f"results/{wc.dataset}/models/arepas_v0/translator_checkpoint",
         seed=config["seed"],
         registered=lambda wc: DATASETS[wc.dataset]["registration"]["transform"]
         != "none",
 
 
-use rule reconstruct as reconstruct_clean with:
+use rule reconstruct as reconstruct_v0 with:
     input:
         slices="results/{dataset}/preprocessed/{subject}/slices.npz",
         working="results/{dataset}/preprocessed/{subject}/working.nii.gz",
-        model=lambda wc: model_file(wc.dataset, "arepas_clean/translator"),
+        model=lambda wc: model_file(wc.dataset, "arepas_v0/translator"),
     output:
         reconstruction=intermediate(
-            "results/{dataset}/reconstruction/arepas_clean/{subject}.npz"
+            "results/{dataset}/reconstruction/arepas_v0/{subject}.npz"
         ),
         volume=intermediate(
-            "results/{dataset}/reconstruction/arepas_clean/{subject}_working.nii.gz"
+            "results/{dataset}/reconstruction/arepas_v0/{subject}_working.nii.gz"
         ),
     log:
-        "logs/{dataset}/arepas_clean/reconstruct/{subject}.log",
+        "logs/{dataset}/arepas_v0/reconstruct/{subject}.log",
     benchmark:
-        "benchmarks/{dataset}/arepas_clean/reconstruct/{subject}.tsv"
+        "benchmarks/{dataset}/arepas_v0/reconstruct/{subject}.tsv"

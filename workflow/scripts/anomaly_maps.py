@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from arepas import io
-from arepas.methods import CALIBRATED_METHOD, CLEAN_METHOD, PATCH_METHODS
+from arepas.methods import CALIBRATED_METHOD, PATCH_METHODS, V0_METHOD
 from arepas.postprocess import PostprocessSettings
 from arepas.subject_maps import method_maps, native_volume, working_volumes
 
@@ -45,11 +45,11 @@ if "dae" in methods:
     models["dae_model"] = dae.load_dae(snakemake.input.dae)[0]
 if CALIBRATED_METHOD in methods:
     models["calibration"] = io.load_arrays(snakemake.input.calibration)
-if CLEAN_METHOD in methods:
-    models["clean"] = {
-        "recon": io.load_arrays(snakemake.input.clean_reconstruction)["recon"],
-        "scorer": load_scorer(snakemake.input.clean_scorer),
-        "options": snakemake.params.clean_maps,
+if V0_METHOD in methods:
+    models["v0"] = {
+        "recon": io.load_arrays(snakemake.input.v0_reconstruction)["recon"],
+        "scorer": load_scorer(snakemake.input.v0_scorer),
+        "options": snakemake.params.v0_maps,
     }
 maps = method_maps(rec, methods, snakemake.params.maps, subject=subject, device=device, **models)
 post = PostprocessSettings.from_dict(snakemake.params.postprocess)

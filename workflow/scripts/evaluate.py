@@ -19,7 +19,7 @@ map_files = {
 
 # Methods whose maps depend on each scorer, flagged when that scorer stalled.
 stalled = {}
-for key, dependent in (("scorer", PATCH_METHODS), ("clean_scorer", ("arepas_clean",))):
+for key, dependent in (("scorer", PATCH_METHODS), ("v0_scorer", ("arepas_v0",))):
     if key in snakemake.input.keys():
         from arepas.scorer import load_scorer
 

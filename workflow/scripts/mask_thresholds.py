@@ -22,7 +22,7 @@ for method in snakemake.params.methods:
             roi = io.load_volume(roi_files[subject], subject, "roi")[0] > 0
             yield subject, scores, roi
 
-    # The same function and settings as rule evaluate's "honest" threshold, so a test subject's
+    # The same function and settings as rule evaluate's "val_thr" threshold, so a test subject's
     # mask is the segmentation evaluated there.
     threshold = metrics.healthy_threshold(
         healthy_cases, options["threshold_mode"], options["threshold_value"], options["bins"]

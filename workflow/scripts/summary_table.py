@@ -24,7 +24,7 @@ markdown = metrics.summary_markdown(table)
 changes = read_all(snakemake.input.changes)
 io.save_table(snakemake.output.changes, changes)
 for method in metrics.compared_methods(table["method"]):
-    for kind, label in (("best", "best threshold"), ("honest", "val threshold")):
+    for kind, label in (("best", "best threshold"), ("val_thr", "val threshold")):
         rows = changes[(changes["method"] == method) & (changes["threshold_kind"] == kind)]
         lines = [
             f"- {row.dataset}: {method} {row.own_dice:.3f} vs {row.best_other} "
