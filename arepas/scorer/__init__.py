@@ -53,7 +53,6 @@ from arepas.scorer.settings import (
     LOSSES,
     MINING_REGIONS,
     MINING_SOURCES,
-    STALL_ACCURACY,
     V0_SETTINGS,
     WARMUP_RULES,
     ScorerSettings,
@@ -73,6 +72,7 @@ from arepas.scorer.training import (
     steps_per_epoch,
     train_scorer,
 )
+from arepas.v0_method import STALL_ACCURACY
 
 __all__ = [
     "ARCHITECTURES",

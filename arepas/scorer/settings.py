@@ -15,26 +15,16 @@ from arepas.scorer.network import (
     smallest_patch_size,
 )
 from arepas.settings import settings_from_dict
-
-# Our stall rule (option `stall_accuracy`): a scorer whose best held-out accuracy is at or below
-# this is indistinguishable from a coin flip on balanced pairs; its maps would be noise times the
-# residual. The reference has no such rule.
-STALL_ACCURACY = 0.55
+from arepas.v0_method import V0_SCORER_SETTINGS
 
 LOSSES = ("reference", "detached_head")
 WARMUP_RULES = ("last_batch", "epoch")
 MINING_SOURCES = ("augmented", "unaugmented_edges")
 MINING_REGIONS = ("slice", "roi")
-# The choices of method arepas_v0 (arepas.v0_method), the project's earlier version; scorer files
-# written before these settings existed were trained with them.
-V0_SETTINGS = {
-    "architecture": "unpadded",
-    "loss": "detached_head",
-    "warmup_rule": "epoch",
-    "stall_accuracy": STALL_ACCURACY,
-    "mining_source": "unaugmented_edges",
-    "mining_region": "roi",
-}
+# The choices of method arepas_v0, the project's earlier version; scorer files written before these
+# settings existed were trained with them. They live in arepas.v0_method, which the workflow's
+# parse imports without torch.
+V0_SETTINGS = V0_SCORER_SETTINGS
 
 
 @dataclass

@@ -9,22 +9,15 @@ from typing import Any
 from arepas.edges import EDGE_DETECTORS, SWAP_STYLES
 from arepas.progress import check_max_steps
 from arepas.settings import settings_from_dict
+from arepas.v0_method import V0_TRANSLATOR_SETTINGS
 
 PERCEPTUAL_CHOICES = ("none", "vgg19", "feature_matching")
 GAN_STEP_CHOICES = ("reference", "discriminator_first")
 INIT_CHOICES = ("default", "normal_0.02")
-# The choices of method arepas_v0 (arepas.v0_method), the project's earlier version; files of
-# format 1 predate the settings below and were trained with these values.
-V0_SETTINGS = {
-    "edge_detector": "skimage",
-    "augment_keep_unaugmented": True,
-    "swap_style": "clean_source",
-    "gan_step": "discriminator_first",
-    "init": "normal_0.02",
-    "affine_norm": False,
-    # Always saved by format 1; the fallback is that format's default.
-    "perceptual": "feature_matching",
-}
+# The choices of method arepas_v0, the project's earlier version (arepas.v0_method, which the
+# workflow's parse imports without torch); files of format 1 predate the settings below and were
+# trained with these values.
+V0_SETTINGS = V0_TRANSLATOR_SETTINGS
 
 
 @dataclass(frozen=True)
