@@ -12,7 +12,7 @@ PATCH_METHODS = ("patch", "arepas", CALIBRATED_METHOD)
 # AREPAS as this project built it before it followed the reference code (version 0), kept as a
 # method of its own on its own translator and scorer (arepas.v0_method).
 V0_METHOD = "arepas_v0"
-# Old method names a config may still use: old -> new (arepas.settings.rename_deprecated).
+# Old method names a config may still use: old -> new (rename_deprecated, below).
 RENAMED_METHODS = {"arepas_clean": V0_METHOD}
 
 
@@ -49,7 +49,7 @@ def rename_deprecated(config: dict) -> list[str]:
     if isinstance(config.get(V0_METHOD), dict):
         blocks.append(config[V0_METHOD])
     for block in blocks:
-        for network in set(RENAMED_KEYS) | set(RENAMED_VALUES):
+        for network in sorted(set(RENAMED_KEYS) | set(RENAMED_VALUES)):
             if isinstance(block.get(network), dict):
                 block[network], found = current_names(block[network], network)
                 notes += found
