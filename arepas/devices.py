@@ -130,11 +130,9 @@ def keep_freed_memory_for_reuse() -> bool:
     A CPU training step allocates and frees the same activation and gradient buffers (hundreds
     of kB to MB each) every time. By default glibc returns such blocks to the kernel on free
     (separate mappings, or a trimmed heap top), and the next step faults every page in again,
-    zero-filled: 13,000-15,000 page faults per autoencoder or DAE step and 5,700 per scorer step
-    on the 40-subject cohort of bench/training_memory.py (64², one thread). Kept in the heap,
-    the same steps took 17-240 faults and ran 12-21 % faster; the translator, with 1,500-2,000
-    faults per update, changed within the noise. BENCHMARKS.md ("Training memory against the
-    number of training subjects") times the jobs with it against the code before. Peak memory
+    zero-filled. Kept in the heap, the autoencoder, DAE and scorer steps fault far less and run
+    faster; the translator's steps change within the noise (the page faults and step times are in
+    docs/studies.md, "Training memory: slices from disk against slices in memory"). Peak memory
     is what a step needs either way; the job keeps it until it ends instead of returning it
     between steps.
 

@@ -141,7 +141,8 @@ def _close_and_fill(component: np.ndarray, radius, axis: int) -> np.ndarray:
 CT_MAPPINGS = ("linear", "lower_half")
 # The reference notebook's stretch of its CT slices (README, "Fidelity to the reference
 # implementation"); on the demo lung cohort it also gave every method a higher Dice at the same
-# edge reliance (BENCHMARKS.md, "CT intensities: the window, or the reference's darker half of it").
+# edge reliance (docs/studies.md, "CT intensities: the window, or the reference's darker half of
+# it").
 DEFAULT_CT_MAPPING = "lower_half"
 
 

@@ -30,9 +30,10 @@ SUBJECT_RATES = {
     "subject_figure": SubjectRate(s_per_slice=0.7, peak_mb=150.0, mb_per_mvoxel=0.0),
     "lesion_masks": SubjectRate(s_per_slice=0.9, peak_mb=290.0, mb_per_mvoxel=18.0),
 }
-# Seconds per optimiser step of the published networks on one GPU, where measured (BENCHMARKS.md,
-# "The translator at the published sizes, on a GPU", bfloat16; float32 is slower, hence the
-# margin below). A network without a measured rate asks for the partition's limit.
+# Seconds per optimiser step of the published networks on one GPU, where measured
+# (bench/measurements/translator_step.json, from docs/studies.md, "The translator at the
+# published sizes, on a GPU"; bfloat16 there, float32 is slower, hence the margin below). A
+# network without a measured rate asks for the partition's limit.
 GPU_S_PER_STEP = {"translator": 0.09}
 # Memory of a training job (host side), measured on the CPU at the published sizes
 # ("Every rule at the published sizes, on the CPU"); it does not grow with the cohort (the

@@ -1,2 +1,1 @@
-"""Benchmarks of the AREPAS workflow: `python -m bench` (`make bench`) measures it on this machine
-and writes BENCHMARKS.md. Not part of the installed library."""
+"""Benchmarks of the AREPAS workflow (`python -m bench`, `make bench`); they write BENCHMARKS.md."""

@@ -65,10 +65,9 @@ def make_workdir(repo: Path, runs_dir: Path, n: int, scans: list[Path]) -> Path:
 def timed(command: list[str], workdir: Path) -> float:
     started = time.perf_counter()
     result = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed in {workdir}:\n{result.stderr[-2000:]}")
-    return seconds
+    return time.perf_counter() - started
 
 
 def measure(repo: Path, runs_dir: Path, sizes=SIZES, repeats: int = REPEATS,
