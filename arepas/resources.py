@@ -24,11 +24,11 @@ class SubjectRate:
 # for the rules that hold native volumes), rounded up: tests/test_resources.py derives them again
 # from bench/measurements/ and compares.
 SUBJECT_RATES = {
-    "preprocess": SubjectRate(s_per_slice=6.0, peak_mb=530.0, mb_per_mvoxel=18.0),
-    "reconstruct": SubjectRate(s_per_slice=3.2, peak_mb=860.0, mb_per_mvoxel=0.0),
-    "anomaly_maps": SubjectRate(s_per_slice=7.1, peak_mb=750.0, mb_per_mvoxel=18.0),
-    "subject_figure": SubjectRate(s_per_slice=0.7, peak_mb=150.0, mb_per_mvoxel=0.0),
-    "lesion_masks": SubjectRate(s_per_slice=0.9, peak_mb=290.0, mb_per_mvoxel=18.0),
+    "preprocess": SubjectRate(s_per_slice=2.4, peak_mb=530.0, mb_per_mvoxel=22.0),
+    "reconstruct": SubjectRate(s_per_slice=1.3, peak_mb=680.0, mb_per_mvoxel=0.0),
+    "anomaly_maps": SubjectRate(s_per_slice=3.1, peak_mb=880.0, mb_per_mvoxel=22.0),
+    "subject_figure": SubjectRate(s_per_slice=0.2, peak_mb=140.0, mb_per_mvoxel=0.0),
+    "lesion_masks": SubjectRate(s_per_slice=0.32, peak_mb=270.0, mb_per_mvoxel=22.0),
 }
 # Seconds per optimiser step of the published networks on one GPU, where measured
 # (bench/measurements/translator_step.json, from docs/studies.md, "The translator at the
@@ -38,7 +38,7 @@ GPU_S_PER_STEP = {"translator": 0.09}
 # Memory of a training job (host side), measured on the CPU at the published sizes
 # ("Every rule at the published sizes, on the CPU"); it does not grow with the cohort (the
 # training stacks are read from disk, "Training memory against the number of training subjects").
-TRAINING_MB = {"translator": 4600.0, "scorer": 1000.0, "autoencoder": 1000.0, "dae": 1500.0}
+TRAINING_MB = {"translator": 4400.0, "scorer": 900.0, "autoencoder": 930.0, "dae": 1500.0}
 # Every estimate is multiplied by this margin (other CPUs and GPUs, float32, a busy node), and by
 # the attempt number on a retry.
 MARGIN = 2.0
