@@ -57,7 +57,7 @@ MEASURES = {
     "quality": WORKFLOW_CODE,
     "speed": (*WORKFLOW_CODE, "Makefile", "pyproject.toml"),
     "scoring": _SCORING_CODE,
-    "scaling": ("arepas/",),
+    "scaling": ("arepas/", f"{NOT_MEASURED}arepas/resources.py"),
     "gpu": tuple(dict.fromkeys(_TRANSLATOR_CODE + _SCORING_CODE)),
     "training_memory": tuple(dict.fromkeys(
         _TRANSLATOR_CODE + _SCORING_CODE
