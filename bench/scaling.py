@@ -2,7 +2,7 @@
 scoring, each in a fresh process like a workflow job, with the demo-trained models.
 
 `python -m bench.scaling <stage> --dir D --run RUN` runs one stage; `measure` drives them. A stage
-reports its own peak resident memory (ru_maxrss), which covers numpy, scipy and torch buffers
+reports its own peak resident memory (VmHWM), which covers numpy, scipy and torch buffers
 alike, unlike tracemalloc.
 """
 

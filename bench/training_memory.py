@@ -12,7 +12,6 @@ joined every subject's slices in memory is archived in docs/studies.md.
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import tables
+from bench import machine, tables
 
 REPO = Path(__file__).resolve().parents[1]
 COHORTS = (10, 40, 160)
@@ -105,7 +104,7 @@ def child(rule: str, paths: list[str], steps: int, work: str) -> dict:
     except _Enough:
         pass
     timed = np.diff(times)
-    return {"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    return {"peak_mb": machine.peak_rss_mb(),  # VmHWM: ru_maxrss would carry the parent's
             "steps_per_s": float(len(timed) / timed.sum()) if len(timed) else None,
             "wall_s": time.perf_counter() - started, "slices": len(paths) * DEMO_SLICES}
 
