@@ -114,6 +114,18 @@ def test_bad_configs_are_rejected(mutate, fragment):
     assert fragment in str(err.value)
 
 
+def dry_run_with(config: dict, path: Path) -> subprocess.CompletedProcess:
+    """`snakemake -n` of the workflow with `config` written to `path` as its config file."""
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--nolock", "--cores", "1",
+         "--configfile", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+
+
 def refused_at_start(tmp_path, section: str, settings: dict) -> str:
     """Dry-run the workflow on the shipped config with lung_ct's `section` settings updated
     (section "": lung_ct's own keys); the run must fail, and its output (which should name the
@@ -121,24 +133,7 @@ def refused_at_start(tmp_path, section: str, settings: dict) -> str:
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     dataset = config["datasets"]["lung_ct"]
     (dataset.setdefault(section, {}) if section else dataset).update(settings)
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(config))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-n",
-            "--nolock",
-            "--cores",
-            "1",
-            "--configfile",
-            str(bad),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
+    result = dry_run_with(config, tmp_path / "bad.yaml")
     assert result.returncode != 0
     return result.stdout + result.stderr
 
@@ -262,15 +257,7 @@ def test_v0_method_settings_are_checked_at_start(tmp_path):
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["methods"] = ["arepas", "arepas_v0"]
     config["arepas_v0"] = {"scorer": {"archtecture": "unpadded"}}
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(config))
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--nolock", "--cores", "1",
-         "--configfile", str(bad)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
+    result = dry_run_with(config, tmp_path / "bad.yaml")
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "config arepas_v0.scorer (on datasets." in output
@@ -282,15 +269,7 @@ def test_the_old_method_name_still_runs_with_a_warning_naming_the_new_one(tmp_pa
     config["methods"] = ["arepas", "arepas_clean"]
     config["arepas_clean"] = config.pop("arepas_v0")
     config["datasets"]["lung_ct"]["translator"] = {"augment_clean": True}
-    old = tmp_path / "old.yaml"
-    old.write_text(yaml.safe_dump(config))
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--nolock", "--cores", "1",
-         "--configfile", str(old)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
+    result = dry_run_with(config, tmp_path / "old.yaml")
     output = result.stdout + result.stderr
     assert "method 'arepas_clean' is deprecated: it is now 'arepas_v0'" in output
     assert "'augment_clean' is deprecated: it is now 'augment_keep_unaugmented'" in output
