@@ -88,6 +88,17 @@ def reason_to_skip() -> str | None:
     return None
 
 
+def stop(process: subprocess.Popen) -> None:
+    """End a `snakemake` process that is still running: politely, then by force."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
     reason = reason_to_skip()
@@ -151,13 +162,7 @@ def slurm_started(slurm_cluster, tmp_path_factory):
     try:
         yield tiny_run, workdir, process, started, time.monotonic(), log_path
     finally:
-        if process.poll() is None:  # the session ended early: no job may outlive it
-            process.terminate()
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process)  # if the session ended early: no job may outlive it
 
 
 @pytest.fixture(scope="session")
@@ -300,13 +305,7 @@ def test_a_training_job_cancelled_with_scancel_is_retried_and_resumes(
             )
         ended_after = time.monotonic() - cancelled
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process)
         if run_id:  # no job of this run may outlive the test
             subprocess.run(["scancel", "--name", run_id], check=False)
     log = log_path.read_text()
